@@ -1,0 +1,239 @@
+//! The message bus: NATS subjects, versioned message types, and publish/consume helpers.
+//!
+//! NATS is never the only copy of anything: every message here is a nudge about state that is
+//! already committed to Postgres, so a lost or redelivered message costs latency, never data.
+//! Durable messages (run requested, lease offered) go through JetStream with a de-duplication id;
+//! live journal fan-out uses core NATS, because readers fill any gap from Postgres.
+
+pub mod messages;
+pub mod subjects;
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer::PullConsumer, stream::RetentionPolicy};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use thiserror::Error;
+
+pub use async_nats::jetstream::Message as DurableMessage;
+
+#[derive(Debug, Error)]
+pub enum BusError {
+    #[error("cannot connect to NATS at {url}")]
+    Connect {
+        url: String,
+        #[source]
+        source: async_nats::ConnectError,
+    },
+    #[error("publishing to `{subject}` failed: {detail}")]
+    Publish { subject: String, detail: String },
+    #[error("JetStream request failed: {0}")]
+    JetStream(String),
+    #[error("subscribing to `{subject}` failed: {detail}")]
+    Subscribe { subject: String, detail: String },
+    #[error("message on `{subject}` does not decode: {source}")]
+    Decode {
+        subject: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("message does not encode: {0}")]
+    Encode(#[source] serde_json::Error),
+}
+
+pub type BusResult<T> = Result<T, BusError>;
+
+/// A connection to the bus, with every subject and stream name under one prefix, so several
+/// deployments (or tests) can share a NATS server without seeing each other's messages.
+#[derive(Clone)]
+pub struct Bus {
+    client: async_nats::Client,
+    jetstream: jetstream::Context,
+    prefix: String,
+}
+
+impl Bus {
+    pub async fn connect(url: &str, prefix: &str) -> BusResult<Self> {
+        let client = async_nats::ConnectOptions::new()
+            .name("cadenza")
+            .retry_on_initial_connect()
+            .connection_timeout(Duration::from_secs(5))
+            .connect(url)
+            .await
+            .map_err(|source| BusError::Connect {
+                url: url.to_owned(),
+                source,
+            })?;
+        // A bounded initial wait: `retry_on_initial_connect` returns at once and connects in the
+        // background, so check the server answers before declaring the bus usable.
+        let bus = Self::from_client(client, prefix);
+        bus.ensure_streams().await?;
+        Ok(bus)
+    }
+
+    pub fn from_client(client: async_nats::Client, prefix: &str) -> Self {
+        let jetstream = jetstream::new(client.clone());
+        Self {
+            client,
+            jetstream,
+            prefix: prefix.to_owned(),
+        }
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The absolute subject for a subject relative to the prefix.
+    pub fn subject(&self, relative: &str) -> String {
+        format!("{}.{relative}", self.prefix)
+    }
+
+    fn runs_stream_name(&self) -> String {
+        let cleaned: String = self
+            .prefix
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() {
+                    c.to_ascii_uppercase()
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        format!("{cleaned}_RUNS")
+    }
+
+    /// Creates the JetStream stream for run commands if it does not exist.
+    pub async fn ensure_streams(&self) -> BusResult<()> {
+        self.jetstream
+            .get_or_create_stream(jetstream::stream::Config {
+                name: self.runs_stream_name(),
+                subjects: vec![self.subject("runs.>")],
+                retention: RetentionPolicy::WorkQueue,
+                duplicate_window: Duration::from_secs(120),
+                max_age: Duration::from_secs(7 * 24 * 3600),
+                ..Default::default()
+            })
+            .await
+            .map_err(|err| BusError::JetStream(err.to_string()))?;
+        Ok(())
+    }
+
+    /// Publishes to JetStream and waits for the server's acknowledgement. `dedup_id` becomes the
+    /// `Nats-Msg-Id`, so a relay that publishes the same outbox row twice stores it once.
+    pub async fn publish_durable(
+        &self,
+        relative_subject: &str,
+        payload: &serde_json::Value,
+        dedup_id: &str,
+    ) -> BusResult<()> {
+        let subject = self.subject(relative_subject);
+        let body = serde_json::to_vec(payload).map_err(BusError::Encode)?;
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-Msg-Id", dedup_id);
+        let ack = self
+            .jetstream
+            .publish_with_headers(subject.clone(), headers, body.into())
+            .await
+            .map_err(|err| BusError::Publish {
+                subject: subject.clone(),
+                detail: err.to_string(),
+            })?;
+        ack.await.map_err(|err| BusError::Publish {
+            subject,
+            detail: err.to_string(),
+        })?;
+        Ok(())
+    }
+
+    /// Fire-and-forget publish on core NATS, for live fan-out.
+    pub async fn publish_live<T: Serialize>(
+        &self,
+        relative_subject: &str,
+        message: &T,
+    ) -> BusResult<()> {
+        let subject = self.subject(relative_subject);
+        let body = serde_json::to_vec(message).map_err(BusError::Encode)?;
+        self.client
+            .publish(subject.clone(), body.into())
+            .await
+            .map_err(|err| BusError::Publish {
+                subject,
+                detail: err.to_string(),
+            })
+    }
+
+    pub async fn subscribe_live(&self, relative_subject: &str) -> BusResult<async_nats::Subscriber> {
+        let subject = self.subject(relative_subject);
+        self.client
+            .subscribe(subject.clone())
+            .await
+            .map_err(|err| BusError::Subscribe {
+                subject,
+                detail: err.to_string(),
+            })
+    }
+
+    /// A durable pull consumer on the runs stream, created if missing. Messages are acked only
+    /// after the consumer has committed what they asked for.
+    pub async fn durable_consumer(
+        &self,
+        durable_name: &str,
+        relative_filter: &str,
+    ) -> BusResult<PullConsumer> {
+        let stream = self
+            .jetstream
+            .get_stream(self.runs_stream_name())
+            .await
+            .map_err(|err| BusError::JetStream(err.to_string()))?;
+        stream
+            .get_or_create_consumer(
+                durable_name,
+                jetstream::consumer::pull::Config {
+                    durable_name: Some(durable_name.to_owned()),
+                    filter_subject: self.subject(relative_filter),
+                    ack_policy: jetstream::consumer::AckPolicy::Explicit,
+                    ack_wait: Duration::from_secs(30),
+                    max_deliver: 20,
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|err| BusError::JetStream(err.to_string()))
+    }
+
+    /// Removes a durable consumer (e.g. a worker retiring for good).
+    pub async fn delete_consumer(&self, durable_name: &str) -> BusResult<()> {
+        let stream = self
+            .jetstream
+            .get_stream(self.runs_stream_name())
+            .await
+            .map_err(|err| BusError::JetStream(err.to_string()))?;
+        stream
+            .delete_consumer(durable_name)
+            .await
+            .map_err(|err| BusError::JetStream(err.to_string()))?;
+        Ok(())
+    }
+
+    /// Whether the server answers, for readiness probes.
+    pub async fn ping(&self) -> BusResult<()> {
+        tokio::time::timeout(Duration::from_secs(2), self.client.flush())
+            .await
+            .map_err(|_| BusError::JetStream("NATS did not answer within 2 s".into()))?
+            .map_err(|err| BusError::JetStream(err.to_string()))
+    }
+
+    pub fn client(&self) -> &async_nats::Client {
+        &self.client
+    }
+}
+
+/// Decodes a message body.
+pub fn decode<T: DeserializeOwned>(subject: &str, body: &[u8]) -> BusResult<T> {
+    serde_json::from_slice(body).map_err(|source| BusError::Decode {
+        subject: subject.to_owned(),
+        source,
+    })
+}

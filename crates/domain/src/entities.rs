@@ -1,0 +1,114 @@
+//! The entities Cadenza stores, as plain data. Storage maps rows to these; services map these to
+//! their wire types at the edge.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::ids::{OrgId, ProjectId, RunId, WorkerId};
+use crate::run::{RunState, TerminalReason};
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Org {
+    pub id: OrgId,
+    pub slug: String,
+    pub name: String,
+    pub created_at: OffsetDateTime,
+}
+
+/// How a project's agent containers are built and bounded.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AgentSettings {
+    /// The agent-server image (tag or digest).
+    pub image: String,
+    /// CPU limit in cores (fractions allowed).
+    pub cpus: f64,
+    pub memory_mb: i64,
+    pub pids_limit: i64,
+    pub max_iterations: i64,
+    pub llm_model: Option<String>,
+    pub llm_base_url: Option<String>,
+    /// Extra environment for the agent container (never secrets: those are injected separately).
+    pub env: BTreeMap<String, String>,
+}
+
+impl AgentSettings {
+    pub const DEFAULT_CPUS: f64 = 2.0;
+    pub const DEFAULT_MEMORY_MB: i64 = 4096;
+    pub const DEFAULT_PIDS_LIMIT: i64 = 512;
+    pub const DEFAULT_MAX_ITERATIONS: i64 = 100;
+
+    pub fn with_image(image: impl Into<String>) -> Self {
+        Self {
+            image: image.into(),
+            cpus: Self::DEFAULT_CPUS,
+            memory_mb: Self::DEFAULT_MEMORY_MB,
+            pids_limit: Self::DEFAULT_PIDS_LIMIT,
+            max_iterations: Self::DEFAULT_MAX_ITERATIONS,
+            llm_model: None,
+            llm_base_url: None,
+            env: BTreeMap::new(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Project {
+    pub id: ProjectId,
+    pub org_id: OrgId,
+    pub slug: String,
+    pub name: String,
+    pub agent: AgentSettings,
+    pub created_at: OffsetDateTime,
+    pub updated_at: OffsetDateTime,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Run {
+    pub id: RunId,
+    pub org_id: OrgId,
+    pub project_id: ProjectId,
+    pub state: RunState,
+    pub attempt: i32,
+    pub prompt: String,
+    pub idempotency_key: Option<String>,
+    pub lease_holder: Option<WorkerId>,
+    pub lease_expires_at: Option<OffsetDateTime>,
+    pub terminal_reason: Option<TerminalReason>,
+    pub conversation_id: Option<Uuid>,
+    /// The agent's last message when it finished.
+    pub final_message: Option<String>,
+    /// The highest journal sequence number written for this run (0 when none).
+    pub last_event_seq: i64,
+    pub created_at: OffsetDateTime,
+    pub scheduled_at: Option<OffsetDateTime>,
+    pub provisioning_at: Option<OffsetDateTime>,
+    pub running_at: Option<OffsetDateTime>,
+    pub finished_at: Option<OffsetDateTime>,
+    pub updated_at: OffsetDateTime,
+}
+
+/// One entry of a run's journal. `seq` is dense per run, starting at 1.
+#[derive(Clone, Debug, PartialEq)]
+pub struct JournalEvent {
+    pub run_id: RunId,
+    pub org_id: OrgId,
+    pub seq: i64,
+    pub kind: String,
+    /// The normalized form clients should read.
+    pub payload: serde_json::Value,
+    /// The original agent-server event, when the event came from the agent.
+    pub raw: Option<serde_json::Value>,
+    pub occurred_at: OffsetDateTime,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Worker {
+    pub id: WorkerId,
+    pub name: String,
+    pub capacity: i32,
+    pub started_at: OffsetDateTime,
+    pub last_heartbeat_at: OffsetDateTime,
+}

@@ -1,0 +1,14 @@
+//! Cadenza's domain: identifiers, entities, the run state machine and input rules. No I/O.
+
+pub mod entities;
+pub mod ids;
+pub mod journal;
+pub mod run;
+pub mod validation;
+
+pub use entities::{AgentSettings, JournalEvent, Org, Project, Run, Worker};
+pub use ids::{OrgId, ProjectId, RunId, TokenId, WorkerId};
+pub use journal::EventKind;
+pub use run::{RunEvent, RunState, TerminalCode, TerminalReason, apply};
+pub mod scope;
+pub use scope::Scope;

@@ -1,0 +1,355 @@
+//! The run lifecycle as a pure state machine.
+//!
+//! `queued → scheduled → provisioning → running → succeeded | failed | cancelled`, with
+//! `retrying` (back to `queued` after a backoff, attempt + 1). The drivers in the services
+//! compute the next state here, then persist it with the previous state as a guard
+//! (compare-and-set), so two actors can never both move one run.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunState {
+    Queued,
+    Scheduled,
+    Provisioning,
+    Running,
+    Retrying,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl RunState {
+    pub const ALL: [RunState; 8] = [
+        RunState::Queued,
+        RunState::Scheduled,
+        RunState::Provisioning,
+        RunState::Running,
+        RunState::Retrying,
+        RunState::Succeeded,
+        RunState::Failed,
+        RunState::Cancelled,
+    ];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            RunState::Queued => "queued",
+            RunState::Scheduled => "scheduled",
+            RunState::Provisioning => "provisioning",
+            RunState::Running => "running",
+            RunState::Retrying => "retrying",
+            RunState::Succeeded => "succeeded",
+            RunState::Failed => "failed",
+            RunState::Cancelled => "cancelled",
+        }
+    }
+
+    /// End states: nothing moves a run out of them.
+    pub const fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            RunState::Succeeded | RunState::Failed | RunState::Cancelled
+        )
+    }
+
+    /// States in which a worker holds the run and must keep its lease alive.
+    pub const fn is_leased(self) -> bool {
+        matches!(
+            self,
+            RunState::Scheduled | RunState::Provisioning | RunState::Running
+        )
+    }
+}
+
+impl fmt::Display for RunState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown run state `{0}`")]
+pub struct UnknownRunState(pub String);
+
+impl FromStr for RunState {
+    type Err = UnknownRunState;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        RunState::ALL
+            .into_iter()
+            .find(|state| state.as_str() == s)
+            .ok_or_else(|| UnknownRunState(s.to_owned()))
+    }
+}
+
+/// Why a run ended (or is being retried), as a stable machine-readable code. The human-readable
+/// detail travels beside it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TerminalCode {
+    /// The agent finished its task.
+    AgentFinished,
+    /// The agent-server reported an error or a stuck conversation.
+    AgentError,
+    /// The workspace container could not be created or started (e.g. a missing image).
+    ContainerFailed,
+    /// The agent-server in the container never became healthy or stopped answering.
+    AgentUnreachable,
+    /// The run exceeded its wall-clock budget.
+    TimedOut,
+    /// The worker holding the run stopped renewing its lease.
+    LeaseExpired,
+    /// Someone cancelled the run.
+    Cancelled,
+    /// The worker shut down before the run could finish.
+    WorkerShutdown,
+    /// Anything else: a bug or an infrastructure failure; the detail says which.
+    Internal,
+}
+
+impl TerminalCode {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            TerminalCode::AgentFinished => "agent_finished",
+            TerminalCode::AgentError => "agent_error",
+            TerminalCode::ContainerFailed => "container_failed",
+            TerminalCode::AgentUnreachable => "agent_unreachable",
+            TerminalCode::TimedOut => "timed_out",
+            TerminalCode::LeaseExpired => "lease_expired",
+            TerminalCode::Cancelled => "cancelled",
+            TerminalCode::WorkerShutdown => "worker_shutdown",
+            TerminalCode::Internal => "internal",
+        }
+    }
+}
+
+impl fmt::Display for TerminalCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for TerminalCode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        const ALL: [TerminalCode; 9] = [
+            TerminalCode::AgentFinished,
+            TerminalCode::AgentError,
+            TerminalCode::ContainerFailed,
+            TerminalCode::AgentUnreachable,
+            TerminalCode::TimedOut,
+            TerminalCode::LeaseExpired,
+            TerminalCode::Cancelled,
+            TerminalCode::WorkerShutdown,
+            TerminalCode::Internal,
+        ];
+        ALL.into_iter()
+            .find(|code| code.as_str() == s)
+            .ok_or_else(|| format!("unknown terminal code `{s}`"))
+    }
+}
+
+/// The reason recorded on every end state (and on a retry).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TerminalReason {
+    pub code: TerminalCode,
+    pub message: String,
+}
+
+impl TerminalReason {
+    pub fn new(code: TerminalCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// What happened to a run. Each event is legal only from some states.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RunEvent {
+    /// The scheduler leased the run to a worker.
+    Leased,
+    /// The worker accepted the lease and starts creating the workspace.
+    ProvisioningStarted,
+    /// The agent-server accepted the task.
+    AgentStarted,
+    /// The agent finished and the end was confirmed.
+    Succeeded(TerminalReason),
+    /// The run cannot complete.
+    Failed(TerminalReason),
+    /// Someone asked to stop the run.
+    Cancelled(TerminalReason),
+    /// The attempt was lost (e.g. its lease expired before the agent started) and will be retried.
+    RetryScheduled(TerminalReason),
+    /// The retry backoff elapsed.
+    Requeued,
+}
+
+impl RunEvent {
+    pub fn reason(&self) -> Option<&TerminalReason> {
+        match self {
+            RunEvent::Succeeded(reason)
+            | RunEvent::Failed(reason)
+            | RunEvent::Cancelled(reason)
+            | RunEvent::RetryScheduled(reason) => Some(reason),
+            RunEvent::Leased
+            | RunEvent::ProvisioningStarted
+            | RunEvent::AgentStarted
+            | RunEvent::Requeued => None,
+        }
+    }
+
+    pub const fn name(&self) -> &'static str {
+        match self {
+            RunEvent::Leased => "leased",
+            RunEvent::ProvisioningStarted => "provisioning_started",
+            RunEvent::AgentStarted => "agent_started",
+            RunEvent::Succeeded(_) => "succeeded",
+            RunEvent::Failed(_) => "failed",
+            RunEvent::Cancelled(_) => "cancelled",
+            RunEvent::RetryScheduled(_) => "retry_scheduled",
+            RunEvent::Requeued => "requeued",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("a run in state `{from}` cannot take the event `{event}`")]
+pub struct IllegalTransition {
+    pub from: RunState,
+    pub event: &'static str,
+}
+
+/// The transition function: the next state, or why the event is not allowed.
+pub fn apply(state: RunState, event: &RunEvent) -> Result<RunState, IllegalTransition> {
+    use RunState as S;
+    let next = match (state, event) {
+        (S::Queued, RunEvent::Leased) => S::Scheduled,
+        (S::Scheduled, RunEvent::ProvisioningStarted) => S::Provisioning,
+        (S::Provisioning, RunEvent::AgentStarted) => S::Running,
+        (S::Running, RunEvent::Succeeded(_)) => S::Succeeded,
+        (from, RunEvent::Failed(_)) if !from.is_terminal() => S::Failed,
+        (from, RunEvent::Cancelled(_)) if !from.is_terminal() => S::Cancelled,
+        (S::Scheduled | S::Provisioning | S::Running, RunEvent::RetryScheduled(_)) => S::Retrying,
+        (S::Retrying, RunEvent::Requeued) => S::Queued,
+        (from, event) => {
+            return Err(IllegalTransition {
+                from,
+                event: event.name(),
+            });
+        }
+    };
+    Ok(next)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reason() -> TerminalReason {
+        TerminalReason::new(TerminalCode::Internal, "test")
+    }
+
+    fn every_event() -> Vec<RunEvent> {
+        vec![
+            RunEvent::Leased,
+            RunEvent::ProvisioningStarted,
+            RunEvent::AgentStarted,
+            RunEvent::Succeeded(reason()),
+            RunEvent::Failed(reason()),
+            RunEvent::Cancelled(reason()),
+            RunEvent::RetryScheduled(reason()),
+            RunEvent::Requeued,
+        ]
+    }
+
+    #[test]
+    fn the_happy_path_reaches_succeeded() {
+        let mut state = RunState::Queued;
+        for event in [
+            RunEvent::Leased,
+            RunEvent::ProvisioningStarted,
+            RunEvent::AgentStarted,
+            RunEvent::Succeeded(reason()),
+        ] {
+            state = apply(state, &event).expect("legal");
+        }
+        assert_eq!(state, RunState::Succeeded);
+    }
+
+    #[test]
+    fn terminal_states_accept_no_event() {
+        for state in RunState::ALL.into_iter().filter(|s| s.is_terminal()) {
+            for event in every_event() {
+                assert!(apply(state, &event).is_err(), "{state} accepted {event:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn every_live_state_can_fail_or_be_cancelled() {
+        for state in RunState::ALL.into_iter().filter(|s| !s.is_terminal()) {
+            assert_eq!(
+                apply(state, &RunEvent::Failed(reason())),
+                Ok(RunState::Failed)
+            );
+            assert_eq!(
+                apply(state, &RunEvent::Cancelled(reason())),
+                Ok(RunState::Cancelled)
+            );
+        }
+    }
+
+    #[test]
+    fn a_run_cannot_skip_provisioning() {
+        let err = apply(RunState::Scheduled, &RunEvent::AgentStarted).expect_err("illegal");
+        assert_eq!(err.from, RunState::Scheduled);
+        assert_eq!(err.event, "agent_started");
+        assert!(apply(RunState::Queued, &RunEvent::Succeeded(reason())).is_err());
+    }
+
+    #[test]
+    fn a_retry_goes_back_to_the_queue() {
+        let state = apply(RunState::Provisioning, &RunEvent::RetryScheduled(reason()))
+            .expect("retry allowed");
+        assert_eq!(state, RunState::Retrying);
+        assert_eq!(apply(state, &RunEvent::Requeued), Ok(RunState::Queued));
+    }
+
+    #[test]
+    fn states_and_codes_round_trip_through_their_names() {
+        for state in RunState::ALL {
+            assert_eq!(state.as_str().parse::<RunState>(), Ok(state));
+        }
+        assert!("nonsense".parse::<RunState>().is_err());
+        assert_eq!(
+            "lease_expired".parse::<TerminalCode>(),
+            Ok(TerminalCode::LeaseExpired)
+        );
+    }
+
+    #[test]
+    fn random_event_sequences_never_leave_a_terminal_state() {
+        // A small exhaustive walk: every sequence of up to 5 events from every start state.
+        fn walk(state: RunState, depth: usize) {
+            if depth == 0 {
+                return;
+            }
+            for event in every_event() {
+                if let Ok(next) = apply(state, &event) {
+                    assert!(!state.is_terminal(), "left terminal {state}");
+                    walk(next, depth - 1);
+                }
+            }
+        }
+        for state in RunState::ALL {
+            walk(state, 5);
+        }
+    }
+}

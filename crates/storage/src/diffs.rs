@@ -1,0 +1,55 @@
+use cadenza_domain::{OrgId, RunId, Scope};
+use sqlx::PgConnection;
+use time::OffsetDateTime;
+
+use crate::StorageResult;
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct RunDiff {
+    pub run_id: RunId,
+    pub base_commit: Option<String>,
+    pub patch: String,
+    pub created_at: OffsetDateTime,
+}
+
+pub async fn upsert(
+    conn: &mut PgConnection,
+    run_id: RunId,
+    org_id: OrgId,
+    base_commit: Option<&str>,
+    patch: &str,
+) -> StorageResult<()> {
+    sqlx::query!(
+        r#"insert into run_diffs (run_id, org_id, base_commit, patch) values ($1, $2, $3, $4)
+           on conflict (run_id) do update
+             set base_commit = excluded.base_commit, patch = excluded.patch, created_at = now()"#,
+        run_id.as_uuid(),
+        org_id.as_uuid(),
+        base_commit,
+        patch
+    )
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+pub async fn get(
+    conn: &mut PgConnection,
+    scope: Scope,
+    run_id: RunId,
+) -> StorageResult<Option<RunDiff>> {
+    let row = sqlx::query!(
+        r#"select run_id, base_commit, patch, created_at from run_diffs
+           where run_id = $1 and ($2::uuid is null or org_id = $2)"#,
+        run_id.as_uuid(),
+        scope.org_filter()
+    )
+    .fetch_optional(conn)
+    .await?;
+    Ok(row.map(|row| RunDiff {
+        run_id: row.run_id.into(),
+        base_commit: row.base_commit,
+        patch: row.patch,
+        created_at: row.created_at,
+    }))
+}

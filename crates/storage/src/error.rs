@@ -1,0 +1,46 @@
+use thiserror::Error;
+
+pub type StorageResult<T> = Result<T, StorageError>;
+
+#[derive(Debug, Error)]
+pub enum StorageError {
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    /// A uniqueness rule or a compare-and-set guard rejected the write.
+    #[error("conflict: {0}")]
+    Conflict(String),
+    /// A stored value does not decode into the domain type (a bug or a manual edit).
+    #[error("corrupt row: {0}")]
+    Corrupt(String),
+    #[error("database error")]
+    Database(#[source] sqlx::Error),
+    #[error("migration failed")]
+    Migration(#[source] sqlx::migrate::MigrateError),
+}
+
+impl StorageError {
+    /// Whether retrying the same operation later may succeed (connection loss, timeouts,
+    /// serialization failures), as opposed to a permanent rejection.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            StorageError::Database(err) => match err {
+                sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => true,
+                sqlx::Error::Database(db) => matches!(db.code().as_deref(), Some("40001" | "40P01")),
+                _ => false,
+            },
+            _ => false,
+        }
+    }
+}
+
+impl From<sqlx::Error> for StorageError {
+    fn from(err: sqlx::Error) -> Self {
+        match &err {
+            sqlx::Error::RowNotFound => StorageError::NotFound("row"),
+            sqlx::Error::Database(db) if db.is_unique_violation() => {
+                StorageError::Conflict(db.constraint().unwrap_or("unique").to_owned())
+            }
+            _ => StorageError::Database(err),
+        }
+    }
+}

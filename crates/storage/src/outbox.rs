@@ -1,0 +1,74 @@
+//! The transactional outbox. Messages are enqueued in the transaction that causes them and
+//! relayed to NATS afterwards; the row id doubles as the NATS de-duplication id.
+
+use sqlx::PgConnection;
+
+use crate::StorageResult;
+
+#[derive(Clone, Debug)]
+pub struct OutboxMessage {
+    pub id: i64,
+    /// A subject relative to the deployment's bus prefix.
+    pub subject: String,
+    pub payload: serde_json::Value,
+}
+
+pub async fn enqueue(
+    conn: &mut PgConnection,
+    subject: &str,
+    payload: &serde_json::Value,
+) -> StorageResult<i64> {
+    let row = sqlx::query!(
+        "insert into outbox (subject, payload) values ($1, $2) returning id",
+        subject,
+        payload
+    )
+    .fetch_one(conn)
+    .await?;
+    Ok(row.id)
+}
+
+/// Locks the oldest unpublished messages; other relays skip them until this transaction ends.
+pub async fn lock_unpublished(
+    conn: &mut PgConnection,
+    limit: i64,
+) -> StorageResult<Vec<OutboxMessage>> {
+    let rows = sqlx::query!(
+        r#"select id, subject, payload from outbox where published_at is null
+           order by id limit $1 for update skip locked"#,
+        limit
+    )
+    .fetch_all(conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|row| OutboxMessage {
+            id: row.id,
+            subject: row.subject,
+            payload: row.payload,
+        })
+        .collect())
+}
+
+pub async fn mark_published(conn: &mut PgConnection, ids: &[i64]) -> StorageResult<()> {
+    sqlx::query!(
+        "update outbox set published_at = now() where id = any($1)",
+        ids
+    )
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Drops published messages older than `keep_hours`, so the table stays small.
+pub async fn prune(conn: &mut PgConnection, keep_hours: f64) -> StorageResult<u64> {
+    let done = sqlx::query!(
+        r#"delete from outbox
+           where published_at is not null
+             and published_at < now() - make_interval(hours => $1::float8::int)"#,
+        keep_hours
+    )
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected())
+}

@@ -1,0 +1,164 @@
+use std::collections::BTreeMap;
+
+use cadenza_domain::{AgentSettings, OrgId, Project, ProjectId, Scope};
+use sqlx::PgConnection;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::{StorageError, StorageResult};
+
+struct ProjectRow {
+    id: Uuid,
+    org_id: Uuid,
+    slug: String,
+    name: String,
+    agent_image: String,
+    agent_cpus: f64,
+    agent_memory_mb: i64,
+    agent_pids_limit: i64,
+    agent_max_iterations: i64,
+    agent_llm_model: Option<String>,
+    agent_llm_base_url: Option<String>,
+    agent_env: serde_json::Value,
+    created_at: OffsetDateTime,
+    updated_at: OffsetDateTime,
+}
+
+impl TryFrom<ProjectRow> for Project {
+    type Error = StorageError;
+
+    fn try_from(row: ProjectRow) -> Result<Self, Self::Error> {
+        let env: BTreeMap<String, String> = serde_json::from_value(row.agent_env)
+            .map_err(|err| StorageError::Corrupt(format!("project {} agent_env: {err}", row.id)))?;
+        Ok(Project {
+            id: row.id.into(),
+            org_id: row.org_id.into(),
+            slug: row.slug,
+            name: row.name,
+            agent: AgentSettings {
+                image: row.agent_image,
+                cpus: row.agent_cpus,
+                memory_mb: row.agent_memory_mb,
+                pids_limit: row.agent_pids_limit,
+                max_iterations: row.agent_max_iterations,
+                llm_model: row.agent_llm_model,
+                llm_base_url: row.agent_llm_base_url,
+                env,
+            },
+            created_at: row.created_at,
+            updated_at: row.updated_at,
+        })
+    }
+}
+
+pub async fn create(
+    conn: &mut PgConnection,
+    org_id: OrgId,
+    slug: &str,
+    name: &str,
+    agent: &AgentSettings,
+) -> StorageResult<Project> {
+    let env = serde_json::to_value(&agent.env)
+        .map_err(|err| StorageError::Corrupt(format!("agent env: {err}")))?;
+    let row = sqlx::query_as!(
+        ProjectRow,
+        r#"insert into projects (id, org_id, slug, name, agent_image, agent_cpus, agent_memory_mb,
+                                 agent_pids_limit, agent_max_iterations, agent_llm_model,
+                                 agent_llm_base_url, agent_env)
+           values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+           returning id, org_id, slug, name, agent_image, agent_cpus, agent_memory_mb,
+                     agent_pids_limit, agent_max_iterations, agent_llm_model, agent_llm_base_url,
+                     agent_env, created_at, updated_at"#,
+        ProjectId::new().as_uuid(),
+        org_id.as_uuid(),
+        slug,
+        name,
+        agent.image,
+        agent.cpus,
+        agent.memory_mb,
+        agent.pids_limit,
+        agent.max_iterations,
+        agent.llm_model,
+        agent.llm_base_url,
+        env
+    )
+    .fetch_one(conn)
+    .await?;
+    row.try_into()
+}
+
+/// Points an existing project at another agent image (used by bootstrap to keep the demo
+/// project in step with the configured image).
+pub async fn set_agent_image(
+    conn: &mut PgConnection,
+    id: ProjectId,
+    image: &str,
+) -> StorageResult<()> {
+    sqlx::query!(
+        "update projects set agent_image = $2, updated_at = now() where id = $1",
+        id.as_uuid(),
+        image
+    )
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+pub async fn get(conn: &mut PgConnection, scope: Scope, id: ProjectId) -> StorageResult<Project> {
+    let row = sqlx::query_as!(
+        ProjectRow,
+        r#"select id, org_id, slug, name, agent_image, agent_cpus, agent_memory_mb,
+                  agent_pids_limit, agent_max_iterations, agent_llm_model, agent_llm_base_url,
+                  agent_env, created_at, updated_at
+           from projects where id = $1 and ($2::uuid is null or org_id = $2)"#,
+        id.as_uuid(),
+        scope.org_filter()
+    )
+    .fetch_optional(conn)
+    .await?
+    .ok_or(StorageError::NotFound("project"))?;
+    row.try_into()
+}
+
+pub async fn find_by_slug(
+    conn: &mut PgConnection,
+    org_id: OrgId,
+    slug: &str,
+) -> StorageResult<Option<Project>> {
+    let row = sqlx::query_as!(
+        ProjectRow,
+        r#"select id, org_id, slug, name, agent_image, agent_cpus, agent_memory_mb,
+                  agent_pids_limit, agent_max_iterations, agent_llm_model, agent_llm_base_url,
+                  agent_env, created_at, updated_at
+           from projects where org_id = $1 and slug = $2"#,
+        org_id.as_uuid(),
+        slug
+    )
+    .fetch_optional(conn)
+    .await?;
+    row.map(Project::try_from).transpose()
+}
+
+/// Newest first; `before` is the id of the last project of the previous page.
+pub async fn list(
+    conn: &mut PgConnection,
+    scope: Scope,
+    before: Option<ProjectId>,
+    limit: i64,
+) -> StorageResult<Vec<Project>> {
+    let rows = sqlx::query_as!(
+        ProjectRow,
+        r#"select id, org_id, slug, name, agent_image, agent_cpus, agent_memory_mb,
+                  agent_pids_limit, agent_max_iterations, agent_llm_model, agent_llm_base_url,
+                  agent_env, created_at, updated_at
+           from projects
+           where ($1::uuid is null or org_id = $1) and ($2::uuid is null or id < $2)
+           order by id desc limit $3"#,
+        scope.org_filter(),
+        before.map(|id| id.as_uuid()),
+        limit
+    )
+    .fetch_all(conn)
+    .await?;
+    rows.into_iter().map(Project::try_from).collect()
+}

@@ -1,0 +1,395 @@
+use std::time::Duration;
+
+use cadenza_domain::{
+    OrgId, ProjectId, Run, RunEvent, RunId, RunState, Scope, TerminalReason, WorkerId, apply,
+};
+use sqlx::PgConnection;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::journal::{self, NewJournalEvent};
+use crate::{StorageError, StorageResult};
+
+struct RunRow {
+    id: Uuid,
+    org_id: Uuid,
+    project_id: Uuid,
+    state: String,
+    attempt: i32,
+    prompt: String,
+    idempotency_key: Option<String>,
+    lease_holder: Option<Uuid>,
+    lease_expires_at: Option<OffsetDateTime>,
+    terminal_code: Option<String>,
+    terminal_reason: Option<String>,
+    conversation_id: Option<Uuid>,
+    final_message: Option<String>,
+    last_event_seq: i64,
+    created_at: OffsetDateTime,
+    scheduled_at: Option<OffsetDateTime>,
+    provisioning_at: Option<OffsetDateTime>,
+    running_at: Option<OffsetDateTime>,
+    finished_at: Option<OffsetDateTime>,
+    updated_at: OffsetDateTime,
+}
+
+impl TryFrom<RunRow> for Run {
+    type Error = StorageError;
+
+    fn try_from(row: RunRow) -> Result<Self, Self::Error> {
+        let state = row
+            .state
+            .parse()
+            .map_err(|err| StorageError::Corrupt(format!("run {}: {err}", row.id)))?;
+        let terminal_reason = match row.terminal_code {
+            Some(code) => Some(TerminalReason {
+                code: code.parse().map_err(StorageError::Corrupt)?,
+                message: row.terminal_reason.unwrap_or_default(),
+            }),
+            None => None,
+        };
+        Ok(Run {
+            id: row.id.into(),
+            org_id: row.org_id.into(),
+            project_id: row.project_id.into(),
+            state,
+            attempt: row.attempt,
+            prompt: row.prompt,
+            idempotency_key: row.idempotency_key,
+            lease_holder: row.lease_holder.map(WorkerId::from),
+            lease_expires_at: row.lease_expires_at,
+            terminal_reason,
+            conversation_id: row.conversation_id,
+            final_message: row.final_message,
+            last_event_seq: row.last_event_seq,
+            created_at: row.created_at,
+            scheduled_at: row.scheduled_at,
+            provisioning_at: row.provisioning_at,
+            running_at: row.running_at,
+            finished_at: row.finished_at,
+            updated_at: row.updated_at,
+        })
+    }
+}
+
+pub struct NewRun<'a> {
+    pub org_id: OrgId,
+    pub project_id: ProjectId,
+    pub prompt: &'a str,
+    pub idempotency_key: Option<&'a str>,
+}
+
+/// The outcome of submitting a run: a new row, or the run an earlier request with the same
+/// idempotency key created.
+#[derive(Debug)]
+pub enum Submitted {
+    Created(Run),
+    Existing(Run),
+}
+
+/// Stores a queued run and journals its first entry. With an idempotency key, a second submit
+/// returns the first run instead of creating another one.
+pub async fn submit(conn: &mut PgConnection, new: NewRun<'_>) -> StorageResult<Submitted> {
+    let inserted = sqlx::query_as!(
+        RunRow,
+        r#"insert into runs (id, org_id, project_id, state, prompt, idempotency_key)
+           values ($1, $2, $3, 'queued', $4, $5)
+           on conflict (project_id, idempotency_key) where idempotency_key is not null do nothing
+           returning id, org_id, project_id, state, attempt, prompt, idempotency_key, lease_holder,
+                     lease_expires_at, terminal_code, terminal_reason, conversation_id,
+                     final_message, last_event_seq, created_at, scheduled_at, provisioning_at,
+                     running_at, finished_at, updated_at"#,
+        RunId::new().as_uuid(),
+        new.org_id.as_uuid(),
+        new.project_id.as_uuid(),
+        new.prompt,
+        new.idempotency_key
+    )
+    .fetch_optional(&mut *conn)
+    .await?;
+    match inserted {
+        Some(row) => {
+            let run = Run::try_from(row)?;
+            journal::append(
+                &mut *conn,
+                NewJournalEvent::run_state(&run, None, RunState::Queued, None),
+            )
+            .await?;
+            // Re-read so the caller sees the journal position.
+            let run = get(conn, Scope::Org(run.org_id), run.id).await?;
+            Ok(Submitted::Created(run))
+        }
+        None => {
+            let key = new.idempotency_key.unwrap_or_default();
+            let row = sqlx::query_as!(
+                RunRow,
+                r#"select id, org_id, project_id, state, attempt, prompt, idempotency_key,
+                          lease_holder, lease_expires_at, terminal_code, terminal_reason,
+                          conversation_id, final_message, last_event_seq, created_at, scheduled_at,
+                          provisioning_at, running_at, finished_at, updated_at
+                   from runs where project_id = $1 and idempotency_key = $2"#,
+                new.project_id.as_uuid(),
+                key
+            )
+            .fetch_one(conn)
+            .await?;
+            Ok(Submitted::Existing(row.try_into()?))
+        }
+    }
+}
+
+pub async fn get(conn: &mut PgConnection, scope: Scope, id: RunId) -> StorageResult<Run> {
+    sqlx::query_as!(
+        RunRow,
+        r#"select id, org_id, project_id, state, attempt, prompt, idempotency_key, lease_holder,
+                  lease_expires_at, terminal_code, terminal_reason, conversation_id, final_message,
+                  last_event_seq, created_at, scheduled_at, provisioning_at, running_at,
+                  finished_at, updated_at
+           from runs where id = $1 and ($2::uuid is null or org_id = $2)"#,
+        id.as_uuid(),
+        scope.org_filter()
+    )
+    .fetch_optional(conn)
+    .await?
+    .ok_or(StorageError::NotFound("run"))?
+    .try_into()
+}
+
+pub struct RunFilter {
+    pub project_id: Option<ProjectId>,
+    pub state: Option<RunState>,
+    /// The id of the last run of the previous page (lists are newest first).
+    pub before: Option<RunId>,
+    pub limit: i64,
+}
+
+pub async fn list(
+    conn: &mut PgConnection,
+    scope: Scope,
+    filter: &RunFilter,
+) -> StorageResult<Vec<Run>> {
+    let rows = sqlx::query_as!(
+        RunRow,
+        r#"select id, org_id, project_id, state, attempt, prompt, idempotency_key, lease_holder,
+                  lease_expires_at, terminal_code, terminal_reason, conversation_id, final_message,
+                  last_event_seq, created_at, scheduled_at, provisioning_at, running_at,
+                  finished_at, updated_at
+           from runs
+           where ($1::uuid is null or org_id = $1)
+             and ($2::uuid is null or project_id = $2)
+             and ($3::text is null or state = $3)
+             and ($4::uuid is null or id < $4)
+           order by id desc limit $5"#,
+        scope.org_filter(),
+        filter.project_id.map(|id| id.as_uuid()),
+        filter.state.map(|state| state.as_str()),
+        filter.before.map(|id| id.as_uuid()),
+        filter.limit
+    )
+    .fetch_all(conn)
+    .await?;
+    rows.into_iter().map(Run::try_from).collect()
+}
+
+/// Who is allowed to make a transition, beyond the expected previous state.
+#[derive(Clone, Copy, Debug)]
+pub enum Actor {
+    /// Any actor (the API, the scheduler's reaper).
+    Any,
+    /// Only the worker holding the lease.
+    LeaseHolder(WorkerId),
+}
+
+/// A lease granted with the `Leased` transition.
+#[derive(Clone, Copy, Debug)]
+pub struct Lease {
+    pub worker: WorkerId,
+    pub ttl: Duration,
+}
+
+/// Moves a run from `expected` by `event`, compare-and-set on the previous state (and on the lease
+/// holder when `actor` says so), and journals the change in the same transaction. Returns the
+/// updated run, or `Conflict` when the run is no longer in `expected` (someone else moved it).
+pub async fn transition(
+    conn: &mut PgConnection,
+    run_id: RunId,
+    expected: RunState,
+    event: &RunEvent,
+    actor: Actor,
+    lease: Option<Lease>,
+) -> StorageResult<Run> {
+    let next = apply(expected, event).map_err(|err| StorageError::Conflict(err.to_string()))?;
+    let reason = event.reason();
+    let lease_holder_guard = match actor {
+        Actor::Any => None,
+        Actor::LeaseHolder(worker) => Some(worker.as_uuid()),
+    };
+    let lease_ttl_ms = lease.map(|lease| lease.ttl.as_millis() as f64);
+    let terminal_code = reason
+        .filter(|_| next.is_terminal())
+        .map(|reason| reason.code.as_str());
+    let terminal_message = reason
+        .filter(|_| next.is_terminal())
+        .map(|reason| reason.message.as_str());
+    let row = sqlx::query_as!(
+        RunRow,
+        r#"update runs set
+             state = $3,
+             attempt = case when $3 = 'queued' and state = 'retrying' then attempt + 1 else attempt end,
+             lease_holder = case when $3 = 'scheduled' then $4
+                                 when $3 = 'queued' then null
+                                 else lease_holder end,
+             lease_expires_at = case
+                 when $3 = 'scheduled' then now() + make_interval(secs => $5::float8 / 1000.0)
+                 when $3 in ('scheduled', 'provisioning', 'running') then lease_expires_at
+                 else null end,
+             terminal_code = $6,
+             terminal_reason = $7,
+             scheduled_at = case when $3 = 'scheduled' then now() else scheduled_at end,
+             provisioning_at = case when $3 = 'provisioning' then now() else provisioning_at end,
+             running_at = case when $3 = 'running' then now() else running_at end,
+             finished_at = case when $3 in ('succeeded', 'failed', 'cancelled') then now()
+                                else finished_at end,
+             updated_at = now()
+           where id = $1 and state = $2 and ($8::uuid is null or lease_holder = $8)
+           returning id, org_id, project_id, state, attempt, prompt, idempotency_key, lease_holder,
+                     lease_expires_at, terminal_code, terminal_reason, conversation_id,
+                     final_message, last_event_seq, created_at, scheduled_at, provisioning_at,
+                     running_at, finished_at, updated_at"#,
+        run_id.as_uuid(),
+        expected.as_str(),
+        next.as_str(),
+        lease.map(|lease| lease.worker.as_uuid()),
+        lease_ttl_ms,
+        terminal_code,
+        terminal_message,
+        lease_holder_guard
+    )
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some(row) = row else {
+        return Err(StorageError::Conflict(format!(
+            "run {run_id} is no longer `{expected}` (or not held by this actor)"
+        )));
+    };
+    let run = Run::try_from(row)?;
+    journal::append(
+        &mut *conn,
+        NewJournalEvent::run_state(&run, Some(expected), next, reason),
+    )
+    .await?;
+    Ok(run)
+}
+
+pub async fn set_conversation(
+    conn: &mut PgConnection,
+    run_id: RunId,
+    conversation_id: Uuid,
+) -> StorageResult<()> {
+    sqlx::query!(
+        "update runs set conversation_id = $2, updated_at = now() where id = $1",
+        run_id.as_uuid(),
+        conversation_id
+    )
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+pub async fn set_final_message(
+    conn: &mut PgConnection,
+    run_id: RunId,
+    message: &str,
+) -> StorageResult<()> {
+    sqlx::query!(
+        "update runs set final_message = $2, updated_at = now() where id = $1",
+        run_id.as_uuid(),
+        message
+    )
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Locks up to `limit` queued runs, oldest first, skipping rows another scheduler holds.
+pub async fn lock_queued(conn: &mut PgConnection, limit: i64) -> StorageResult<Vec<RunId>> {
+    let rows = sqlx::query!(
+        r#"select id from runs where state = 'queued'
+           order by created_at limit $1 for update skip locked"#,
+        limit
+    )
+    .fetch_all(conn)
+    .await?;
+    Ok(rows.into_iter().map(|row| RunId::from(row.id)).collect())
+}
+
+/// Locks a queued run by id if it is still queued (the fast path of a `run requested` nudge).
+pub async fn lock_if_queued(conn: &mut PgConnection, id: RunId) -> StorageResult<bool> {
+    let row = sqlx::query!(
+        "select id from runs where id = $1 and state = 'queued' for update skip locked",
+        id.as_uuid()
+    )
+    .fetch_optional(conn)
+    .await?;
+    Ok(row.is_some())
+}
+
+/// Leased runs whose holder stopped renewing the lease, locked for the reaper.
+pub async fn lock_expired_leases(
+    conn: &mut PgConnection,
+    limit: i64,
+) -> StorageResult<Vec<(RunId, RunState)>> {
+    let rows = sqlx::query!(
+        r#"select id, state from runs
+           where state in ('scheduled', 'provisioning', 'running') and lease_expires_at < now()
+           order by lease_expires_at limit $1 for update skip locked"#,
+        limit
+    )
+    .fetch_all(conn)
+    .await?;
+    rows.into_iter()
+        .map(|row| {
+            let state = row
+                .state
+                .parse()
+                .map_err(|err| StorageError::Corrupt(format!("run {}: {err}", row.id)))?;
+            Ok((RunId::from(row.id), state))
+        })
+        .collect()
+}
+
+/// Runs waiting out a retry backoff that are due to go back to the queue.
+pub async fn lock_due_retries(
+    conn: &mut PgConnection,
+    backoff: Duration,
+    limit: i64,
+) -> StorageResult<Vec<RunId>> {
+    let rows = sqlx::query!(
+        r#"select id from runs
+           where state = 'retrying'
+             and updated_at < now() - make_interval(secs => $1::float8 * power(2, least(attempt - 1, 6)))
+           limit $2 for update skip locked"#,
+        backoff.as_secs_f64(),
+        limit
+    )
+    .fetch_all(conn)
+    .await?;
+    Ok(rows.into_iter().map(|row| RunId::from(row.id)).collect())
+}
+
+/// Runs a worker holds, for start-up reconciliation and lease renewal.
+pub async fn held_by(conn: &mut PgConnection, worker: WorkerId) -> StorageResult<Vec<Run>> {
+    let rows = sqlx::query_as!(
+        RunRow,
+        r#"select id, org_id, project_id, state, attempt, prompt, idempotency_key, lease_holder,
+                  lease_expires_at, terminal_code, terminal_reason, conversation_id, final_message,
+                  last_event_seq, created_at, scheduled_at, provisioning_at, running_at,
+                  finished_at, updated_at
+           from runs
+           where lease_holder = $1 and state in ('scheduled', 'provisioning', 'running')"#,
+        worker.as_uuid()
+    )
+    .fetch_all(conn)
+    .await?;
+    rows.into_iter().map(Run::try_from).collect()
+}

@@ -1,0 +1,89 @@
+use std::time::Duration;
+
+use cadenza_domain::{Worker, WorkerId};
+use sqlx::PgConnection;
+
+use crate::StorageResult;
+
+/// Registers a worker by its stable name, keeping its id across restarts so leases and
+/// containers it owned can be found again.
+pub async fn register(conn: &mut PgConnection, name: &str, capacity: i32) -> StorageResult<Worker> {
+    let row = sqlx::query!(
+        r#"insert into workers (id, name, capacity) values ($1, $2, $3)
+           on conflict (name) do update
+             set capacity = excluded.capacity, started_at = now(), last_heartbeat_at = now(),
+                 stopped_at = null
+           returning id, name, capacity, started_at, last_heartbeat_at"#,
+        WorkerId::new().as_uuid(),
+        name,
+        capacity
+    )
+    .fetch_one(conn)
+    .await?;
+    Ok(Worker {
+        id: row.id.into(),
+        name: row.name,
+        capacity: row.capacity,
+        started_at: row.started_at,
+        last_heartbeat_at: row.last_heartbeat_at,
+    })
+}
+
+/// Records that the worker is alive and extends the leases of every run it holds.
+/// Returns how many leases were extended.
+pub async fn heartbeat(
+    conn: &mut PgConnection,
+    worker: WorkerId,
+    lease_ttl: Duration,
+) -> StorageResult<u64> {
+    sqlx::query!(
+        "update workers set last_heartbeat_at = now() where id = $1",
+        worker.as_uuid()
+    )
+    .execute(&mut *conn)
+    .await?;
+    let extended = sqlx::query!(
+        r#"update runs set lease_expires_at = now() + make_interval(secs => $2::float8)
+           where lease_holder = $1 and state in ('scheduled', 'provisioning', 'running')"#,
+        worker.as_uuid(),
+        lease_ttl.as_secs_f64()
+    )
+    .execute(conn)
+    .await?;
+    Ok(extended.rows_affected())
+}
+
+pub async fn mark_stopped(conn: &mut PgConnection, worker: WorkerId) -> StorageResult<()> {
+    sqlx::query!(
+        "update workers set stopped_at = now() where id = $1",
+        worker.as_uuid()
+    )
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// The live worker with the most free slots, locked so two schedulers cannot both fill its last
+/// slot. `None` when every live worker is full (or none is alive).
+pub async fn lock_worker_with_capacity(
+    conn: &mut PgConnection,
+    liveness: Duration,
+) -> StorageResult<Option<WorkerId>> {
+    let row = sqlx::query!(
+        r#"select w.id from workers w
+           cross join lateral (
+               select count(*) as active from runs r
+               where r.lease_holder = w.id and r.state in ('scheduled', 'provisioning', 'running')
+           ) load
+           where w.stopped_at is null
+             and w.last_heartbeat_at > now() - make_interval(secs => $1::float8)
+             and w.capacity > load.active
+           order by w.capacity - load.active desc, w.last_heartbeat_at desc
+           limit 1
+           for update of w skip locked"#,
+        liveness.as_secs_f64()
+    )
+    .fetch_optional(conn)
+    .await?;
+    Ok(row.map(|row| WorkerId::from(row.id)))
+}
