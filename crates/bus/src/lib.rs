@@ -164,6 +164,16 @@ impl Bus {
             })
     }
 
+    /// Fans a committed journal entry out to live readers. Best effort by design: a reader that
+    /// misses it reads Postgres.
+    pub async fn publish_journal_event(&self, event: &cadenza_domain::JournalEvent) {
+        let subject = subjects::live_events(event.run_id);
+        let message = messages::LiveEvent::from_journal(event);
+        if let Err(err) = self.publish_live(&subject, &message).await {
+            tracing::debug!(run_id = %event.run_id, error = %err, "live publish failed");
+        }
+    }
+
     pub async fn subscribe_live(&self, relative_subject: &str) -> BusResult<async_nats::Subscriber> {
         let subject = self.subject(relative_subject);
         self.client

@@ -209,7 +209,8 @@ pub struct Lease {
 
 /// Moves a run from `expected` by `event`, compare-and-set on the previous state (and on the lease
 /// holder when `actor` says so), and journals the change in the same transaction. Returns the
-/// updated run, or `Conflict` when the run is no longer in `expected` (someone else moved it).
+/// updated run and its journal entry, or `Conflict` when the run is no longer in `expected`
+/// (someone else moved it).
 pub async fn transition(
     conn: &mut PgConnection,
     run_id: RunId,
@@ -217,7 +218,7 @@ pub async fn transition(
     event: &RunEvent,
     actor: Actor,
     lease: Option<Lease>,
-) -> StorageResult<Run> {
+) -> StorageResult<Transitioned> {
     let next = apply(expected, event).map_err(|err| StorageError::Conflict(err.to_string()))?;
     let reason = event.reason();
     let lease_holder_guard = match actor {
@@ -272,13 +273,22 @@ pub async fn transition(
             "run {run_id} is no longer `{expected}` (or not held by this actor)"
         )));
     };
-    let run = Run::try_from(row)?;
-    journal::append(
+    let mut run = Run::try_from(row)?;
+    let entry = journal::append(
         &mut *conn,
         NewJournalEvent::run_state(&run, Some(expected), next, reason),
     )
-    .await?;
-    Ok(run)
+    .await?
+    .ok_or_else(|| StorageError::Conflict(format!("run {run_id} vanished during a transition")))?;
+    run.last_event_seq = entry.seq;
+    Ok(Transitioned { run, entry })
+}
+
+/// A committed-together state change and the journal entry that records it.
+#[derive(Debug)]
+pub struct Transitioned {
+    pub run: Run,
+    pub entry: cadenza_domain::JournalEvent,
 }
 
 pub async fn set_conversation(

@@ -1,0 +1,85 @@
+//! Relays committed outbox rows to NATS JetStream.
+//!
+//! A service writes a state change and its message in one transaction; this relay publishes the
+//! message afterwards and marks the row. Publishing uses the row id as `Nats-Msg-Id`, so a crash
+//! between publish and mark (which leads to a second publish) is absorbed by JetStream's
+//! de-duplication window. Several relays may run at once: rows are claimed with SKIP LOCKED.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use cadenza_bus::Bus;
+use cadenza_storage::{PgPool, StorageError, outbox};
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+const BATCH: i64 = 100;
+/// How often the relay looks for rows even when nobody nudged it (rows written by another
+/// process, or left behind by a crash).
+const POLL_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Wakes the relay right after a commit, so messages do not wait for the next poll.
+#[derive(Clone, Default)]
+pub struct RelayNudge(Arc<Notify>);
+
+impl RelayNudge {
+    pub fn nudge(&self) {
+        self.0.notify_one();
+    }
+}
+
+pub fn spawn(pool: PgPool, bus: Bus, shutdown: CancellationToken) -> (RelayNudge, JoinHandle<()>) {
+    let nudge = RelayNudge::default();
+    let waker = nudge.clone();
+    let handle = tokio::spawn(async move {
+        loop {
+            match relay_once(&pool, &bus).await {
+                // A full batch: there may be more, go again at once.
+                Ok(count) if count as i64 == BATCH => continue,
+                Ok(_) => {}
+                Err(err) => tracing::warn!(error = %err, "outbox relay pass failed; retrying"),
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = waker.0.notified() => {}
+                _ = tokio::time::sleep(POLL_INTERVAL) => {}
+            }
+        }
+        // One last pass so messages committed just before shutdown are not left for the poll
+        // of another process.
+        if let Err(err) = relay_once(&pool, &bus).await {
+            tracing::warn!(error = %err, "final outbox relay pass failed");
+        }
+    });
+    (nudge, handle)
+}
+
+/// Publishes one batch; returns how many rows were published.
+pub async fn relay_once(pool: &PgPool, bus: &Bus) -> Result<usize, StorageError> {
+    let mut tx = pool.begin().await?;
+    let messages = outbox::lock_unpublished(&mut tx, BATCH).await?;
+    if messages.is_empty() {
+        return Ok(0);
+    }
+    let mut published = Vec::with_capacity(messages.len());
+    for message in &messages {
+        let dedup_id = format!("outbox-{}", message.id);
+        match bus
+            .publish_durable(&message.subject, &message.payload, &dedup_id)
+            .await
+        {
+            Ok(()) => published.push(message.id),
+            Err(err) => {
+                // Keep order per batch: stop at the first failure and retry from it later.
+                tracing::warn!(error = %err, outbox_id = message.id, "publish failed");
+                break;
+            }
+        }
+    }
+    if !published.is_empty() {
+        outbox::mark_published(&mut tx, &published).await?;
+    }
+    tx.commit().await?;
+    Ok(published.len())
+}

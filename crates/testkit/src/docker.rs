@@ -1,0 +1,66 @@
+//! Docker helpers for tests: which agent image to use, and a guard that removes every container
+//! (and network) a test's worker created, also when the test fails.
+
+use std::process::Command;
+
+/// The scripted fake agent-server image built by `scripts/build-images.sh`.
+pub fn fake_agent_image() -> String {
+    std::env::var("CADENZA_TEST_FAKE_AGENT_IMAGE")
+        .unwrap_or_else(|_| "cadenza/fake-agent-server:dev".to_owned())
+}
+
+/// Ids of the containers carrying `label=value`, running or not.
+pub fn containers_with_label(label: &str, value: &str) -> Vec<String> {
+    let output = Command::new("docker")
+        .args(["ps", "-aq", "--filter", &format!("label={label}={value}")])
+        .output();
+    match output {
+        Ok(output) => String::from_utf8_lossy(&output.stdout)
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// Removes, on drop, every container and network labelled with this worker name.
+pub struct ContainerSweeper {
+    worker_name: String,
+}
+
+impl ContainerSweeper {
+    pub fn for_worker(worker_name: impl Into<String>) -> Self {
+        Self {
+            worker_name: worker_name.into(),
+        }
+    }
+
+    pub fn sweep(&self) {
+        let label = format!("label=io.cadenza.worker={}", self.worker_name);
+        let containers = containers_with_label("io.cadenza.worker", &self.worker_name);
+        if !containers.is_empty() {
+            let _ = Command::new("docker")
+                .args(["rm", "-f", "-v"])
+                .args(&containers)
+                .output();
+        }
+        if let Ok(output) = Command::new("docker")
+            .args(["network", "ls", "-q", "--filter", &label])
+            .output()
+        {
+            let networks: Vec<String> = String::from_utf8_lossy(&output.stdout)
+                .split_whitespace()
+                .map(str::to_owned)
+                .collect();
+            if !networks.is_empty() {
+                let _ = Command::new("docker").args(["network", "rm"]).args(&networks).output();
+            }
+        }
+    }
+}
+
+impl Drop for ContainerSweeper {
+    fn drop(&mut self) {
+        self.sweep();
+    }
+}

@@ -1,0 +1,98 @@
+//! Connections to the real infrastructure tests run against (started by `scripts/infra.sh`), with
+//! per-test isolation: a fresh database, a unique NATS prefix, a unique Redis key prefix.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use sqlx::{Connection, PgConnection, PgPool};
+use uuid::Uuid;
+
+/// The server tests create their databases on. Override with `CADENZA_TEST_DATABASE_URL`.
+pub fn admin_database_url() -> String {
+    std::env::var("CADENZA_TEST_DATABASE_URL")
+        .or_else(|_| std::env::var("CADENZA_DATABASE_URL"))
+        .unwrap_or_else(|_| "postgres://cadenza:cadenza@127.0.0.1:15432/cadenza".to_owned())
+}
+
+pub fn nats_url() -> String {
+    std::env::var("CADENZA_TEST_NATS_URL")
+        .or_else(|_| std::env::var("CADENZA_NATS_URL"))
+        .unwrap_or_else(|_| "nats://127.0.0.1:14222".to_owned())
+}
+
+pub fn redis_url() -> String {
+    std::env::var("CADENZA_TEST_REDIS_URL")
+        .or_else(|_| std::env::var("CADENZA_REDIS_URL"))
+        .unwrap_or_else(|_| "redis://127.0.0.1:16379".to_owned())
+}
+
+/// A short unique name for one test's resources.
+pub fn unique_name(prefix: &str) -> String {
+    let id = Uuid::new_v4().simple().to_string();
+    format!("{prefix}{}", &id[..12])
+}
+
+/// A database of its own for one test, migrated, dropped when the value is dropped.
+pub struct TestDatabase {
+    pub name: String,
+    pub url: String,
+    pub pool: PgPool,
+    admin_url: String,
+}
+
+impl TestDatabase {
+    pub async fn create() -> anyhow::Result<Self> {
+        let admin_url = admin_database_url();
+        let name = unique_name("cadenza_test_");
+        let mut admin = PgConnection::connect(&admin_url)
+            .await
+            .with_context(|| format!("connecting to the test Postgres at {admin_url}; run `scripts/infra.sh up`"))?;
+        sqlx::query(&format!("create database \"{name}\""))
+            .execute(&mut admin)
+            .await
+            .context("creating the test database")?;
+        admin.close().await.ok();
+        let url = replace_database(&admin_url, &name)?;
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(5)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect(&url)
+            .await?;
+        cadenza_storage::migrate(&pool).await?;
+        Ok(Self {
+            name,
+            url,
+            pool,
+            admin_url,
+        })
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        // Drop runs outside any async context guarantee, so use a thread with its own runtime.
+        let admin_url = self.admin_url.clone();
+        let name = self.name.clone();
+        let pool = self.pool.clone();
+        let _ = std::thread::spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+                return;
+            };
+            runtime.block_on(async move {
+                pool.close().await;
+                if let Ok(mut admin) = PgConnection::connect(&admin_url).await {
+                    let _ = sqlx::query(&format!("drop database if exists \"{name}\" with (force)"))
+                        .execute(&mut admin)
+                        .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+fn replace_database(url: &str, database: &str) -> anyhow::Result<String> {
+    let mut parsed = url::Url::parse(url).context("parsing the database URL")?;
+    parsed.set_path(&format!("/{database}"));
+    Ok(parsed.to_string())
+}

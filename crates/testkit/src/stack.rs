@@ -1,0 +1,286 @@
+//! Starts all four Cadenza services as separate processes against real Postgres, NATS, Redis and
+//! Docker, each on a random loopback port, isolated from other tests by their own database, bus
+//! prefix and worker name. Everything started here is stopped when the `Stack` is dropped.
+
+use std::fs::File;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use cadenza_domain::{AgentSettings, Org, Project};
+use cadenza_storage::{orgs, projects, tokens};
+
+use crate::docker::{ContainerSweeper, fake_agent_image};
+use crate::infra::{TestDatabase, nats_url, redis_url, unique_name};
+
+/// Where the service binaries are: `CADENZA_BIN_DIR`, else the target directory this test binary
+/// was built into (`target/<profile>/deps/..`).
+pub fn bin_dir() -> PathBuf {
+    if let Ok(dir) = std::env::var("CADENZA_BIN_DIR") {
+        return PathBuf::from(dir);
+    }
+    let exe = std::env::current_exe().unwrap_or_default();
+    let mut dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    dir
+}
+
+pub fn free_port() -> anyhow::Result<u16> {
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    Ok(listener.local_addr()?.port())
+}
+
+/// One service process, stopped with SIGTERM (then SIGKILL) on drop.
+pub struct ServiceProcess {
+    pub name: &'static str,
+    pub port: u16,
+    pub log_path: PathBuf,
+    child: Option<Child>,
+}
+
+impl ServiceProcess {
+    pub fn spawn(
+        name: &'static str,
+        binary: &str,
+        port: u16,
+        env: &[(String, String)],
+        log_dir: &Path,
+    ) -> anyhow::Result<Self> {
+        let path = bin_dir().join(binary);
+        if !path.exists() {
+            bail!(
+                "{} is missing; build the services first (`cargo build --bins`)",
+                path.display()
+            );
+        }
+        let log_path = log_dir.join(format!("{name}.log"));
+        let log = File::create(&log_path)?;
+        let child = Command::new(&path)
+            .env_clear()
+            .envs(
+                ["PATH", "HOME", "DOCKER_HOST", "DOCKER_CERT_PATH", "DOCKER_TLS_VERIFY"]
+                    .iter()
+                    .filter_map(|key| std::env::var(key).ok().map(|value| (key.to_string(), value))),
+            )
+            .env("RUST_LOG", "info,cadenza=debug")
+            .envs(env.iter().map(|(key, value)| (key.as_str(), value.as_str())))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {}", path.display()))?;
+        Ok(Self {
+            name,
+            port,
+            log_path,
+            child: Some(child),
+        })
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        match &mut self.child {
+            Some(child) => matches!(child.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+
+    /// SIGTERM, then SIGKILL after `grace`. Returns whether it exited on SIGTERM.
+    pub fn stop(&mut self, grace: Duration) -> bool {
+        let Some(mut child) = self.child.take() else {
+            return true;
+        };
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        false
+    }
+
+    /// Waits until `/readyz` answers 200, failing early if the process exits.
+    pub async fn wait_ready(&mut self, budget: Duration) -> anyhow::Result<()> {
+        let url = format!("http://127.0.0.1:{}/readyz", self.port);
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(2))
+            .build()?;
+        let deadline = Instant::now() + budget;
+        loop {
+            if !self.is_running() {
+                bail!("{} exited during start-up:\n{}", self.name, self.logs());
+            }
+            if let Ok(response) = client.get(&url).send().await
+                && response.status().is_success()
+            {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("{} was not ready within {budget:?}:\n{}", self.name, self.logs());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for ServiceProcess {
+    fn drop(&mut self) {
+        self.stop(Duration::from_secs(10));
+    }
+}
+
+pub struct StackOptions {
+    pub worker_capacity: u32,
+    /// Extra environment for every service (e.g. shorter timeouts).
+    pub extra_env: Vec<(String, String)>,
+}
+
+impl Default for StackOptions {
+    fn default() -> Self {
+        Self {
+            worker_capacity: 4,
+            extra_env: Vec::new(),
+        }
+    }
+}
+
+/// All four services, a database with one org and project (using the fake agent image), and an
+/// instance-wide API token.
+pub struct Stack {
+    pub api_url: String,
+    pub token: String,
+    pub org: Org,
+    pub project: Project,
+    pub bus_prefix: String,
+    pub worker_name: String,
+    pub services: Vec<ServiceProcess>,
+    // Field order matters: services stop before containers are swept and the database dropped.
+    _sweeper: ContainerSweeper,
+    pub db: TestDatabase,
+    log_dir: tempfile::TempDir,
+}
+
+impl Stack {
+    pub async fn start() -> anyhow::Result<Self> {
+        Self::start_with(StackOptions::default()).await
+    }
+
+    pub async fn start_with(options: StackOptions) -> anyhow::Result<Self> {
+        let db = TestDatabase::create().await?;
+        let bus_prefix = unique_name("t");
+        let worker_name = unique_name("test-worker-");
+        let sweeper = ContainerSweeper::for_worker(worker_name.clone());
+        let log_dir = tempfile::tempdir()?;
+
+        let mut conn = db.pool.acquire().await?;
+        let org = orgs::create(&mut conn, &unique_name("org-"), "Test org").await?;
+        let project = projects::create(
+            &mut conn,
+            org.id,
+            "main",
+            "Main project",
+            &test_agent_settings(&fake_agent_image()),
+        )
+        .await?;
+        let (_, token) = tokens::create(&mut conn, None, "test admin").await?;
+        drop(conn);
+
+        let ports = [free_port()?, free_port()?, free_port()?, free_port()?];
+        let mut env: Vec<(String, String)> = vec![
+            ("CADENZA_DATABASE_URL".into(), db.url.clone()),
+            ("CADENZA_NATS_URL".into(), nats_url()),
+            ("CADENZA_REDIS_URL".into(), redis_url()),
+            ("CADENZA_BUS_PREFIX".into(), bus_prefix.clone()),
+            ("CADENZA_API_LISTEN".into(), format!("127.0.0.1:{}", ports[0])),
+            ("CADENZA_SCHEDULER_LISTEN".into(), format!("127.0.0.1:{}", ports[1])),
+            ("CADENZA_WORKER_LISTEN".into(), format!("127.0.0.1:{}", ports[2])),
+            ("CADENZA_LINEAR_SYNC_LISTEN".into(), format!("127.0.0.1:{}", ports[3])),
+            ("CADENZA_WORKER_NAME".into(), worker_name.clone()),
+            ("CADENZA_WORKER_CAPACITY".into(), options.worker_capacity.to_string()),
+            ("CADENZA_HEARTBEAT_INTERVAL".into(), "1s".into()),
+            ("CADENZA_LEASE_TTL".into(), "10s".into()),
+            ("CADENZA_WORKER_LIVENESS".into(), "5s".into()),
+            ("CADENZA_RECONCILE_INTERVAL".into(), "250ms".into()),
+            ("CADENZA_SHUTDOWN_GRACE".into(), "5s".into()),
+            ("CADENZA_IMAGE_PULL_TIMEOUT".into(), "20s".into()),
+        ];
+        env.extend(options.extra_env);
+
+        let mut services = vec![
+            ServiceProcess::spawn("api", "cadenza-api", ports[0], &env, log_dir.path())?,
+            ServiceProcess::spawn("scheduler", "cadenza-scheduler", ports[1], &env, log_dir.path())?,
+            ServiceProcess::spawn("worker", "cadenza-worker", ports[2], &env, log_dir.path())?,
+            ServiceProcess::spawn("linear-sync", "cadenza-linear-sync", ports[3], &env, log_dir.path())?,
+        ];
+        for service in &mut services {
+            service.wait_ready(Duration::from_secs(60)).await?;
+        }
+        Ok(Self {
+            api_url: format!("http://127.0.0.1:{}", ports[0]),
+            token,
+            org,
+            project,
+            bus_prefix,
+            worker_name,
+            services,
+            _sweeper: sweeper,
+            db,
+            log_dir,
+        })
+    }
+
+    /// A project of this stack's org with another agent image.
+    pub async fn create_project(&self, slug: &str, image: &str) -> anyhow::Result<Project> {
+        let mut conn = self.db.pool.acquire().await?;
+        Ok(projects::create(&mut conn, self.org.id, slug, slug, &test_agent_settings(image)).await?)
+    }
+
+    pub fn service(&mut self, name: &str) -> Option<&mut ServiceProcess> {
+        self.services.iter_mut().find(|service| service.name == name)
+    }
+
+    /// Every service's log, for assertions and for diagnosing a failed test.
+    pub fn logs(&self) -> String {
+        self.services
+            .iter()
+            .map(|service| format!("===== {} =====\n{}", service.name, service.logs()))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    pub fn log_dir(&self) -> &Path {
+        self.log_dir.path()
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("{}", self.logs());
+        }
+    }
+}
+
+/// Agent settings small enough for a shared test machine.
+pub fn test_agent_settings(image: &str) -> AgentSettings {
+    AgentSettings {
+        cpus: 1.0,
+        memory_mb: 512,
+        pids_limit: 256,
+        max_iterations: 100,
+        ..AgentSettings::with_image(image)
+    }
+}

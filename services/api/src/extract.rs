@@ -1,0 +1,84 @@
+//! Request extractors whose rejections are problem+json with a message that names the problem,
+//! instead of axum's plain-text defaults.
+
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use serde::de::DeserializeOwned;
+
+use crate::error::ApiError;
+
+pub struct ApiJson<T>(pub T);
+
+impl<T, S> FromRequest<S> for ApiJson<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::Json::<T>::from_request(req, state).await {
+            Ok(axum::Json(value)) => Ok(ApiJson(value)),
+            Err(JsonRejection::MissingJsonContentType(_)) => Err(ApiError::UnsupportedMediaType(
+                "expected a request body with `Content-Type: application/json`".into(),
+            )),
+            Err(JsonRejection::JsonDataError(err)) => Err(ApiError::BadRequest(format!(
+                "the request body is not a valid request: {}",
+                source_text(&err)
+            ))),
+            Err(JsonRejection::JsonSyntaxError(err)) => Err(ApiError::BadRequest(format!(
+                "the request body is not valid JSON: {}",
+                source_text(&err)
+            ))),
+            Err(other) => Err(ApiError::BadRequest(other.body_text())),
+        }
+    }
+}
+
+pub struct ApiQuery<T>(pub T);
+
+impl<T, S> FromRequestParts<S> for ApiQuery<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Query(value)) => Ok(ApiQuery(value)),
+            Err(QueryRejection::FailedToDeserializeQueryString(err)) => Err(ApiError::BadRequest(
+                format!("invalid query string: {}", source_text(&err)),
+            )),
+            Err(other) => Err(ApiError::BadRequest(other.body_text())),
+        }
+    }
+}
+
+/// The innermost cause's message: serde's text names the field ("missing field `prompt`").
+fn source_text(err: &dyn std::error::Error) -> String {
+    let mut current: &dyn std::error::Error = err;
+    while let Some(next) = current.source() {
+        current = next;
+    }
+    current.to_string()
+}
+
+/// Parses an id path segment; a malformed id is reported like an unknown one (404), so ids
+/// reveal nothing about what exists.
+pub fn parse_id<T: std::str::FromStr>(raw: &str, what: &str) -> Result<T, ApiError> {
+    raw.parse()
+        .map_err(|_| ApiError::not_found(what, raw))
+}
+
+/// Applies the page-size rules: default when absent, 1..=max otherwise.
+pub fn page_limit(requested: Option<i64>, default: i64, max: i64) -> Result<i64, ApiError> {
+    match requested {
+        None => Ok(default),
+        Some(limit) if (1..=max).contains(&limit) => Ok(limit),
+        Some(limit) => Err(ApiError::BadRequest(format!(
+            "`limit` must be between 1 and {max}, got {limit}"
+        ))),
+    }
+}

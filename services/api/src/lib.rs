@@ -1,0 +1,138 @@
+//! The public HTTP API (`/api/v1`): projects, runs, the run journal (REST and SSE) and diffs.
+
+pub mod auth;
+pub mod bootstrap;
+pub mod config;
+pub mod error;
+pub mod extract;
+pub mod routes;
+pub mod state;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::Router;
+use axum::http::{HeaderName, Request};
+use cadenza_bus::Bus;
+use cadenza_service_runtime::{Check, ReadinessProbe, health_routes};
+use secrecy::ExposeSecret;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+
+pub use config::ApiConfig;
+use state::{AppState, Limits};
+
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// A built, not yet serving, API service.
+pub struct Api {
+    state: AppState,
+    relay: tokio::task::JoinHandle<()>,
+    shutdown: CancellationToken,
+}
+
+/// Connects to every dependency (failing with a clear error when one is unreachable), applies
+/// migrations when configured, and starts the outbox relay.
+pub async fn build(config: &ApiConfig, shutdown: CancellationToken) -> anyhow::Result<Api> {
+    let pool = cadenza_storage::connect(config.database_url.expose_secret(), config.database_pool_size)
+        .await
+        .context("connecting to Postgres (CADENZA_DATABASE_URL)")?;
+    if config.migrate_on_start {
+        cadenza_storage::migrate(&pool).await.context("applying migrations")?;
+    }
+    let bus = Bus::connect(&config.nats_url, &config.bus_prefix)
+        .await
+        .context("connecting to NATS (CADENZA_NATS_URL)")?;
+    let redis_client = redis::Client::open(config.redis_url.expose_secret())
+        .context("parsing CADENZA_REDIS_URL")?;
+    let redis = tokio::time::timeout(
+        Duration::from_secs(10),
+        redis::aio::ConnectionManager::new(redis_client),
+    )
+    .await
+    .context("connecting to Redis (CADENZA_REDIS_URL) timed out")?
+    .context("connecting to Redis (CADENZA_REDIS_URL)")?;
+    let (relay, relay_handle) = cadenza_outbox_relay::spawn(pool.clone(), bus.clone(), shutdown.clone());
+    Ok(Api {
+        state: AppState {
+            pool,
+            bus,
+            redis,
+            relay,
+            limits: Arc::new(Limits::default()),
+        },
+        relay: relay_handle,
+        shutdown,
+    })
+}
+
+impl Api {
+    pub fn router(&self) -> Router {
+        router(self.state.clone())
+    }
+
+    /// Serves until the shutdown token is cancelled, then drains.
+    pub async fn run(self, listener: TcpListener) -> anyhow::Result<()> {
+        let router = self.router();
+        tracing::info!(addr = %listener.local_addr()?, "api listening");
+        cadenza_service_runtime::serve(listener, router, self.shutdown.clone()).await?;
+        self.shutdown.cancel();
+        let _ = self.relay.await;
+        tracing::info!("api stopped");
+        Ok(())
+    }
+}
+
+pub fn router(state: AppState) -> Router {
+    let probe_state = state.clone();
+    let probe: ReadinessProbe = Arc::new(move || {
+        let state = probe_state.clone();
+        Box::pin(async move { readiness(&state).await })
+    });
+    Router::new()
+        .nest("/api/v1", routes::api_routes())
+        .fallback(|| async { error::ApiError::NotFound("no such route".into()) })
+        .with_state(state)
+        .merge(health_routes(probe))
+        .layer(
+            TraceLayer::new_for_http().make_span_with(|request: &Request<_>| {
+                let request_id = request
+                    .headers()
+                    .get(REQUEST_ID)
+                    .and_then(|value| value.to_str().ok())
+                    .unwrap_or("-");
+                tracing::info_span!(
+                    "request",
+                    method = %request.method(),
+                    path = %request.uri().path(),
+                    request_id,
+                    token_id = tracing::field::Empty,
+                )
+            }),
+        )
+        .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+}
+
+async fn readiness(state: &AppState) -> Vec<Check> {
+    let postgres = cadenza_storage::ping(&state.pool).await;
+    let nats = state.bus.ping().await;
+    let mut redis = state.redis.clone();
+    let redis_result: Result<(), String> = tokio::time::timeout(Duration::from_secs(2), async {
+        redis::cmd("PING")
+            .query_async::<String>(&mut redis)
+            .await
+            .map(|_| ())
+            .map_err(|err| err.to_string())
+    })
+    .await
+    .unwrap_or_else(|_| Err("Redis did not answer within 2 s".into()));
+    vec![
+        Check::from_result("postgres", postgres),
+        Check::from_result("nats", nats),
+        Check::from_result("redis", redis_result),
+    ]
+}

@@ -1,0 +1,256 @@
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use cadenza_bus::messages::{LiveEvent, RunRequested, VERSION};
+use cadenza_bus::subjects;
+use cadenza_domain::validation::{validate_idempotency_key, validate_prompt};
+use cadenza_domain::{ProjectId, RunId, RunState, Scope};
+use cadenza_storage::runs::{self, NewRun, RunFilter, Submitted};
+use cadenza_storage::{StorageError, diffs, journal, outbox, projects};
+use serde::Deserialize;
+
+use crate::auth::Principal;
+use crate::error::{ApiError, ApiResult};
+use crate::extract::{ApiJson, ApiQuery, page_limit, parse_id};
+use crate::routes::wire::{Page, RunView};
+use crate::state::AppState;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateRun {
+    prompt: String,
+    idempotency_key: Option<String>,
+}
+
+/// `POST /projects/{id}/runs`: stores a queued run (201). With an idempotency key (in the body or
+/// the `Idempotency-Key` header) a repeat returns the first run (200) instead of a second one.
+pub async fn create(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(project_id): Path<String>,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<CreateRun>,
+) -> ApiResult<Response> {
+    let project_id: ProjectId = parse_id(&project_id, "project")?;
+    validate_prompt(&body.prompt).map_err(|err| ApiError::BadRequest(err.to_string()))?;
+    let header_key = headers
+        .get("idempotency-key")
+        .map(|value| {
+            value.to_str().map(str::to_owned).map_err(|_| {
+                ApiError::BadRequest("the `Idempotency-Key` header is not valid text".into())
+            })
+        })
+        .transpose()?;
+    let idempotency_key = match (body.idempotency_key, header_key) {
+        (Some(body_key), Some(header_key)) if body_key != header_key => {
+            return Err(ApiError::BadRequest(
+                "`idempotency_key` and the `Idempotency-Key` header disagree".into(),
+            ));
+        }
+        (body_key, header_key) => body_key.or(header_key),
+    };
+    if let Some(key) = &idempotency_key {
+        validate_idempotency_key(key).map_err(|err| ApiError::BadRequest(err.to_string()))?;
+    }
+
+    let mut tx = state.pool.begin().await.map_err(StorageError::from)?;
+    let project = projects::get(&mut tx, principal.scope, project_id)
+        .await
+        .map_err(|err| match err {
+            StorageError::NotFound(_) => ApiError::not_found("project", project_id),
+            other => other.into(),
+        })?;
+    let submitted = runs::submit(
+        &mut tx,
+        NewRun {
+            org_id: project.org_id,
+            project_id,
+            prompt: &body.prompt,
+            idempotency_key: idempotency_key.as_deref(),
+        },
+    )
+    .await?;
+    let (run, created) = match submitted {
+        Submitted::Created(run) => {
+            let message = RunRequested {
+                v: VERSION,
+                run_id: run.id,
+                org_id: run.org_id,
+            };
+            let payload = serde_json::to_value(&message)
+                .map_err(|err| ApiError::Internal(Box::new(err)))?;
+            outbox::enqueue(&mut tx, subjects::RUN_REQUESTED, &payload).await?;
+            (run, true)
+        }
+        Submitted::Existing(run) => {
+            if run.prompt != body.prompt {
+                return Err(ApiError::Conflict(format!(
+                    "idempotency key `{}` was already used for run {} with a different prompt",
+                    idempotency_key.unwrap_or_default(),
+                    run.id
+                )));
+            }
+            (run, false)
+        }
+    };
+    tx.commit().await.map_err(StorageError::from)?;
+
+    if created {
+        state.relay.nudge();
+        tracing::info!(run_id = %run.id, org_id = %run.org_id, project_id = %run.project_id, "run queued");
+        publish_journal_head(&state, run.id, Scope::Org(run.org_id)).await;
+    }
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    let location = format!("/api/v1/runs/{}", run.id);
+    let mut response = (status, Json(RunView::from(run))).into_response();
+    if let Ok(value) = HeaderValue::from_str(&location) {
+        response.headers_mut().insert(header::LOCATION, value);
+    }
+    if !created {
+        response
+            .headers_mut()
+            .insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    Ok(response)
+}
+
+/// Publishes the journal entries of a just-created run for live readers. Best effort: readers
+/// fill any gap from Postgres.
+async fn publish_journal_head(state: &AppState, run_id: RunId, scope: Scope) {
+    let Ok(mut conn) = state.pool.acquire().await else {
+        return;
+    };
+    if let Ok(events) = journal::list_after(&mut conn, scope, run_id, 0, 10).await {
+        for event in &events {
+            let subject = subjects::live_events(run_id);
+            if let Err(err) = state
+                .bus
+                .publish_live(&subject, &LiveEvent::from_journal(event))
+                .await
+            {
+                tracing::debug!(error = %err, "live publish failed");
+            }
+        }
+    }
+}
+
+#[derive(Deserialize)]
+pub struct ListQuery {
+    project_id: Option<String>,
+    state: Option<String>,
+    cursor: Option<String>,
+    limit: Option<i64>,
+}
+
+pub async fn list(
+    State(state): State<AppState>,
+    principal: Principal,
+    ApiQuery(query): ApiQuery<ListQuery>,
+) -> ApiResult<Json<Page<RunView>>> {
+    let limit = page_limit(query.limit, state.limits.default_page, state.limits.max_page)?;
+    let project_id = query
+        .project_id
+        .as_deref()
+        .map(|raw| {
+            raw.parse::<ProjectId>()
+                .map_err(|_| ApiError::BadRequest(format!("invalid `project_id` `{raw}`")))
+        })
+        .transpose()?;
+    let run_state = query
+        .state
+        .as_deref()
+        .map(|raw| {
+            raw.parse::<RunState>().map_err(|_| {
+                let known: Vec<_> = RunState::ALL.iter().map(|s| s.as_str()).collect();
+                ApiError::BadRequest(format!(
+                    "invalid `state` `{raw}`; expected one of {}",
+                    known.join(", ")
+                ))
+            })
+        })
+        .transpose()?;
+    let before = query
+        .cursor
+        .as_deref()
+        .map(|raw| {
+            raw.parse::<RunId>()
+                .map_err(|_| ApiError::BadRequest(format!("invalid cursor `{raw}`")))
+        })
+        .transpose()?;
+    let mut conn = state.pool.acquire().await.map_err(StorageError::from)?;
+    let items = runs::list(
+        &mut conn,
+        principal.scope,
+        &RunFilter {
+            project_id,
+            state: run_state,
+            before,
+            limit,
+        },
+    )
+    .await?;
+    let next_cursor = (items.len() as i64 == limit)
+        .then(|| items.last().map(|run| run.id.to_string()))
+        .flatten();
+    Ok(Json(Page {
+        items: items.into_iter().map(RunView::from).collect(),
+        next_cursor,
+    }))
+}
+
+pub(crate) async fn load_run(
+    state: &AppState,
+    principal: &Principal,
+    raw_id: &str,
+) -> ApiResult<cadenza_domain::Run> {
+    let id: RunId = parse_id(raw_id, "run")?;
+    let mut conn = state.pool.acquire().await.map_err(StorageError::from)?;
+    runs::get(&mut conn, principal.scope, id)
+        .await
+        .map_err(|err| match err {
+            StorageError::NotFound(_) => ApiError::not_found("run", id),
+            other => other.into(),
+        })
+}
+
+pub async fn get(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(run_id): Path<String>,
+) -> ApiResult<Json<RunView>> {
+    let run = load_run(&state, &principal, &run_id).await?;
+    Ok(Json(run.into()))
+}
+
+/// `GET /runs/{id}/diff`: the patch the run produced, as text. 404 until the run has one.
+pub async fn diff(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(run_id): Path<String>,
+) -> ApiResult<Response> {
+    let run = load_run(&state, &principal, &run_id).await?;
+    let mut conn = state.pool.acquire().await.map_err(StorageError::from)?;
+    let diff = diffs::get(&mut conn, principal.scope, run.id)
+        .await?
+        .ok_or_else(|| {
+            ApiError::NotFound(format!(
+                "run {} has no diff yet (state `{}`)",
+                run.id, run.state
+            ))
+        })?;
+    let mut response = diff.patch.into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/x-patch; charset=utf-8"),
+    );
+    if let Some(base) = diff.base_commit.and_then(|base| HeaderValue::from_str(&base).ok()) {
+        headers.insert("x-base-commit", base);
+    }
+    Ok(response)
+}

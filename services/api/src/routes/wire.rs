@@ -1,0 +1,152 @@
+//! The public JSON shapes. They are separate from the domain types so a storage or domain change
+//! cannot silently change the API contract.
+
+use cadenza_domain::{JournalEvent, Project, Run};
+use serde::Serialize;
+use time::OffsetDateTime;
+
+#[derive(Serialize)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    /// Pass back as `?cursor=` for the next page; `null` at the end.
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Serialize)]
+pub struct ProjectView {
+    pub id: String,
+    pub org_id: String,
+    pub slug: String,
+    pub name: String,
+    pub agent: AgentView,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub updated_at: OffsetDateTime,
+}
+
+#[derive(Serialize)]
+pub struct AgentView {
+    pub image: String,
+    pub cpus: f64,
+    pub memory_mb: i64,
+    pub pids_limit: i64,
+    pub max_iterations: i64,
+    pub llm_model: Option<String>,
+    pub llm_base_url: Option<String>,
+    pub env: std::collections::BTreeMap<String, String>,
+}
+
+impl From<Project> for ProjectView {
+    fn from(project: Project) -> Self {
+        Self {
+            id: project.id.to_string(),
+            org_id: project.org_id.to_string(),
+            slug: project.slug,
+            name: project.name,
+            agent: AgentView {
+                image: project.agent.image,
+                cpus: project.agent.cpus,
+                memory_mb: project.agent.memory_mb,
+                pids_limit: project.agent.pids_limit,
+                max_iterations: project.agent.max_iterations,
+                llm_model: project.agent.llm_model,
+                llm_base_url: project.agent.llm_base_url,
+                env: project.agent.env,
+            },
+            created_at: project.created_at,
+            updated_at: project.updated_at,
+        }
+    }
+}
+
+#[derive(Serialize)]
+pub struct ReasonView {
+    pub code: String,
+    pub message: String,
+}
+
+#[derive(Serialize)]
+pub struct RunView {
+    pub id: String,
+    pub org_id: String,
+    pub project_id: String,
+    pub state: &'static str,
+    pub attempt: i32,
+    pub prompt: String,
+    pub idempotency_key: Option<String>,
+    pub terminal_reason: Option<ReasonView>,
+    pub final_message: Option<String>,
+    /// The journal's last sequence number: an events cursor of this value is up to date.
+    pub last_event_seq: i64,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub scheduled_at: Option<OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub provisioning_at: Option<OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub running_at: Option<OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub finished_at: Option<OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub updated_at: OffsetDateTime,
+}
+
+impl From<Run> for RunView {
+    fn from(run: Run) -> Self {
+        Self {
+            id: run.id.to_string(),
+            org_id: run.org_id.to_string(),
+            project_id: run.project_id.to_string(),
+            state: run.state.as_str(),
+            attempt: run.attempt,
+            prompt: run.prompt,
+            idempotency_key: run.idempotency_key,
+            terminal_reason: run.terminal_reason.map(|reason| ReasonView {
+                code: reason.code.as_str().to_owned(),
+                message: reason.message,
+            }),
+            final_message: run.final_message,
+            last_event_seq: run.last_event_seq,
+            created_at: run.created_at,
+            scheduled_at: run.scheduled_at,
+            provisioning_at: run.provisioning_at,
+            running_at: run.running_at,
+            finished_at: run.finished_at,
+            updated_at: run.updated_at,
+        }
+    }
+}
+
+#[derive(Serialize)]
+pub struct EventView {
+    pub run_id: String,
+    pub seq: i64,
+    pub kind: String,
+    pub payload: serde_json::Value,
+    /// The original agent-server event, when the event came from the agent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub raw: Option<serde_json::Value>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub occurred_at: OffsetDateTime,
+}
+
+impl EventView {
+    pub fn from_journal(event: JournalEvent, include_raw: bool) -> Self {
+        Self {
+            run_id: event.run_id.to_string(),
+            seq: event.seq,
+            kind: event.kind,
+            payload: event.payload,
+            raw: if include_raw { event.raw } else { None },
+            occurred_at: event.occurred_at,
+        }
+    }
+
+    /// Whether this entry ends the run's journal: the stream closes after it.
+    pub fn is_terminal(&self) -> bool {
+        self.kind == cadenza_domain::EventKind::RunState.as_str()
+            && self.payload.get("terminal") == Some(&serde_json::Value::Bool(true))
+    }
+}

@@ -1,0 +1,311 @@
+//! The scheduler: turns queued runs into leases on live workers, reaps expired leases, and
+//! requeues retries after their backoff.
+//!
+//! Postgres is the queue. A `run requested` message is only a nudge to look at one run now;
+//! a periodic reconcile pass finds everything else (runs that waited for capacity, messages lost
+//! while NATS was down). Each lease is a compare-and-set transition plus an outbox message to the
+//! chosen worker, committed together, and the NATS message is acked only after that commit.
+
+pub mod config;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::Router;
+use cadenza_bus::messages::{LeaseOffered, RunRequested, VERSION};
+use cadenza_bus::{Bus, subjects};
+use cadenza_domain::{JournalEvent, RunEvent, RunId, RunState, TerminalCode, TerminalReason};
+use cadenza_outbox_relay::RelayNudge;
+use cadenza_service_runtime::{Check, ReadinessProbe, health_routes};
+use cadenza_storage::runs::{self, Actor, Lease};
+use cadenza_storage::{PgPool, StorageError, outbox, workers};
+use futures::StreamExt;
+use secrecy::ExposeSecret;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use config::SchedulerConfig;
+
+const DURABLE_NAME: &str = "scheduler";
+const RECONCILE_BATCH: i64 = 100;
+
+pub struct Scheduler {
+    core: Arc<Core>,
+    relay: tokio::task::JoinHandle<()>,
+    shutdown: CancellationToken,
+}
+
+struct Core {
+    pool: PgPool,
+    bus: Bus,
+    relay: RelayNudge,
+    config: SchedulerConfig,
+}
+
+/// What happened when the scheduler tried to lease one run.
+#[derive(Debug, PartialEq, Eq)]
+enum Outcome {
+    Leased,
+    /// No live worker has a free slot; the run stays queued.
+    NoCapacity,
+    /// The run is no longer queued (another scheduler took it, or it was cancelled).
+    NotQueued,
+}
+
+pub async fn build(config: SchedulerConfig, shutdown: CancellationToken) -> anyhow::Result<Scheduler> {
+    let pool = cadenza_storage::connect(config.database_url.expose_secret(), 10)
+        .await
+        .context("connecting to Postgres (CADENZA_DATABASE_URL)")?;
+    let bus = Bus::connect(&config.nats_url, &config.bus_prefix)
+        .await
+        .context("connecting to NATS (CADENZA_NATS_URL)")?;
+    let (relay, relay_handle) = cadenza_outbox_relay::spawn(pool.clone(), bus.clone(), shutdown.clone());
+    Ok(Scheduler {
+        core: Arc::new(Core {
+            pool,
+            bus,
+            relay,
+            config,
+        }),
+        relay: relay_handle,
+        shutdown,
+    })
+}
+
+impl Scheduler {
+    pub fn router(&self) -> Router {
+        let core = self.core.clone();
+        let probe: ReadinessProbe = Arc::new(move || {
+            let core = core.clone();
+            Box::pin(async move {
+                vec![
+                    Check::from_result("postgres", cadenza_storage::ping(&core.pool).await),
+                    Check::from_result("nats", core.bus.ping().await),
+                ]
+            })
+        });
+        health_routes(probe)
+    }
+
+    pub async fn run(self, listener: TcpListener) -> anyhow::Result<()> {
+        tracing::info!(addr = %listener.local_addr()?, "scheduler health endpoints listening");
+        let http = tokio::spawn(cadenza_service_runtime::serve(
+            listener,
+            self.router(),
+            self.shutdown.clone(),
+        ));
+        let consumer = tokio::spawn(consume_requests(self.core.clone(), self.shutdown.clone()));
+        let reconciler = tokio::spawn(reconcile_loop(self.core.clone(), self.shutdown.clone()));
+        self.shutdown.cancelled().await;
+        let _ = consumer.await;
+        let _ = reconciler.await;
+        let _ = self.relay.await;
+        let _ = http.await;
+        tracing::info!("scheduler stopped");
+        Ok(())
+    }
+}
+
+async fn consume_requests(core: Arc<Core>, shutdown: CancellationToken) {
+    loop {
+        if shutdown.is_cancelled() {
+            return;
+        }
+        match consume_requests_once(&core, &shutdown).await {
+            Ok(()) => return,
+            Err(err) => {
+                tracing::warn!(error = %err, "run-request consumer failed; reconnecting");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+        }
+    }
+}
+
+async fn consume_requests_once(core: &Core, shutdown: &CancellationToken) -> anyhow::Result<()> {
+    let consumer = core
+        .bus
+        .durable_consumer(DURABLE_NAME, subjects::RUN_REQUESTED)
+        .await?;
+    let mut messages = consumer
+        .messages()
+        .await
+        .map_err(|err| anyhow::anyhow!("opening the message stream: {err}"))?;
+    loop {
+        let message = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            next = messages.next() => match next {
+                Some(Ok(message)) => message,
+                Some(Err(err)) => return Err(anyhow::anyhow!("receiving: {err}")),
+                None => return Err(anyhow::anyhow!("message stream ended")),
+            },
+        };
+        let request: RunRequested = match cadenza_bus::decode(&message.subject, &message.payload) {
+            Ok(request) => request,
+            Err(err) => {
+                // A message nobody can read would be redelivered for ever; drop it loudly.
+                tracing::error!(error = %err, "undecodable run request; terminating it");
+                let _ = message
+                    .ack_with(async_nats::jetstream::AckKind::Term)
+                    .await;
+                continue;
+            }
+        };
+        if request.v > VERSION {
+            let _ = message
+                .ack_with(async_nats::jetstream::AckKind::Nak(Some(Duration::from_secs(5))))
+                .await;
+            continue;
+        }
+        match schedule_run(core, Some(request.run_id)).await {
+            Ok(outcome) => {
+                tracing::debug!(run_id = %request.run_id, ?outcome, "run request handled");
+                if let Err(err) = message.ack().await {
+                    tracing::warn!(error = %err, "ack failed; the request will be redelivered");
+                }
+            }
+            Err(err) => {
+                tracing::warn!(run_id = %request.run_id, error = %err, "scheduling failed; will retry");
+                let _ = message
+                    .ack_with(async_nats::jetstream::AckKind::Nak(Some(Duration::from_secs(1))))
+                    .await;
+            }
+        }
+    }
+}
+
+/// Leases one run: the given one if it is still queued, or else the oldest queued run.
+async fn schedule_run(core: &Core, run_id: Option<RunId>) -> Result<Outcome, StorageError> {
+    let mut tx = core.pool.begin().await?;
+    let run_id = match run_id {
+        Some(run_id) => {
+            if !runs::lock_if_queued(&mut tx, run_id).await? {
+                return Ok(Outcome::NotQueued);
+            }
+            run_id
+        }
+        None => match runs::lock_queued(&mut tx, 1).await?.into_iter().next() {
+            Some(run_id) => run_id,
+            None => return Ok(Outcome::NotQueued),
+        },
+    };
+    let Some(worker) = workers::lock_worker_with_capacity(&mut tx, core.config.worker_liveness).await?
+    else {
+        return Ok(Outcome::NoCapacity);
+    };
+    let done = runs::transition(
+        &mut tx,
+        run_id,
+        RunState::Queued,
+        &RunEvent::Leased,
+        Actor::Any,
+        Some(Lease {
+            worker,
+            ttl: core.config.lease_ttl,
+        }),
+    )
+    .await?;
+    let offer = LeaseOffered {
+        v: VERSION,
+        run_id,
+        org_id: done.run.org_id,
+        worker_id: worker,
+        attempt: done.run.attempt,
+    };
+    let payload = serde_json::to_value(&offer)
+        .map_err(|err| StorageError::Corrupt(format!("encoding a lease offer: {err}")))?;
+    outbox::enqueue(&mut tx, &subjects::lease_offered(worker), &payload).await?;
+    tx.commit().await?;
+    core.relay.nudge();
+    tracing::info!(run_id = %run_id, org_id = %done.run.org_id, worker_id = %worker, attempt = done.run.attempt, "run leased");
+    core.bus.publish_journal_event(&done.entry).await;
+    Ok(Outcome::Leased)
+}
+
+async fn reconcile_loop(core: Arc<Core>, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(core.config.reconcile_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if let Err(err) = reconcile_once(&core).await {
+            tracing::warn!(error = %err, "reconcile pass failed");
+        }
+    }
+}
+
+/// One pass over Postgres: reap expired leases, requeue due retries, lease queued runs while
+/// there is capacity.
+async fn reconcile_once(core: &Core) -> Result<(), StorageError> {
+    reap_expired_leases(core).await?;
+    requeue_due_retries(core).await?;
+    for _ in 0..RECONCILE_BATCH {
+        match schedule_run(core, None).await? {
+            Outcome::Leased => continue,
+            Outcome::NoCapacity | Outcome::NotQueued => break,
+        }
+    }
+    Ok(())
+}
+
+async fn reap_expired_leases(core: &Core) -> Result<(), StorageError> {
+    let mut tx = core.pool.begin().await?;
+    let expired = runs::lock_expired_leases(&mut tx, RECONCILE_BATCH).await?;
+    let mut entries: Vec<JournalEvent> = Vec::new();
+    for (run_id, state) in expired {
+        let run = runs::get(&mut tx, cadenza_domain::Scope::Instance, run_id).await?;
+        // Before the agent started nothing has happened in the workspace, so another attempt is
+        // safe; once it runs, a silent re-run could repeat side effects, so the run fails.
+        let event = if state != RunState::Running && run.attempt < core.config.max_attempts {
+            RunEvent::RetryScheduled(TerminalReason::new(
+                TerminalCode::LeaseExpired,
+                format!(
+                    "the worker stopped renewing its lease while the run was `{state}`; retrying (attempt {} of {})",
+                    run.attempt + 1,
+                    core.config.max_attempts
+                ),
+            ))
+        } else {
+            RunEvent::Failed(TerminalReason::new(
+                TerminalCode::LeaseExpired,
+                format!("the worker stopped renewing its lease while the run was `{state}`"),
+            ))
+        };
+        let done = runs::transition(&mut tx, run_id, state, &event, Actor::Any, None).await?;
+        tracing::warn!(run_id = %run_id, org_id = %done.run.org_id, from = %state, to = %done.run.state, "lease expired");
+        entries.push(done.entry);
+    }
+    tx.commit().await?;
+    for entry in &entries {
+        core.bus.publish_journal_event(entry).await;
+    }
+    Ok(())
+}
+
+async fn requeue_due_retries(core: &Core) -> Result<(), StorageError> {
+    let mut tx = core.pool.begin().await?;
+    let due = runs::lock_due_retries(&mut tx, core.config.retry_backoff, RECONCILE_BATCH).await?;
+    let mut entries = Vec::new();
+    for run_id in due {
+        let done = runs::transition(
+            &mut tx,
+            run_id,
+            RunState::Retrying,
+            &RunEvent::Requeued,
+            Actor::Any,
+            None,
+        )
+        .await?;
+        entries.push(done.entry);
+    }
+    tx.commit().await?;
+    for entry in &entries {
+        core.bus.publish_journal_event(entry).await;
+    }
+    Ok(())
+}

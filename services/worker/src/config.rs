@@ -1,0 +1,119 @@
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use secrecy::SecretString;
+use serde::Deserialize;
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct WorkerConfig {
+    /// Where `/healthz` and `/readyz` listen.
+    #[serde(default = "default_listen")]
+    pub worker_listen: SocketAddr,
+    pub database_url: SecretString,
+    pub nats_url: String,
+    #[serde(default = "default_bus_prefix")]
+    pub bus_prefix: String,
+    /// A stable name: the worker keeps its id (and finds its containers) across restarts.
+    /// Defaults to the host name.
+    #[serde(default)]
+    pub worker_name: Option<String>,
+    /// Runs this worker executes at once.
+    #[serde(default = "default_capacity")]
+    pub worker_capacity: i32,
+    #[serde(default = "default_heartbeat", with = "humantime_serde")]
+    pub heartbeat_interval: Duration,
+    /// Must match the scheduler's `lease_ttl`; each heartbeat extends held leases by this much.
+    #[serde(default = "default_lease_ttl", with = "humantime_serde")]
+    pub lease_ttl: Duration,
+    /// Wall-clock budget of one run, from provisioning to the end.
+    #[serde(default = "default_run_timeout", with = "humantime_serde")]
+    pub run_timeout: Duration,
+    /// How long a new agent container may take to answer `/health`.
+    #[serde(default = "default_agent_start_timeout", with = "humantime_serde")]
+    pub agent_start_timeout: Duration,
+    /// How long pulling a missing agent image may take.
+    #[serde(default = "default_image_pull_timeout", with = "humantime_serde")]
+    pub image_pull_timeout: Duration,
+    /// How long in-flight runs may continue after SIGTERM before they are stopped.
+    #[serde(default = "default_shutdown_grace", with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+    /// The agent's working directory inside the container.
+    #[serde(default = "default_workspace_dir")]
+    pub workspace_dir: String,
+    /// The model used when a project names none (the scripted fake ignores it).
+    #[serde(default = "default_llm_model")]
+    pub default_llm_model: String,
+    #[serde(default)]
+    pub log_json: bool,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8082))
+}
+fn default_bus_prefix() -> String {
+    "cadenza".to_owned()
+}
+fn default_capacity() -> i32 {
+    4
+}
+fn default_heartbeat() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_lease_ttl() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_run_timeout() -> Duration {
+    Duration::from_secs(3600)
+}
+fn default_agent_start_timeout() -> Duration {
+    Duration::from_secs(120)
+}
+fn default_image_pull_timeout() -> Duration {
+    Duration::from_secs(600)
+}
+fn default_shutdown_grace() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_workspace_dir() -> String {
+    "/workspace/project".to_owned()
+}
+fn default_llm_model() -> String {
+    "openai/unconfigured".to_owned()
+}
+
+impl WorkerConfig {
+    /// Settings for tests and embedding: defaults everywhere except the connections and name.
+    pub fn new(database_url: SecretString, nats_url: String, bus_prefix: String, name: String) -> Self {
+        Self {
+            worker_listen: default_listen(),
+            database_url,
+            nats_url,
+            bus_prefix,
+            worker_name: Some(name),
+            worker_capacity: default_capacity(),
+            heartbeat_interval: default_heartbeat(),
+            lease_ttl: default_lease_ttl(),
+            run_timeout: default_run_timeout(),
+            agent_start_timeout: default_agent_start_timeout(),
+            image_pull_timeout: default_image_pull_timeout(),
+            shutdown_grace: default_shutdown_grace(),
+            workspace_dir: default_workspace_dir(),
+            default_llm_model: default_llm_model(),
+            log_json: false,
+        }
+    }
+
+    pub fn resolved_name(&self) -> String {
+        self.worker_name
+            .clone()
+            .filter(|name| !name.trim().is_empty())
+            .or_else(|| std::env::var("HOSTNAME").ok().filter(|name| !name.is_empty()))
+            .or_else(|| {
+                std::fs::read_to_string("/etc/hostname")
+                    .ok()
+                    .map(|name| name.trim().to_owned())
+                    .filter(|name| !name.is_empty())
+            })
+            .unwrap_or_else(|| "worker".to_owned())
+    }
+}

@@ -1,0 +1,342 @@
+//! The worker: a pool member that accepts leases, runs each leased run in its own workspace
+//! container, drives the agent-server inside it, journals every event, and heartbeats so the
+//! scheduler knows it is alive and its leases stay valid.
+
+pub mod config;
+pub mod docker;
+mod normalize;
+mod supervisor;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::Router;
+use cadenza_bus::messages::{LeaseOffered, VERSION};
+use cadenza_bus::{Bus, subjects};
+use cadenza_domain::{RunEvent, RunState, Scope, TerminalCode, TerminalReason, Worker};
+use cadenza_service_runtime::{Check, ReadinessProbe, health_routes};
+use cadenza_storage::runs::{self, Actor};
+use cadenza_storage::{PgPool, StorageError, workers};
+use futures::StreamExt;
+use secrecy::ExposeSecret;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+pub use config::WorkerConfig;
+use docker::DockerRuntime;
+
+pub(crate) struct Core {
+    pub(crate) pool: PgPool,
+    pub(crate) bus: Bus,
+    pub(crate) docker: DockerRuntime,
+    pub(crate) config: WorkerConfig,
+    pub(crate) worker: Worker,
+}
+
+pub struct WorkerService {
+    core: Arc<Core>,
+    shutdown: CancellationToken,
+}
+
+pub async fn build(config: WorkerConfig, shutdown: CancellationToken) -> anyhow::Result<WorkerService> {
+    let pool = cadenza_storage::connect(config.database_url.expose_secret(), 10)
+        .await
+        .context("connecting to Postgres (CADENZA_DATABASE_URL)")?;
+    let bus = Bus::connect(&config.nats_url, &config.bus_prefix)
+        .await
+        .context("connecting to NATS (CADENZA_NATS_URL)")?;
+    let docker = DockerRuntime::connect()
+        .await
+        .context("connecting to the Docker Engine (DOCKER_HOST or the local socket)")?;
+    let name = config.resolved_name();
+    let mut conn = pool.acquire().await?;
+    let worker = workers::register(&mut conn, &name, config.worker_capacity)
+        .await
+        .context("registering the worker")?;
+    drop(conn);
+    tracing::info!(worker_id = %worker.id, worker = %worker.name, capacity = worker.capacity, "worker registered");
+    Ok(WorkerService {
+        core: Arc::new(Core {
+            pool,
+            bus,
+            docker,
+            config,
+            worker,
+        }),
+        shutdown,
+    })
+}
+
+impl WorkerService {
+    pub fn router(&self) -> Router {
+        let core = self.core.clone();
+        let probe: ReadinessProbe = Arc::new(move || {
+            let core = core.clone();
+            Box::pin(async move {
+                vec![
+                    Check::from_result("postgres", cadenza_storage::ping(&core.pool).await),
+                    Check::from_result("nats", core.bus.ping().await),
+                    Check::from_result("docker", core.docker.ping().await),
+                ]
+            })
+        });
+        health_routes(probe)
+    }
+
+    pub async fn run(self, listener: TcpListener) -> anyhow::Result<()> {
+        tracing::info!(addr = %listener.local_addr()?, "worker health endpoints listening");
+        let http = tokio::spawn(cadenza_service_runtime::serve(
+            listener,
+            self.router(),
+            self.shutdown.clone(),
+        ));
+        let core = self.core.clone();
+        let runs_cancel = CancellationToken::new();
+        let mut tasks: JoinSet<()> = JoinSet::new();
+        let slots = Arc::new(Semaphore::new(
+            usize::try_from(core.config.worker_capacity.max(0)).unwrap_or(0),
+        ));
+
+        recover_after_restart(&core, &slots, &mut tasks, &runs_cancel).await;
+
+        let heartbeat = tokio::spawn(heartbeat_loop(core.clone(), self.shutdown.clone()));
+        consume_leases(&core, &slots, &mut tasks, &runs_cancel, &self.shutdown).await;
+
+        // Drain: in-flight runs may finish within the grace period; then they are stopped and
+        // recorded as ended by the shutdown.
+        if !tasks.is_empty() {
+            tracing::info!(in_flight = tasks.len(), grace = ?core.config.shutdown_grace, "waiting for in-flight runs");
+            let drained = tokio::time::timeout(core.config.shutdown_grace, async {
+                while tasks.join_next().await.is_some() {}
+            })
+            .await;
+            if drained.is_err() {
+                runs_cancel.cancel();
+                let _ = tokio::time::timeout(Duration::from_secs(30), async {
+                    while tasks.join_next().await.is_some() {}
+                })
+                .await;
+            }
+        }
+        heartbeat.abort();
+        if let Ok(mut conn) = core.pool.acquire().await {
+            let _ = workers::mark_stopped(&mut conn, core.worker.id).await;
+        }
+        let _ = http.await;
+        tracing::info!("worker stopped");
+        Ok(())
+    }
+}
+
+async fn heartbeat_loop(core: Arc<Core>, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(core.config.heartbeat_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => {}
+            _ = tick.tick() => {}
+        }
+        // Keep renewing during the drain too, so runs finishing in the grace period keep their
+        // leases; the task is aborted after the drain.
+        let result = async {
+            let mut conn = core.pool.acquire().await?;
+            workers::heartbeat(&mut conn, core.worker.id, core.config.lease_ttl).await
+        }
+        .await;
+        if let Err(err) = result {
+            tracing::warn!(error = %err, "heartbeat failed");
+        }
+        if shutdown.is_cancelled() {
+            tokio::time::sleep(core.config.heartbeat_interval).await;
+        }
+    }
+}
+
+/// After a restart: runs this worker held that never got past `scheduled` are started now; runs
+/// that were already provisioning or running lost their supervisor, so they fail with a reason
+/// (re-attaching to a live container is not supported yet), and leftover containers are removed.
+async fn recover_after_restart(
+    core: &Arc<Core>,
+    slots: &Arc<Semaphore>,
+    tasks: &mut JoinSet<()>,
+    runs_cancel: &CancellationToken,
+) {
+    let held = async {
+        let mut conn = core.pool.acquire().await?;
+        runs::held_by(&mut conn, core.worker.id).await
+    }
+    .await;
+    let held = match held {
+        Ok(held) => held,
+        Err(err) => {
+            tracing::warn!(error = %err, "listing held runs failed");
+            Vec::new()
+        }
+    };
+    for run in held {
+        if run.state == RunState::Scheduled {
+            accept_lease(core, slots, tasks, runs_cancel, run.id).await.ok();
+            continue;
+        }
+        let reason = TerminalReason::new(
+            TerminalCode::WorkerShutdown,
+            format!("the worker restarted while the run was `{}`", run.state),
+        );
+        let result = async {
+            let mut tx = core.pool.begin().await?;
+            let done = runs::transition(
+                &mut tx,
+                run.id,
+                run.state,
+                &RunEvent::Failed(reason),
+                Actor::LeaseHolder(core.worker.id),
+                None,
+            )
+            .await?;
+            tx.commit().await?;
+            Ok::<_, StorageError>(done)
+        }
+        .await;
+        match result {
+            Ok(done) => core.bus.publish_journal_event(&done.entry).await,
+            Err(err) => tracing::warn!(run_id = %run.id, error = %err, "failing an orphaned run failed"),
+        }
+    }
+    match core.docker.owned_containers(&core.worker.name).await {
+        Ok(containers) => {
+            for container in containers {
+                tracing::info!(container, "removing a container left by a previous worker process");
+                core.docker.remove_workspace(&container, &container).await;
+            }
+        }
+        Err(err) => tracing::warn!(error = %err, "listing leftover containers failed"),
+    }
+}
+
+fn consumer_name(core: &Core) -> String {
+    let cleaned: String = core
+        .worker
+        .name
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
+        .collect();
+    format!("worker-{cleaned}")
+}
+
+async fn consume_leases(
+    core: &Arc<Core>,
+    slots: &Arc<Semaphore>,
+    tasks: &mut JoinSet<()>,
+    runs_cancel: &CancellationToken,
+    shutdown: &CancellationToken,
+) {
+    let filter = subjects::lease_offered(core.worker.id);
+    loop {
+        if shutdown.is_cancelled() {
+            return;
+        }
+        let result = async {
+            let consumer = core.bus.durable_consumer(&consumer_name(core), &filter).await?;
+            let messages = consumer
+                .messages()
+                .await
+                .map_err(|err| anyhow::anyhow!("opening the lease stream: {err}"))?;
+            Ok::<_, anyhow::Error>(messages)
+        }
+        .await;
+        let mut messages = match result {
+            Ok(messages) => messages,
+            Err(err) => {
+                tracing::warn!(error = %err, "lease consumer unavailable; retrying");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                }
+            }
+        };
+        loop {
+            // Reap finished run tasks as we go, so the set does not grow without bound.
+            while tasks.try_join_next().is_some() {}
+            let message = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                next = messages.next() => match next {
+                    Some(Ok(message)) => message,
+                    Some(Err(err)) => {
+                        tracing::warn!(error = %err, "lease stream error; reopening");
+                        break;
+                    }
+                    None => break,
+                },
+            };
+            let offer: LeaseOffered = match cadenza_bus::decode(&message.subject, &message.payload) {
+                Ok(offer) => offer,
+                Err(err) => {
+                    tracing::error!(error = %err, "undecodable lease offer; terminating it");
+                    let _ = message.ack_with(async_nats::jetstream::AckKind::Term).await;
+                    continue;
+                }
+            };
+            if offer.v > VERSION || offer.worker_id != core.worker.id {
+                let _ = message.ack_with(async_nats::jetstream::AckKind::Term).await;
+                continue;
+            }
+            match accept_lease(core, slots, tasks, runs_cancel, offer.run_id).await {
+                Ok(()) => {
+                    if let Err(err) = message.ack().await {
+                        tracing::warn!(error = %err, "ack failed; a redelivery will be ignored");
+                    }
+                }
+                Err(err) => {
+                    tracing::warn!(run_id = %offer.run_id, error = %err, "accepting a lease failed; will retry");
+                    let _ = message
+                        .ack_with(async_nats::jetstream::AckKind::Nak(Some(Duration::from_secs(1))))
+                        .await;
+                }
+            }
+        }
+    }
+}
+
+/// Moves a run leased to this worker from `scheduled` to `provisioning` and starts its
+/// supervisor. A run that is no longer `scheduled` for us (a redelivered offer, a run cancelled
+/// meanwhile) is ignored. Errors are transient failures worth a redelivery.
+async fn accept_lease(
+    core: &Arc<Core>,
+    slots: &Arc<Semaphore>,
+    tasks: &mut JoinSet<()>,
+    runs_cancel: &CancellationToken,
+    run_id: cadenza_domain::RunId,
+) -> Result<(), StorageError> {
+    let Ok(permit) = slots.clone().try_acquire_owned() else {
+        // The scheduler counts leases in Postgres, so this only happens when a run ended in the
+        // database before its task finished cleaning up: wait for a slot.
+        return Err(StorageError::Conflict("no free slot".into()));
+    };
+    let mut tx = core.pool.begin().await?;
+    let run = runs::get(&mut tx, Scope::Instance, run_id).await?;
+    if run.state != RunState::Scheduled || run.lease_holder != Some(core.worker.id) {
+        tracing::debug!(%run_id, state = %run.state, "lease offer no longer applies");
+        return Ok(());
+    }
+    let done = runs::transition(
+        &mut tx,
+        run_id,
+        RunState::Scheduled,
+        &RunEvent::ProvisioningStarted,
+        Actor::LeaseHolder(core.worker.id),
+        None,
+    )
+    .await?;
+    tx.commit().await?;
+    core.bus.publish_journal_event(&done.entry).await;
+    let core = core.clone();
+    let cancel = runs_cancel.child_token();
+    tasks.spawn(async move {
+        supervisor::supervise(core, done.run, cancel).await;
+        drop(permit);
+    });
+    Ok(())
+}

@@ -1,0 +1,581 @@
+//! Drives one run attempt: workspace container, agent-server conversation, journal, diff, end
+//! state, clean-up. Every step is bounded in time, and every way out (success, failure, timeout,
+//! shutdown) removes the container and records a terminal reason.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cadenza_agent_client::{
+    AgentEvent, AgentServerClient, AgentSpec, Error as AgentError, ExecutionStatus, LlmConfig,
+    SessionFrame, StartConversationRequest, TypedEvent,
+};
+use cadenza_domain::{Project, Run, RunEvent, RunState, Scope, TerminalCode, TerminalReason};
+use cadenza_storage::journal::{self, NewJournalEvent};
+use cadenza_storage::runs::{self, Actor};
+use cadenza_storage::{StorageError, diffs, projects};
+use rand::RngCore;
+use secrecy::SecretString;
+use time::OffsetDateTime;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+use url::Url;
+
+use crate::Core;
+use crate::docker::{
+    LABEL_ATTEMPT, LABEL_MANAGED, LABEL_ORG, LABEL_PROJECT, LABEL_RUN, LABEL_WORKER, WorkspaceSpec,
+};
+use crate::normalize::normalize;
+
+/// Consecutive failed socket (re)connects before the agent counts as unreachable.
+const MAX_RECONNECTS: u32 = 10;
+/// How long a terminal status seen on the socket may take to show up over REST.
+const CONFIRM_BUDGET: Duration = Duration::from_secs(30);
+
+/// Runs one leased run to its end. `run` is in `provisioning`, held by this worker.
+pub(crate) async fn supervise(core: Arc<Core>, run: Run, cancel: CancellationToken) {
+    let span = tracing::info_span!(
+        "run",
+        run_id = %run.id,
+        org_id = %run.org_id,
+        project_id = %run.project_id,
+        attempt = run.attempt,
+    );
+    async move {
+        let container = format!("cadenza-run-{}-{}", run.id, run.attempt);
+        let mut state = RunState::Provisioning;
+        let outcome = execute(&core, &run, &container, &cancel, &mut state).await;
+        // The container goes before the end state is written, so a client that sees the end
+        // also sees the resources released.
+        core.docker.remove_workspace(&container, &container).await;
+        let event = match outcome {
+            Ok(final_message) => RunEvent::Succeeded(TerminalReason::new(
+                TerminalCode::AgentFinished,
+                if final_message.is_empty() {
+                    "the agent finished".to_owned()
+                } else {
+                    format!("the agent finished: {final_message}")
+                },
+            )),
+            Err(reason) if reason.code == TerminalCode::Cancelled => RunEvent::Cancelled(reason),
+            Err(reason) => RunEvent::Failed(reason),
+        };
+        finish(&core, &run, state, &event).await;
+    }
+    .instrument(span)
+    .await
+}
+
+async fn finish(core: &Core, run: &Run, state: RunState, event: &RunEvent) {
+    // A transient database failure must not leave the run hanging until its lease expires.
+    for attempt in 0..5u32 {
+        let result = async {
+            let mut tx = core.pool.begin().await?;
+            let done = runs::transition(
+                &mut tx,
+                run.id,
+                state,
+                event,
+                Actor::LeaseHolder(core.worker.id),
+                None,
+            )
+            .await?;
+            tx.commit().await?;
+            Ok::<_, StorageError>(done)
+        }
+        .await;
+        match result {
+            Ok(done) => {
+                tracing::info!(state = %done.run.state, reason = ?event.reason().map(|r| &r.message), "run ended");
+                core.bus.publish_journal_event(&done.entry).await;
+                return;
+            }
+            Err(err) if err.is_transient() => {
+                tracing::warn!(error = %err, attempt, "recording the end failed; retrying");
+                tokio::time::sleep(Duration::from_millis(200 * 2u64.pow(attempt))).await;
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "recording the end failed");
+                return;
+            }
+        }
+    }
+}
+
+fn fail(code: TerminalCode, message: impl Into<String>) -> TerminalReason {
+    TerminalReason::new(code, message)
+}
+
+fn internal(err: impl std::fmt::Display) -> TerminalReason {
+    fail(TerminalCode::Internal, format!("worker error: {err}"))
+}
+
+fn random_key() -> String {
+    let mut bytes = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    hex::encode(bytes)
+}
+
+/// Everything between `provisioning` and the agent's confirmed end. Returns the agent's final
+/// message, or why the run cannot succeed. Keeps `state` in step with what was committed.
+async fn execute(
+    core: &Core,
+    run: &Run,
+    container: &str,
+    cancel: &CancellationToken,
+    state: &mut RunState,
+) -> Result<String, TerminalReason> {
+    let deadline = Instant::now() + core.config.run_timeout;
+    let project = {
+        let mut conn = core.pool.acquire().await.map_err(|err| internal(StorageError::from(err)))?;
+        projects::get(&mut conn, Scope::Org(run.org_id), run.project_id)
+            .await
+            .map_err(internal)?
+    };
+
+    // 1. The workspace container.
+    let session_key = random_key();
+    let spec = workspace_spec(core, run, &project, container, &session_key);
+    let workspace = tokio::select! {
+        _ = cancel.cancelled() => return Err(shutdown_reason()),
+        started = core.docker.start_workspace(&spec, core.config.image_pull_timeout) => {
+            started.map_err(|err| fail(TerminalCode::ContainerFailed, err.to_string()))?
+        }
+    };
+    tracing::info!(container, host_port = workspace.host_port, "workspace container started");
+
+    let base_url = Url::parse(&format!("http://127.0.0.1:{}", workspace.host_port))
+        .map_err(internal)?;
+    let client = AgentServerClient::builder(base_url, SecretString::from(session_key))
+        .request_timeout(Duration::from_secs(60))
+        .build();
+
+    // 2. Wait for the agent-server, watching the container so a crash fails fast.
+    wait_healthy(core, &client, container, cancel).await?;
+
+    // 3. The conversation. Its id is the run's, so a retried create returns the same one.
+    let conversation_id = run.id.as_uuid();
+    let llm = LlmConfig::new(
+        project
+            .agent
+            .llm_model
+            .clone()
+            .unwrap_or_else(|| core.config.default_llm_model.clone()),
+    );
+    let llm = match &project.agent.llm_base_url {
+        Some(url) => llm.with_base_url(url.clone()),
+        None => llm,
+    };
+    let request = StartConversationRequest::new(
+        core.config.workspace_dir.clone(),
+        AgentSpec::with_standard_tools(llm),
+    )
+    .with_conversation_id(conversation_id)
+    .with_initial_message(run.prompt.clone())
+    .with_max_iterations(u32::try_from(project.agent.max_iterations).unwrap_or(u32::MAX))
+    .with_autotitle(false);
+    let created = with_retries(cancel, || client.create_conversation(&request)).await;
+    created.map_err(|err| fail(TerminalCode::AgentUnreachable, format!("creating the conversation failed: {err}")))?;
+
+    {
+        let mut tx = core.pool.begin().await.map_err(|err| internal(StorageError::from(err)))?;
+        runs::set_conversation(&mut tx, run.id, conversation_id)
+            .await
+            .map_err(internal)?;
+        let done = runs::transition(
+            &mut tx,
+            run.id,
+            RunState::Provisioning,
+            &RunEvent::AgentStarted,
+            Actor::LeaseHolder(core.worker.id),
+            None,
+        )
+        .await
+        .map_err(internal)?;
+        tx.commit().await.map_err(|err| internal(StorageError::from(err)))?;
+        *state = RunState::Running;
+        core.bus.publish_journal_event(&done.entry).await;
+    }
+    tracing::info!(%conversation_id, "agent running");
+
+    // 4. Follow the session socket until the agent ends, journaling every durable event.
+    let mut follower = Follower {
+        core,
+        run,
+        client: &client,
+        conversation_id,
+        container,
+        last_seq: -1,
+        last_event_id: None,
+        last_error: None,
+    };
+    let status = follower.follow(cancel, deadline).await?;
+
+    // 5. Collect the result.
+    let final_message = match status {
+        ExecutionStatus::Finished => client
+            .agent_final_response(conversation_id)
+            .await
+            .unwrap_or_else(|err| {
+                tracing::warn!(error = %err, "reading the final response failed");
+                String::new()
+            }),
+        ExecutionStatus::Stuck => {
+            return Err(fail(
+                TerminalCode::AgentError,
+                "the agent got stuck (the agent-server's stuck detection fired)",
+            ));
+        }
+        other => {
+            let detail = follower
+                .last_error
+                .clone()
+                .unwrap_or_else(|| format!("the agent-server reported status `{}`", other.as_str()));
+            return Err(fail(TerminalCode::AgentError, detail));
+        }
+    };
+    {
+        let mut conn = core.pool.acquire().await.map_err(|err| internal(StorageError::from(err)))?;
+        runs::set_final_message(&mut conn, run.id, &final_message)
+            .await
+            .map_err(internal)?;
+    }
+    match client
+        .archive_git_delta(&core.config.workspace_dir, None)
+        .await
+    {
+        Ok(delta) => {
+            let mut conn = core.pool.acquire().await.map_err(|err| internal(StorageError::from(err)))?;
+            diffs::upsert(
+                &mut conn,
+                run.id,
+                run.org_id,
+                delta.base_commit.as_deref(),
+                &delta.patch,
+            )
+            .await
+            .map_err(internal)?;
+            tracing::info!(bytes = delta.patch.len(), "diff stored");
+        }
+        Err(err) => tracing::warn!(error = %err, "collecting the diff failed; the run has no diff"),
+    }
+    Ok(final_message)
+}
+
+fn shutdown_reason() -> TerminalReason {
+    fail(
+        TerminalCode::WorkerShutdown,
+        "the worker shut down before the run finished",
+    )
+}
+
+fn workspace_spec(
+    core: &Core,
+    run: &Run,
+    project: &Project,
+    container: &str,
+    session_key: &str,
+) -> WorkspaceSpec {
+    let labels = HashMap::from([
+        (LABEL_MANAGED.to_owned(), "true".to_owned()),
+        (LABEL_ORG.to_owned(), run.org_id.to_string()),
+        (LABEL_PROJECT.to_owned(), run.project_id.to_string()),
+        (LABEL_RUN.to_owned(), run.id.to_string()),
+        (LABEL_ATTEMPT.to_owned(), run.attempt.to_string()),
+        (LABEL_WORKER.to_owned(), core.worker.name.clone()),
+    ]);
+    // Project environment first, so it can never override the settings Cadenza relies on.
+    let mut env: Vec<(String, String)> = project
+        .agent
+        .env
+        .iter()
+        .filter(|(name, _)| !name.starts_with("OH_SESSION_API_KEY") && name.as_str() != "SESSION_API_KEY")
+        .map(|(name, value)| (name.clone(), value.clone()))
+        .collect();
+    env.extend(
+        [
+            ("OH_SESSION_API_KEYS_0", session_key),
+            // One server per container: no ownership lease to wait out after a restart.
+            ("OH_LEASE_TTL_SECONDS", "0"),
+            ("OH_ENABLE_VSCODE", "false"),
+            ("OH_PRELOAD_TOOLS", "false"),
+            ("LITELLM_LOCAL_MODEL_COST_MAP", "True"),
+            ("OH_WORKSPACE_PATH", core.config.workspace_dir.as_str()),
+        ]
+        .into_iter()
+        .map(|(name, value)| (name.to_owned(), value.to_owned())),
+    );
+    WorkspaceSpec {
+        name: container.to_owned(),
+        image: project.agent.image.clone(),
+        labels,
+        env,
+        cpus: project.agent.cpus,
+        memory_mb: project.agent.memory_mb,
+        pids_limit: project.agent.pids_limit,
+    }
+}
+
+async fn wait_healthy(
+    core: &Core,
+    client: &AgentServerClient,
+    container: &str,
+    cancel: &CancellationToken,
+) -> Result<(), TerminalReason> {
+    let deadline = Instant::now() + core.config.agent_start_timeout;
+    let mut pause = Duration::from_millis(50);
+    loop {
+        match client.health().await {
+            Ok(()) => return Ok(()),
+            Err(err) if err.is_retryable() => {}
+            Err(err) => {
+                return Err(fail(
+                    TerminalCode::AgentUnreachable,
+                    format!("the agent-server's health check failed: {err}"),
+                ));
+            }
+        }
+        if let Some(exit) = core.docker.exit_status(container).await {
+            return Err(fail(TerminalCode::ContainerFailed, exit));
+        }
+        if Instant::now() + pause > deadline {
+            return Err(fail(
+                TerminalCode::AgentUnreachable,
+                format!(
+                    "the agent-server did not become healthy within {:?}",
+                    core.config.agent_start_timeout
+                ),
+            ));
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return Err(shutdown_reason()),
+            _ = tokio::time::sleep(pause) => {}
+        }
+        pause = (pause * 2).min(Duration::from_millis(500));
+    }
+}
+
+/// Retries an idempotent agent-server call on transport failures, a few times.
+async fn with_retries<T, F, Fut>(cancel: &CancellationToken, mut call: F) -> Result<T, AgentError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, AgentError>>,
+{
+    let mut pause = Duration::from_millis(200);
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        match call().await {
+            Ok(value) => return Ok(value),
+            Err(err) if err.is_retryable() && attempts < 5 && !cancel.is_cancelled() => {
+                tracing::debug!(error = %err, attempts, "agent-server call failed; retrying");
+                tokio::time::sleep(pause).await;
+                pause *= 2;
+            }
+            Err(err) => return Err(err),
+        }
+    }
+}
+
+struct Follower<'a> {
+    core: &'a Core,
+    run: &'a Run,
+    client: &'a AgentServerClient,
+    conversation_id: uuid::Uuid,
+    container: &'a str,
+    /// The agent-server seq of the last journaled durable event (-1: none).
+    last_seq: i64,
+    last_event_id: Option<String>,
+    /// The detail of the last `ConversationErrorEvent`, for the failure reason.
+    last_error: Option<String>,
+}
+
+enum Step {
+    /// The socket saw a terminal status: confirm it over REST.
+    TerminalHint,
+    /// The socket dropped: reconnect after `last_seq`.
+    Reconnect(String),
+}
+
+impl Follower<'_> {
+    /// Follows the conversation to a confirmed terminal status.
+    async fn follow(
+        &mut self,
+        cancel: &CancellationToken,
+        deadline: Instant,
+    ) -> Result<ExecutionStatus, TerminalReason> {
+        let mut failures = 0u32;
+        loop {
+            let step = tokio::select! {
+                _ = cancel.cancelled() => {
+                    let _ = self.client.interrupt(self.conversation_id).await;
+                    return Err(shutdown_reason());
+                }
+                _ = tokio::time::sleep_until(deadline) => {
+                    let _ = self.client.interrupt(self.conversation_id).await;
+                    return Err(fail(
+                        TerminalCode::TimedOut,
+                        format!("the run exceeded its time budget of {:?}", self.core.config.run_timeout),
+                    ));
+                }
+                step = self.stream_once() => step?,
+            };
+            match step {
+                Step::TerminalHint => {
+                    if let Some(status) = self.confirm().await? {
+                        self.reconcile_over_rest().await?;
+                        return Ok(status);
+                    }
+                    // Not terminal after all (a stop hook vetoed it): keep following.
+                    failures = 0;
+                }
+                Step::Reconnect(why) => {
+                    failures += 1;
+                    if let Some(exit) = self.core.docker.exit_status(self.container).await {
+                        return Err(fail(TerminalCode::ContainerFailed, exit));
+                    }
+                    if failures > MAX_RECONNECTS {
+                        return Err(fail(
+                            TerminalCode::AgentUnreachable,
+                            format!("lost the agent-server's event stream: {why}"),
+                        ));
+                    }
+                    tracing::info!(why, failures, after_seq = self.last_seq, "reconnecting to the session socket");
+                    tokio::time::sleep(Duration::from_millis(100 * u64::from(failures))).await;
+                }
+            }
+        }
+    }
+
+    /// One socket connection: replay after `last_seq`, then live, until a terminal hint or a drop.
+    async fn stream_once(&mut self) -> Result<Step, TerminalReason> {
+        let mut socket = match self
+            .client
+            .open_session(self.conversation_id, Some(self.last_seq))
+            .await
+        {
+            Ok(socket) => socket,
+            Err(err) => return Ok(Step::Reconnect(err.to_string())),
+        };
+        loop {
+            match socket.next_frame().await {
+                Ok(SessionFrame::Durable { seq, event }) => {
+                    if seq <= self.last_seq {
+                        continue;
+                    }
+                    self.journal(Some(seq), &event).await?;
+                    self.last_seq = seq;
+                    self.last_event_id = Some(event.id.clone());
+                    if event.execution_status().is_some_and(|status| status.is_terminal()) {
+                        return Ok(Step::TerminalHint);
+                    }
+                }
+                // The connect-time snapshot: after a reconnect it may be the only sign that the
+                // run ended while we were away.
+                Ok(SessionFrame::Transient { event }) => {
+                    if event.execution_status().is_some_and(|status| status.is_terminal()) {
+                        return Ok(Step::TerminalHint);
+                    }
+                }
+                Ok(_) => {}
+                Err(err) => {
+                    if let Some(code) = err.close_code()
+                        && (code == cadenza_agent_client::CLOSE_UNAUTHORIZED
+                            || code == cadenza_agent_client::CLOSE_NOT_FOUND)
+                    {
+                        return Err(fail(
+                            TerminalCode::AgentUnreachable,
+                            format!("the agent-server closed the event stream: {err}"),
+                        ));
+                    }
+                    return Ok(Step::Reconnect(err.to_string()));
+                }
+            }
+        }
+    }
+
+    /// Polls the conversation until REST agrees the status is terminal. `None` when it stays
+    /// non-terminal for the whole budget.
+    async fn confirm(&self) -> Result<Option<ExecutionStatus>, TerminalReason> {
+        let deadline = Instant::now() + CONFIRM_BUDGET;
+        loop {
+            match self.client.get_conversation(self.conversation_id).await {
+                Ok(info) if info.execution_status.is_terminal() => {
+                    return Ok(Some(info.execution_status));
+                }
+                Ok(_) => {}
+                Err(err) if err.is_retryable() => {}
+                Err(err) => {
+                    return Err(fail(
+                        TerminalCode::AgentUnreachable,
+                        format!("confirming the end failed: {err}"),
+                    ));
+                }
+            }
+            if Instant::now() >= deadline {
+                return Ok(None);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Journals events the socket did not deliver before the end (e.g. the final state dump).
+    async fn reconcile_over_rest(&mut self) -> Result<(), TerminalReason> {
+        let missed = match self
+            .client
+            .events_after(self.conversation_id, self.last_event_id.as_deref())
+            .await
+        {
+            Ok(events) => events,
+            Err(err) => {
+                tracing::warn!(error = %err, "reconciling events over REST failed");
+                return Ok(());
+            }
+        };
+        for event in missed {
+            self.journal(None, &event).await?;
+            self.last_event_id = Some(event.id.clone());
+        }
+        Ok(())
+    }
+
+    async fn journal(&mut self, seq: Option<i64>, event: &AgentEvent) -> Result<(), TerminalReason> {
+        if let TypedEvent::ConversationError(error) = event.typed() {
+            self.last_error = Some(format!("{}: {}", error.code, error.detail));
+        }
+        let (kind, payload) = normalize(event, seq);
+        let new_event = || NewJournalEvent {
+            run_id: self.run.id,
+            org_id: self.run.org_id,
+            kind,
+            payload: payload.clone(),
+            raw: Some(event.raw.clone()),
+            source_event_id: (!event.id.is_empty()).then(|| event.id.clone()),
+            source_seq: seq,
+            occurred_at: OffsetDateTime::now_utc(),
+        };
+        let mut pause = Duration::from_millis(100);
+        for attempt in 0..5 {
+            let result = async {
+                let mut conn = self.core.pool.acquire().await?;
+                journal::append(&mut conn, new_event()).await
+            }
+            .await;
+            match result {
+                Ok(Some(entry)) => {
+                    self.core.bus.publish_journal_event(&entry).await;
+                    return Ok(());
+                }
+                Ok(None) => return Ok(()),
+                Err(err) if err.is_transient() && attempt < 4 => {
+                    tracing::warn!(error = %err, "journal write failed; retrying");
+                    tokio::time::sleep(pause).await;
+                    pause *= 2;
+                }
+                Err(err) => return Err(internal(err)),
+            }
+        }
+        Err(internal("journal write kept failing"))
+    }
+}

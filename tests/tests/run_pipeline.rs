@@ -1,0 +1,261 @@
+//! The run pipeline end to end: all four services as separate processes, real Postgres, NATS,
+//! Redis and Docker, and the scripted fake agent-server image.
+
+use std::time::{Duration, Instant};
+
+use cadenza_e2e::sse::SseReader;
+use cadenza_e2e::{Api, seqs};
+use cadenza_testkit::docker::containers_with_label;
+use cadenza_testkit::stack::Stack;
+use serde_json::Value;
+
+const HELLO: &str = "$ echo hello > hello.txt\n$ cat hello.txt\ndone";
+const RUN_BUDGET: Duration = Duration::from_secs(120);
+
+#[tokio::test]
+async fn a_hello_run_succeeds_and_its_history_outlives_every_client() {
+    let stack = Stack::start().await.expect("stack starts");
+    let project_id = stack.project.id.to_string();
+
+    // Submit, then drop the client and every connection it had.
+    let run_id = {
+        let api = Api::new(&stack.api_url, &stack.token);
+        let (status, run) = api.submit_run(&project_id, HELLO, None).await.expect("submit");
+        assert_eq!(status, 201, "{run}");
+        assert_eq!(run["state"], "queued");
+        run["id"].as_str().expect("run id").to_owned()
+    };
+
+    // Watch the run finish through the database only: no client is connected to the API.
+    let run_uuid: cadenza_domain::RunId = run_id.parse().expect("uuid");
+    let deadline = Instant::now() + RUN_BUDGET;
+    loop {
+        let mut conn = stack.db.pool.acquire().await.expect("db");
+        let run = cadenza_storage::runs::get(&mut conn, cadenza_domain::Scope::Instance, run_uuid)
+            .await
+            .expect("run");
+        if run.state.is_terminal() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "run did not end: {:?}", run.state);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // A new client reads the complete history.
+    let api = Api::new(&stack.api_url, &stack.token);
+    let run = api.get_json(&format!("/runs/{run_id}")).await.expect("run");
+    assert_eq!(run["state"], "succeeded", "{run}\n{}", stack.logs());
+    assert_eq!(run["terminal_reason"]["code"], "agent_finished");
+    assert_eq!(run["final_message"], "done");
+
+    let events = api.all_events(&run_id, 7).await.expect("events");
+    let seq = seqs(&events);
+    assert_eq!(seq, (1..=seq.len() as i64).collect::<Vec<_>>(), "dense from 1");
+    assert_eq!(seq.len() as i64, run["last_event_seq"].as_i64().expect("last seq"));
+
+    let states: Vec<&str> = events
+        .iter()
+        .filter(|event| event["kind"] == "run_state")
+        .filter_map(|event| event["payload"]["to"].as_str())
+        .collect();
+    assert_eq!(
+        states,
+        ["queued", "scheduled", "provisioning", "running", "succeeded"]
+    );
+    let last = events.last().expect("events");
+    assert_eq!(last["kind"], "run_state");
+    assert_eq!(last["payload"]["to"], "succeeded");
+
+    let cat_action = events
+        .iter()
+        .find(|event| event["kind"] == "action" && event["payload"]["command"] == "cat hello.txt")
+        .expect("the cat action is journaled");
+    assert_eq!(cat_action["payload"]["tool_name"], "terminal");
+    assert_eq!(cat_action["raw"]["kind"], "ActionEvent");
+    let cat_observation = events
+        .iter()
+        .find(|event| {
+            event["kind"] == "observation"
+                && event["payload"]["action_id"] == cat_action["payload"]["agent_event_id"]
+        })
+        .expect("the cat observation is journaled");
+    assert_eq!(
+        cat_observation["payload"]["output"].as_str().map(str::trim),
+        Some("hello")
+    );
+    assert_eq!(cat_observation["payload"]["exit_code"], 0);
+    assert!(
+        events
+            .iter()
+            .any(|event| event["kind"] == "action" && event["payload"]["tool_name"] == "finish"),
+        "the finish action is journaled"
+    );
+
+    let diff = api.get(&format!("/runs/{run_id}/diff")).await.expect("diff");
+    assert_eq!(diff.status(), 200);
+    assert!(
+        diff.headers()["content-type"]
+            .to_str()
+            .unwrap_or_default()
+            .starts_with("text/x-patch")
+    );
+    let patch = diff.text().await.expect("patch");
+    assert!(patch.contains("hello.txt"), "{patch}");
+    assert!(patch.contains("+hello"), "{patch}");
+
+    assert!(
+        containers_with_label("io.cadenza.run", &run_id).is_empty(),
+        "the workspace container was removed"
+    );
+}
+
+#[tokio::test]
+async fn a_reconnecting_stream_reader_sees_every_event_exactly_once() {
+    let stack = Stack::start().await.expect("stack starts");
+    let api = Api::new(&stack.api_url, &stack.token);
+    let prompt = "$ for i in $(seq 1 60); do echo $i; sleep 0.1; done\n$ echo second\n$ echo third\ncounted";
+    let (status, run) = api
+        .submit_run(&stack.project.id.to_string(), prompt, None)
+        .await
+        .expect("submit");
+    assert_eq!(status, 201);
+    let run_id = run["id"].as_str().expect("id").to_owned();
+    let url = api.url(&format!("/runs/{run_id}/events/stream"));
+
+    // First half: read until the agent is running, then drop the connection mid-run.
+    let mut first_half: Vec<Value> = Vec::new();
+    {
+        let mut reader = SseReader::open(&api.http, &url, &api.token, None)
+            .await
+            .expect("stream opens");
+        loop {
+            let event = reader
+                .next(RUN_BUDGET)
+                .await
+                .expect("an event")
+                .expect("the stream stays open while the run is live");
+            let parsed: Value = serde_json::from_str(&event.data).expect("json");
+            assert_eq!(event.id.as_deref(), Some(parsed["seq"].to_string().as_str()));
+            let running = parsed["kind"] == "run_state" && parsed["payload"]["to"] == "running";
+            first_half.push(parsed);
+            if running {
+                break;
+            }
+        }
+    }
+    let last_seen = first_half.last().and_then(|event| event["seq"].as_i64()).expect("seq");
+
+    // Second half: resume with Last-Event-ID and read until the server closes the stream.
+    let mut second_half: Vec<Value> = Vec::new();
+    let mut reader = SseReader::open(&api.http, &url, &api.token, Some(last_seen))
+        .await
+        .expect("stream reopens");
+    while let Some(event) = reader.next(RUN_BUDGET).await.expect("event or end") {
+        second_half.push(serde_json::from_str(&event.data).expect("json"));
+    }
+    let last = second_half.last().expect("the second half is not empty");
+    assert_eq!(last["kind"], "run_state");
+    assert_eq!(last["payload"]["terminal"], true);
+    assert_eq!(last["payload"]["to"], "succeeded", "{}", stack.logs());
+
+    let mut all = first_half.clone();
+    all.extend(second_half);
+    let seq = seqs(&all);
+    let n = seq.len() as i64;
+    assert_eq!(seq, (1..=n).collect::<Vec<_>>(), "dense, no gap, no duplicate");
+
+    // The REST journal tells the same story.
+    let rest = api.all_events(&run_id, 10).await.expect("events");
+    assert_eq!(seqs(&rest), seq);
+    // The loop's 60 numbers were journaled as one observation.
+    assert!(rest.iter().any(|event| {
+        event["kind"] == "observation"
+            && event["payload"]["output"]
+                .as_str()
+                .is_some_and(|output| output.lines().count() == 60 && output.contains("\n60"))
+    }));
+
+    // A stream opened after the end replays everything and closes.
+    let mut replay = SseReader::open(&api.http, &url, &api.token, None)
+        .await
+        .expect("replay opens");
+    let mut replayed = Vec::new();
+    while let Some(event) = replay.next(Duration::from_secs(30)).await.expect("event or end") {
+        replayed.push(serde_json::from_str::<Value>(&event.data).expect("json"));
+    }
+    assert_eq!(seqs(&replayed), seq);
+
+    // `?cursor=` resumes like Last-Event-ID.
+    let mut from_cursor = SseReader::open(&api.http, &format!("{url}?cursor={}", n - 2), &api.token, None)
+        .await
+        .expect("cursor stream opens");
+    let mut tail = Vec::new();
+    while let Some(event) = from_cursor.next(Duration::from_secs(30)).await.expect("event or end") {
+        tail.push(serde_json::from_str::<Value>(&event.data).expect("json"));
+    }
+    assert_eq!(seqs(&tail), vec![n - 1, n]);
+}
+
+#[tokio::test]
+async fn two_posts_with_one_idempotency_key_create_one_run() {
+    let stack = Stack::start().await.expect("stack starts");
+    let api = Api::new(&stack.api_url, &stack.token);
+    let project_id = stack.project.id.to_string();
+    let (first_status, first) = api
+        .submit_run(&project_id, HELLO, Some("ticket-42"))
+        .await
+        .expect("first");
+    let (second_status, second) = api
+        .submit_run(&project_id, HELLO, Some("ticket-42"))
+        .await
+        .expect("second");
+    assert_eq!(first_status, 201);
+    assert_eq!(second_status, 200);
+    assert_eq!(first["id"], second["id"]);
+
+    // Reusing the key for a different request is a conflict, not a silent second run.
+    let (conflict_status, problem) = api
+        .submit_run(&project_id, "$ echo other", Some("ticket-42"))
+        .await
+        .expect("third");
+    assert_eq!(conflict_status, 409, "{problem}");
+
+    let runs = api
+        .get_json(&format!("/runs?project_id={project_id}"))
+        .await
+        .expect("list");
+    assert_eq!(runs["items"].as_array().map(Vec::len), Some(1));
+
+    let run_id = first["id"].as_str().expect("id");
+    let run = api.wait_for_end(run_id, RUN_BUDGET).await.expect("ends");
+    assert_eq!(run["state"], "succeeded", "{run}");
+}
+
+#[tokio::test]
+async fn a_run_whose_image_is_missing_fails_with_a_reason() {
+    let stack = Stack::start().await.expect("stack starts");
+    let project = stack
+        .create_project("broken", "cadenza-test/does-not-exist:never")
+        .await
+        .expect("project");
+    let api = Api::new(&stack.api_url, &stack.token);
+    let started = Instant::now();
+    let (status, run) = api
+        .submit_run(&project.id.to_string(), HELLO, None)
+        .await
+        .expect("submit");
+    assert_eq!(status, 201);
+    let run = api
+        .wait_for_end(run["id"].as_str().expect("id"), Duration::from_secs(60))
+        .await
+        .expect("the run ends within a bounded time");
+    assert_eq!(run["state"], "failed");
+    assert_eq!(run["terminal_reason"]["code"], "container_failed");
+    let message = run["terminal_reason"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("cadenza-test/does-not-exist:never") && message.contains("image"),
+        "{message}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(60));
+    assert!(containers_with_label("io.cadenza.run", run["id"].as_str().unwrap_or_default()).is_empty());
+}
