@@ -122,7 +122,8 @@ async fn a_reconnecting_stream_reader_sees_every_event_exactly_once() {
     let run_id = run["id"].as_str().expect("id").to_owned();
     let url = api.url(&format!("/runs/{run_id}/events/stream"));
 
-    // First half: read until the agent is running, then drop the connection mid-run.
+    // First half: read until the agent has started the long command, then drop the connection
+    // while the run is live.
     let mut first_half: Vec<Value> = Vec::new();
     {
         let mut reader = SseReader::open(&api.http, &url, &api.token, None)
@@ -136,9 +137,9 @@ async fn a_reconnecting_stream_reader_sees_every_event_exactly_once() {
                 .expect("the stream stays open while the run is live");
             let parsed: Value = serde_json::from_str(&event.data).expect("json");
             assert_eq!(event.id.as_deref(), Some(parsed["seq"].to_string().as_str()));
-            let running = parsed["kind"] == "run_state" && parsed["payload"]["to"] == "running";
+            let mid_run = parsed["kind"] == "action" && parsed["payload"]["tool_name"] == "terminal";
             first_half.push(parsed);
-            if running {
+            if mid_run {
                 break;
             }
         }

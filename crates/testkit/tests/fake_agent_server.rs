@@ -100,7 +100,10 @@ impl Fake {
     async fn status(&self, id: &str) -> String {
         let (status, info) = self.get(&format!("/api/conversations/{id}")).await;
         assert_eq!(status, StatusCode::OK, "{info}");
-        info["execution_status"].as_str().expect("status").to_owned()
+        info["execution_status"]
+            .as_str()
+            .expect("status")
+            .to_owned()
     }
 
     /// Waits for the conversation to report `wanted` over REST.
@@ -309,7 +312,10 @@ async fn hello_script_runs_in_the_workspace_and_finishes_with_the_real_event_seq
             assert!(event.get(field).is_some(), "{field} missing in {event}");
         }
         let timestamp = event["timestamp"].as_str().expect("timestamp");
-        assert!(!timestamp.ends_with('Z') && !timestamp.contains('+'), "{timestamp}");
+        assert!(
+            !timestamp.ends_with('Z') && !timestamp.contains('+'),
+            "{timestamp}"
+        );
     }
     assert_eq!(events[1]["llm_message"]["content"][0]["text"], HELLO_TASK);
     assert_eq!(events[3]["source"], "environment");
@@ -319,7 +325,10 @@ async fn hello_script_runs_in_the_workspace_and_finishes_with_the_real_event_seq
     assert_eq!(first_action["action"]["kind"], "TerminalAction");
     assert_eq!(first_action["action"]["command"], "echo hello > hello.txt");
     assert_eq!(first_action["security_risk"], "LOW");
-    assert_eq!(first_action["tool_call"]["id"], first_action["tool_call_id"]);
+    assert_eq!(
+        first_action["tool_call"]["id"],
+        first_action["tool_call_id"]
+    );
     let arguments: Value = serde_json::from_str(
         first_action["tool_call"]["arguments"]
             .as_str()
@@ -339,7 +348,10 @@ async fn hello_script_runs_in_the_workspace_and_finishes_with_the_real_event_seq
     assert_eq!(observation["metadata"]["exit_code"], 0);
     assert_eq!(observation["timeout"], false);
 
-    assert_eq!(events[8]["action"], json!({ "kind": "FinishAction", "message": "done" }));
+    assert_eq!(
+        events[8]["action"],
+        json!({ "kind": "FinishAction", "message": "done" })
+    );
     assert_eq!(events[9]["observation"]["kind"], "FinishObservation");
     assert_eq!(events[9]["observation"]["content"][0]["text"], "done");
     assert_eq!(events[11]["value"]["execution_status"], "finished");
@@ -349,7 +361,10 @@ async fn hello_script_runs_in_the_workspace_and_finishes_with_the_real_event_seq
         std::fs::read_to_string(workspace.join("hello.txt")).expect("hello.txt written"),
         "hello\n"
     );
-    assert!(workspace.join(".git").exists(), "the workspace is made a git repository");
+    assert!(
+        workspace.join(".git").exists(),
+        "the workspace is made a git repository"
+    );
     assert_eq!(fake.status(&id).await, "finished");
     let (_, final_response) = fake
         .get(&format!("/api/conversations/{id}/agent_final_response"))
@@ -380,7 +395,9 @@ async fn creating_twice_with_one_id_returns_the_existing_conversation_without_a_
         .await;
     assert_eq!(user_messages, 1);
     let (_, finishes) = fake
-        .get(&format!("/api/conversations/{id}/events/count?kind=ActionEvent"))
+        .get(&format!(
+            "/api/conversations/{id}/events/count?kind=ActionEvent"
+        ))
         .await;
     assert_eq!(finishes, 3, "two commands and one finish, run once");
 }
@@ -407,7 +424,10 @@ async fn session_socket_resumes_after_a_seq_without_gap_or_duplicate() {
         let frame = next_frame(&mut socket).await;
         assert_eq!(frame["type"], "durable", "{frame}");
         let seq = frame["seq"].as_u64().expect("seq");
-        assert_eq!(frame["event"], history[seq as usize], "replay matches the log");
+        assert_eq!(
+            frame["event"], history[seq as usize],
+            "replay matches the log"
+        );
         seqs.push(seq);
     }
     let transient = next_frame(&mut socket).await;
@@ -418,7 +438,9 @@ async fn session_socket_resumes_after_a_seq_without_gap_or_duplicate() {
     // A follow-up message sent over the socket starts a second turn; its events arrive live.
     socket
         .send(Message::Text(
-            user_message("$ echo again >> hello.txt\nsecond").to_string().into(),
+            user_message("$ echo again >> hello.txt\nsecond")
+                .to_string()
+                .into(),
         ))
         .await
         .expect("send message frame");
@@ -452,7 +474,10 @@ async fn session_socket_resumes_after_a_seq_without_gap_or_duplicate() {
 #[tokio::test]
 async fn sockets_opened_during_a_run_see_every_event_exactly_once() {
     let fake = Fake::start().await;
-    let task: String = (0..15).map(|i| format!("$ echo step {i}\n")).collect::<String>() + "ok";
+    let task: String = (0..15)
+        .map(|i| format!("$ echo step {i}\n"))
+        .collect::<String>()
+        + "ok";
     let mut body = fake.create_body(Some(&task));
     body["max_iterations"] = json!(50);
     let (status, info) = fake.post("/api/conversations", body).await;
@@ -480,7 +505,9 @@ async fn sockets_opened_during_a_run_see_every_event_exactly_once() {
 #[tokio::test]
 async fn a_live_only_session_socket_gets_sync_then_the_snapshot_then_new_events() {
     let fake = Fake::start().await;
-    let (status, info) = fake.post("/api/conversations", fake.create_body(None)).await;
+    let (status, info) = fake
+        .post("/api/conversations", fake.create_body(None))
+        .await;
     assert_eq!(status, StatusCode::CREATED);
     assert_eq!(info["execution_status"], "idle");
     let id = info["id"].as_str().expect("id").to_owned();
@@ -541,7 +568,10 @@ async fn events_search_pages_with_inclusive_page_ids_and_filters() {
     let (_, first_page) = fake
         .get(&format!("/api/conversations/{id}/events/search?limit=5"))
         .await;
-    assert_eq!(first_page["items"].as_array().expect("items")[..], everything[..5]);
+    assert_eq!(
+        first_page["items"].as_array().expect("items")[..],
+        everything[..5]
+    );
     assert_eq!(first_page["next_page_id"], everything[5]["id"]);
 
     let page_id = everything[5]["id"].as_str().expect("id");
@@ -570,7 +600,10 @@ async fn events_search_pages_with_inclusive_page_ids_and_filters() {
             "/api/conversations/{id}/events/search?limit=2&page_id=no-such-event"
         ))
         .await;
-    assert_eq!(restarted["items"][0], everything[0], "unknown page_id restarts");
+    assert_eq!(
+        restarted["items"][0], everything[0],
+        "unknown page_id restarts"
+    );
 
     let (_, actions) = fake
         .get(&format!(
@@ -579,7 +612,9 @@ async fn events_search_pages_with_inclusive_page_ids_and_filters() {
         .await;
     assert_eq!(actions["items"].as_array().expect("items").len(), 3);
     let (_, environment_count) = fake
-        .get(&format!("/api/conversations/{id}/events/count?source=environment"))
+        .get(&format!(
+            "/api/conversations/{id}/events/count?source=environment"
+        ))
         .await;
     let expected = everything
         .iter()
@@ -606,21 +641,30 @@ async fn events_search_pages_with_inclusive_page_ids_and_filters() {
                 "/api/conversations/{id}/events/search?limit={bad_limit}"
             ))
             .await;
-        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{bad_limit}: {body}");
+        assert_eq!(
+            status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{bad_limit}: {body}"
+        );
     }
 }
 
 #[tokio::test]
 async fn conversations_search_pages_and_filters_by_status() {
     let fake = Fake::start().await;
-    let (_, info) = fake.post("/api/conversations", fake.create_body(None)).await;
+    let (_, info) = fake
+        .post("/api/conversations", fake.create_body(None))
+        .await;
     let idle = info["id"].as_str().expect("id").to_owned();
     let finished = fake.create("$ true\nok").await;
     fake.wait_for_status(&finished, "finished").await;
 
     let (_, page) = fake.get("/api/conversations/search?limit=1").await;
     assert_eq!(page["items"].as_array().expect("items").len(), 1);
-    let next = page["next_page_id"].as_str().expect("a second page").to_owned();
+    let next = page["next_page_id"]
+        .as_str()
+        .expect("a second page")
+        .to_owned();
     let (_, rest) = fake
         .get(&format!("/api/conversations/search?limit=1&page_id={next}"))
         .await;
@@ -646,7 +690,12 @@ async fn a_wrong_or_missing_session_key_is_rejected() {
     let (status, body) = send(client.get(&search).header("X-Session-API-Key", "wrong")).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert_eq!(body, json!({ "detail": "Unauthorized" }));
-    let (status, _) = send(client.get(&search).header("X-Session-API-Key", "rotated-key")).await;
+    let (status, _) = send(
+        client
+            .get(&search)
+            .header("X-Session-API-Key", "rotated-key"),
+    )
+    .await;
     assert_eq!(status, StatusCode::OK, "every configured key is accepted");
 
     for open in ["/alive", "/health", "/ready", "/server_info"] {
@@ -654,7 +703,9 @@ async fn a_wrong_or_missing_session_key_is_rejected() {
         assert_eq!(status, StatusCode::OK, "{open} needs no key");
     }
 
-    let (_, info) = fake.post("/api/conversations", fake.create_body(None)).await;
+    let (_, info) = fake
+        .post("/api/conversations", fake.create_body(None))
+        .await;
     let id = info["id"].as_str().expect("id").to_owned();
     let socket_url = fake
         .url(&format!("/sockets/session/{id}"))
@@ -674,7 +725,9 @@ async fn a_wrong_or_missing_session_key_is_rejected() {
         .expect("accepted before auth");
     socket
         .send(Message::Text(
-            json!({ "type": "auth", "session_api_key": "wrong" }).to_string().into(),
+            json!({ "type": "auth", "session_api_key": "wrong" })
+                .to_string()
+                .into(),
         ))
         .await
         .expect("send auth frame");
@@ -685,7 +738,9 @@ async fn a_wrong_or_missing_session_key_is_rejected() {
         .expect("accepted before auth");
     socket
         .send(Message::Text(
-            json!({ "type": "auth", "session_api_key": KEY }).to_string().into(),
+            json!({ "type": "auth", "session_api_key": KEY })
+                .to_string()
+                .into(),
         ))
         .await
         .expect("send auth frame");
@@ -794,7 +849,9 @@ async fn exceeding_max_iterations_is_a_conversation_error() {
     assert_eq!(error["code"], "MaxIterationsReached");
     assert_eq!(error["source"], "environment");
     let (_, actions) = fake
-        .get(&format!("/api/conversations/{id}/events/count?kind=ActionEvent"))
+        .get(&format!(
+            "/api/conversations/{id}/events/count?kind=ActionEvent"
+        ))
         .await;
     assert_eq!(actions, 2);
 }
@@ -860,7 +917,10 @@ async fn git_delta_archive_covers_edits_new_files_and_deletions_without_touching
         workspace.canonicalize().expect("workspace exists")
     );
     let patch = response.text().await.expect("patch text");
-    assert!(patch.contains("diff --git a/hello.txt b/hello.txt"), "{patch}");
+    assert!(
+        patch.contains("diff --git a/hello.txt b/hello.txt"),
+        "{patch}"
+    );
     assert!(patch.contains("+hello"), "{patch}");
     assert!(patch.contains("-original\n+changed"), "{patch}");
     assert!(patch.contains("deleted file mode"), "{patch}");
@@ -876,7 +936,12 @@ async fn git_delta_archive_covers_edits_new_files_and_deletions_without_touching
     let clone = fake.root.path().join("clone");
     git(
         fake.root.path(),
-        &["clone", "--quiet", workspace.to_str().expect("utf-8"), clone.to_str().expect("utf-8")],
+        &[
+            "clone",
+            "--quiet",
+            workspace.to_str().expect("utf-8"),
+            clone.to_str().expect("utf-8"),
+        ],
     );
     std::fs::write(fake.root.path().join("change.patch"), &patch).expect("patch file");
     git(&clone, &["apply", "../change.patch"]);
@@ -944,21 +1009,35 @@ async fn execute_bash_command_returns_a_joined_bash_output() {
         )
         .await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(output["exit_code"], -1, "a timed-out command has no exit code");
+    assert_eq!(
+        output["exit_code"], -1,
+        "a timed-out command has no exit code"
+    );
 }
 
 #[tokio::test]
 async fn malformed_requests_get_client_errors_not_panics() {
     let fake = Fake::start().await;
-    let (status, _) = fake.post("/api/conversations", json!("not an object")).await;
+    let (status, _) = fake
+        .post("/api/conversations", json!("not an object"))
+        .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
     let (status, _) = fake
-        .post("/api/conversations", json!({ "workspace": { "working_dir": "/tmp" } }))
+        .post(
+            "/api/conversations",
+            json!({ "workspace": { "working_dir": "/tmp" } }),
+        )
         .await;
-    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "an agent is required");
+    assert_eq!(
+        status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "an agent is required"
+    );
     let (status, _) = fake.get("/api/conversations/not-a-uuid").await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
-    let (_, info) = fake.post("/api/conversations", fake.create_body(None)).await;
+    let (_, info) = fake
+        .post("/api/conversations", fake.create_body(None))
+        .await;
     let id = info["id"].as_str().expect("id");
     let (status, _) = fake
         .post(
@@ -984,7 +1063,12 @@ async fn server_info_reports_version_capabilities_and_tools() {
     let fake = Fake::start().await;
     let (status, info) = fake.get("/server_info").await;
     assert_eq!(status, StatusCode::OK);
-    assert!(info["version"].as_str().expect("version").starts_with("1.58"));
+    assert!(
+        info["version"]
+            .as_str()
+            .expect("version")
+            .starts_with("1.58")
+    );
     assert!(
         info["capabilities"]
             .as_array()

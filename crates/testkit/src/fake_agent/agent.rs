@@ -346,11 +346,8 @@ fn plan_next_step(
         PlannedStep::Finish(message) => {
             state.set_status(ExecutionStatus::Running);
             let call = ToolCall::new("finish", json!({ "message": message }));
-            let action = events::action_event(
-                &call,
-                events::finish_action(&message),
-                "Report the result",
-            );
+            let action =
+                events::action_event(&call, events::finish_action(&message), "Report the result");
             let action_id = events::id(&action).to_owned();
             state.append(action);
             state.append(events::observation_event(
@@ -394,6 +391,9 @@ mod tests {
 
     #[test]
     fn a_dollar_without_a_space_is_prose() {
-        assert_eq!(plan_task("$HOME"), vec![PlannedStep::Finish("$HOME".into())]);
+        assert_eq!(
+            plan_task("$HOME"),
+            vec![PlannedStep::Finish("$HOME".into())]
+        );
     }
 }

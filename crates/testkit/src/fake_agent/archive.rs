@@ -88,7 +88,10 @@ pub(crate) async fn build(request: &ArchiveRequest) -> Result<Archive, ArchiveEr
 
 fn excludes(request: &ArchiveRequest) -> Vec<String> {
     let mut excludes: Vec<String> = if request.use_default_excludes {
-        DEFAULT_EXCLUDES.iter().map(|&name| name.to_owned()).collect()
+        DEFAULT_EXCLUDES
+            .iter()
+            .map(|&name| name.to_owned())
+            .collect()
     } else {
         Vec::new()
     };
@@ -188,7 +191,12 @@ async fn resolve_base(
     if let Some(base_ref) = base_ref.filter(|reference| !reference.is_empty()) {
         let commit = git_optional(
             root,
-            &["rev-parse", "--verify", "--quiet", &format!("{base_ref}^{{commit}}")],
+            &[
+                "rev-parse",
+                "--verify",
+                "--quiet",
+                &format!("{base_ref}^{{commit}}"),
+            ],
         )
         .await
         .ok_or_else(|| ArchiveError::UnknownBaseRef(base_ref.to_owned()))?;
@@ -203,7 +211,12 @@ async fn resolve_base(
     let mut candidates = vec![format!("origin/{branch}")];
     if let Some(default) = git_optional(
         root,
-        &["symbolic-ref", "--quiet", "--short", "refs/remotes/origin/HEAD"],
+        &[
+            "symbolic-ref",
+            "--quiet",
+            "--short",
+            "refs/remotes/origin/HEAD",
+        ],
     )
     .await
     {
@@ -226,9 +239,10 @@ async fn tar_gz(path: &Path, excludes: &[String]) -> Result<Archive, ArchiveErro
     }
     command.arg("-C").arg(path).arg(".");
     let output = run(command, "tar").await?;
-    let name = path
-        .file_name()
-        .map_or_else(|| "archive".into(), |name| name.to_string_lossy().into_owned());
+    let name = path.file_name().map_or_else(
+        || "archive".into(),
+        |name| name.to_string_lossy().into_owned(),
+    );
     Ok(Archive::TarGz {
         bytes: output.stdout,
         name,
@@ -250,10 +264,18 @@ fn git_command(root: &Path, args: &[&str], index: Option<&Path>) -> Command {
 }
 
 async fn git_run(root: &Path, args: &[&str], index: Option<&Path>) -> Result<Output, ArchiveError> {
-    run(git_command(root, args, index), &format!("git {}", args.join(" "))).await
+    run(
+        git_command(root, args, index),
+        &format!("git {}", args.join(" ")),
+    )
+    .await
 }
 
-async fn git_stdout(root: &Path, args: &[&str], index: Option<&Path>) -> Result<String, ArchiveError> {
+async fn git_stdout(
+    root: &Path,
+    args: &[&str],
+    index: Option<&Path>,
+) -> Result<String, ArchiveError> {
     let output = git_run(root, args, index).await?;
     Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
 }

@@ -51,7 +51,10 @@ pub(crate) fn build_router(server: Arc<FakeServer>) -> Router {
                 .delete(delete_conversation)
                 .patch(update_conversation),
         )
-        .route("/conversations/{conversation_id}/run", post(run_conversation))
+        .route(
+            "/conversations/{conversation_id}/run",
+            post(run_conversation),
+        )
         .route(
             "/conversations/{conversation_id}/pause",
             post(pause_conversation),
@@ -68,7 +71,10 @@ pub(crate) fn build_router(server: Arc<FakeServer>) -> Router {
             "/conversations/{conversation_id}/agent_final_response",
             get(agent_final_response),
         )
-        .route("/conversations/{conversation_id}/events", post(send_message))
+        .route(
+            "/conversations/{conversation_id}/events",
+            post(send_message),
+        )
         .route(
             "/conversations/{conversation_id}/events/search",
             get(search_events),
@@ -94,7 +100,10 @@ pub(crate) fn build_router(server: Arc<FakeServer>) -> Router {
         .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/server_info", get(server_info))
-        .route("/sockets/events/{conversation_id}", get(sockets::events_socket))
+        .route(
+            "/sockets/events/{conversation_id}",
+            get(sockets::events_socket),
+        )
         .route(
             "/sockets/session/{conversation_id}",
             get(sockets::session_socket),
@@ -395,7 +404,9 @@ async fn search_conversations(
     let (items, next_page_id) = page(infos, params.get("page_id"), limit, |info| {
         info["id"].as_str().unwrap_or_default()
     });
-    Ok(Json(json!({ "items": items, "next_page_id": next_page_id })))
+    Ok(Json(
+        json!({ "items": items, "next_page_id": next_page_id }),
+    ))
 }
 
 async fn count_conversations(
@@ -424,9 +435,7 @@ fn page<T>(
     let start = page_id
         .and_then(|page_id| items.iter().position(|item| id_of(item) == page_id))
         .unwrap_or(0);
-    let next_page_id = items
-        .get(start + limit)
-        .map(|item| id_of(item).to_owned());
+    let next_page_id = items.get(start + limit).map(|item| id_of(item).to_owned());
     let page = items.into_iter().skip(start).take(limit).collect();
     (page, next_page_id)
 }
@@ -512,9 +521,12 @@ async fn agent_final_response(
         .iter()
         .rev()
         .find_map(|event| match events::kind(event) {
-            "ActionEvent" if event["action"]["kind"] == "FinishAction" => {
-                Some(event["action"]["message"].as_str().unwrap_or_default().to_owned())
-            }
+            "ActionEvent" if event["action"]["kind"] == "FinishAction" => Some(
+                event["action"]["message"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+            ),
             "MessageEvent" if events::source(event) == "agent" => events::message_text(event),
             _ => None,
         })
@@ -567,7 +579,9 @@ impl EventFilter {
 
     fn matches(&self, event: &Value) -> bool {
         let stamp = events::timestamp(event);
-        self.kind.as_deref().is_none_or(|kind| events::kind(event) == kind)
+        self.kind
+            .as_deref()
+            .is_none_or(|kind| events::kind(event) == kind)
             && self
                 .source
                 .as_deref()
@@ -615,7 +629,9 @@ async fn search_events(
         events::id(event)
     });
     let items: Vec<Value> = items.into_iter().map(Arc::unwrap_or_clone).collect();
-    Ok(Json(json!({ "items": items, "next_page_id": next_page_id })))
+    Ok(Json(
+        json!({ "items": items, "next_page_id": next_page_id }),
+    ))
 }
 
 async fn count_events(
@@ -653,7 +669,9 @@ async fn execute_bash_command(
     let timeout = Duration::try_from_secs_f64(timeout_seconds)
         .ok()
         .filter(|timeout| !timeout.is_zero())
-        .ok_or_else(|| ApiError::validation("body.timeout", "must be a positive number of seconds"))?;
+        .ok_or_else(|| {
+            ApiError::validation("body.timeout", "must be a positive number of seconds")
+        })?;
     let cwd = match request.cwd.as_deref() {
         Some(cwd) => {
             let cwd = PathBuf::from(cwd);
@@ -736,24 +754,30 @@ async fn file_archive(
             .collect(),
     };
     server.touch();
-    let archive = archive::build(&request).await.map_err(|error| match error {
-        ArchiveError::RelativePath(_)
-        | ArchiveError::Missing(_)
-        | ArchiveError::NotARepository(_)
-        | ArchiveError::UnknownBaseRef(_)
-        | ArchiveError::UnsupportedFormat(_) => ApiError::BadRequest(error.to_string()),
-        ArchiveError::CommandFailed { .. } | ArchiveError::Spawn { .. } => {
-            ApiError::internal(error)
-        }
-    })?;
+    let archive = archive::build(&request)
+        .await
+        .map_err(|error| match error {
+            ArchiveError::RelativePath(_)
+            | ArchiveError::Missing(_)
+            | ArchiveError::NotARepository(_)
+            | ArchiveError::UnknownBaseRef(_)
+            | ArchiveError::UnsupportedFormat(_) => ApiError::BadRequest(error.to_string()),
+            ArchiveError::CommandFailed { .. } | ArchiveError::Spawn { .. } => {
+                ApiError::internal(error)
+            }
+        })?;
 
     let mut headers = HeaderMap::new();
     let body = match archive {
         Archive::GitDelta(delta) => {
-            let name = FsPath::new(&delta.repo_root)
-                .file_name()
-                .map_or_else(|| "repository".into(), |name| name.to_string_lossy().into_owned());
-            headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/x-patch"));
+            let name = FsPath::new(&delta.repo_root).file_name().map_or_else(
+                || "repository".into(),
+                |name| name.to_string_lossy().into_owned(),
+            );
+            headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/x-patch"),
+            );
             set_header(
                 &mut headers,
                 header::CONTENT_DISPOSITION,

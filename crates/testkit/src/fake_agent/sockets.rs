@@ -71,10 +71,7 @@ fn legacy_resend(params: &QueryParams) -> Result<Resend, ApiError> {
         Some("all") => Ok(Resend::All),
         Some("since") => {
             let after = params.get("after_timestamp").ok_or_else(|| {
-                ApiError::validation(
-                    "query.after_timestamp",
-                    "required with resend_mode=since",
-                )
+                ApiError::validation("query.after_timestamp", "required with resend_mode=since")
             })?;
             Ok(Resend::Since(wire::normalize_timestamp(
                 after,
@@ -117,12 +114,15 @@ pub(crate) async fn session_socket(
 
 /// The key offered before the upgrade: the deprecated query parameter, then the header.
 fn offered_key(params: &QueryParams, headers: &HeaderMap) -> Option<String> {
-    params.get("session_api_key").map(str::to_owned).or_else(|| {
-        headers
-            .get("x-session-api-key")
-            .and_then(|value| value.to_str().ok())
-            .map(str::to_owned)
-    })
+    params
+        .get("session_api_key")
+        .map(str::to_owned)
+        .or_else(|| {
+            headers
+                .get("x-session-api-key")
+                .and_then(|value| value.to_str().ok())
+                .map(str::to_owned)
+        })
 }
 
 /// Authenticates and finds the conversation. The socket is already accepted, so failures are
@@ -149,7 +149,11 @@ async fn connect(
     }
 }
 
-async fn authenticate(server: &FakeServer, offered_key: Option<String>, socket: &mut WebSocket) -> bool {
+async fn authenticate(
+    server: &FakeServer,
+    offered_key: Option<String>,
+    socket: &mut WebSocket,
+) -> bool {
     if !server.auth_enabled() {
         return true;
     }

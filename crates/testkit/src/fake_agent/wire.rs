@@ -41,7 +41,8 @@ impl SendMessageRequest {
         self.content
             .iter()
             .map(|item| {
-                serde_json::to_value(item).map_err(|error| ApiError::validation("body.content", error))
+                serde_json::to_value(item)
+                    .map_err(|error| ApiError::validation("body.content", error))
             })
             .collect()
     }
@@ -205,9 +206,8 @@ pub(crate) fn normalize_timestamp(raw: &str, location: &'static str) -> Result<S
         .map(|aware| aware.to_offset(UtcOffset::UTC))
         .or_else(|_| PrimitiveDateTime::parse(raw, naive).map(PrimitiveDateTime::assume_utc))
         .map_err(|error| ApiError::validation(location, error))?;
-    let canonical = format_description!(
-        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]"
-    );
+    let canonical =
+        format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]");
     parsed
         .format(canonical)
         .map_err(|error| ApiError::validation(location, error))

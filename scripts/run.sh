@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# `make run`: starts Cadenza on this host. Installs and starts Postgres, NATS and Redis when they
+# are not configured/reachable, builds the images and the four services, applies migrations,
+# creates a demo org and project, starts every service in the background and prints the URL and
+# an admin token. Writes CADENZA_URL, CADENZA_TOKEN and CADENZA_DATABASE_URL to .cadenza/dev.env.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+
+: "${CADENZA_DATABASE_URL:=postgres://cadenza:cadenza@127.0.0.1:15432/cadenza}"
+: "${CADENZA_NATS_URL:=nats://127.0.0.1:14222}"
+: "${CADENZA_REDIS_URL:=redis://127.0.0.1:16379}"
+: "${CADENZA_API_LISTEN:=127.0.0.1:8080}"
+: "${CADENZA_SCHEDULER_LISTEN:=127.0.0.1:8081}"
+: "${CADENZA_WORKER_LISTEN:=127.0.0.1:8082}"
+: "${CADENZA_LINEAR_SYNC_LISTEN:=127.0.0.1:8083}"
+: "${CADENZA_PROFILE:=dev}"
+export CADENZA_DATABASE_URL CADENZA_NATS_URL CADENZA_REDIS_URL CADENZA_API_LISTEN \
+  CADENZA_SCHEDULER_LISTEN CADENZA_WORKER_LISTEN CADENZA_LINEAR_SYNC_LISTEN
+
+state="$root/.cadenza"
+mkdir -p "$state/logs" "$state/pids"
+log() { printf '[run] %s\n' "$*" >&2; }
+
+scripts/infra.sh up
+scripts/build-images.sh >/dev/null
+agent_image=${CADENZA_DEMO_AGENT_IMAGE:-cadenza/fake-agent-server:dev}
+
+log "building the services (profile $CADENZA_PROFILE)"
+cargo build --quiet --profile "$CADENZA_PROFILE" --bins \
+  -p cadenza-api -p cadenza-scheduler -p cadenza-worker -p cadenza-linear-sync
+target_dir=target/$([ "$CADENZA_PROFILE" = dev ] && echo debug || echo "$CADENZA_PROFILE")
+
+scripts/stop.sh services >/dev/null 2>&1 || true
+"$target_dir/cadenza-api" migrate
+
+start() {
+  local name=$1 binary=$2
+  nohup "$target_dir/$binary" >"$state/logs/$name.log" 2>&1 &
+  echo $! >"$state/pids/$name.pid"
+}
+start api cadenza-api
+start scheduler cadenza-scheduler
+start worker cadenza-worker
+start linear-sync cadenza-linear-sync
+
+for pair in "api=$CADENZA_API_LISTEN" "scheduler=$CADENZA_SCHEDULER_LISTEN" \
+  "worker=$CADENZA_WORKER_LISTEN" "linear-sync=$CADENZA_LINEAR_SYNC_LISTEN"; do
+  name=${pair%%=*}
+  addr=${pair#*=}
+  ready=0
+  for _ in $(seq 1 150); do
+    if curl -fsS "http://$addr/readyz" >/dev/null 2>&1; then ready=1; break; fi
+    if ! kill -0 "$(cat "$state/pids/$name.pid")" 2>/dev/null; then break; fi
+    sleep 0.2
+  done
+  if [ $ready -ne 1 ]; then
+    log "$name did not become ready; its log:"
+    tail -n 40 "$state/logs/$name.log" >&2
+    exit 1
+  fi
+done
+
+url="http://$CADENZA_API_LISTEN"
+token=""
+if [ -f "$state/dev.env" ]; then
+  previous=$(sed -n 's/^CADENZA_TOKEN=//p' "$state/dev.env")
+  if [ -n "$previous" ] && curl -fsS -H "Authorization: Bearer $previous" "$url/api/v1/projects" >/dev/null 2>&1; then
+    token=$previous
+  fi
+fi
+bootstrap=$("$target_dir/cadenza-api" bootstrap --agent-image "$agent_image")
+[ -n "$token" ] || token=$(printf '%s\n' "$bootstrap" | sed -n 's/^ *"token": "\(.*\)",\{0,1\}$/\1/p')
+project_id=$(printf '%s\n' "$bootstrap" | sed -n 's/^ *"project_id": "\(.*\)",\{0,1\}$/\1/p')
+
+umask 077
+cat >"$state/dev.env" <<ENV
+CADENZA_URL=$url
+CADENZA_TOKEN=$token
+CADENZA_DATABASE_URL=$CADENZA_DATABASE_URL
+CADENZA_PROJECT_ID=$project_id
+ENV
+
+cat <<EOF
+
+Cadenza is running.
+
+  API:         $url/api/v1
+  Admin token: $token
+  Demo project $project_id (agent image $agent_image)
+
+  Settings for scripts:  .cadenza/dev.env   Logs: .cadenza/logs/   Stop: make stop
+
+Try it:
+  curl -s -H "Authorization: Bearer $token" -H 'Content-Type: application/json' \\
+    -d '{"prompt": "\$ echo hello > hello.txt\n\$ cat hello.txt\ndone"}' \\
+    $url/api/v1/projects/$project_id/runs
+EOF
