@@ -5,12 +5,11 @@
 #   cadenza/fake-agent-server:<hash>    the scripted fake agent-server, also tagged :dev
 #
 # Each image is rebuilt only when its inputs change: the fake's tag is a hash of its Dockerfile,
-# the fake's sources, the test kit's manifest, Cargo.lock and the base image, so a second run
+# the fake's crate, the workspace manifest, Cargo.lock and the base image, so a second run
 # with nothing changed only re-tags :dev. Idempotent; prints the image references on stdout.
 #
-# Needs Docker, cargo and (for the first base build) root or sudo. The release build compiles the
-# test kit's dependencies, so it needs what the workspace build needs (e.g. sqlx's offline data
-# in .sqlx/, or DATABASE_URL).
+# Needs Docker, cargo and (for the first base build) root or sudo. The fake lives in its own small
+# crate, so its release build compiles only what it uses.
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -37,9 +36,9 @@ inputs() {
   echo "base $base_image"
   {
     echo "$dockerfile"
-    echo crates/testkit/Cargo.toml
+    echo Cargo.toml
     echo Cargo.lock
-    find crates/testkit/src/fake_agent "crates/testkit/src/bin/$binary_name.rs" -type f
+    find crates/fake-agent-server -type f -not -path '*/tests/*'
   } | LC_ALL=C sort | while read -r path; do
     sha256sum "$path"
   done
@@ -52,7 +51,7 @@ if docker image inspect "$image" >/dev/null 2>&1; then
 else
   log "building $binary_name (release)"
   cargo_started=$(date +%s)
-  cargo build --release --locked -p cadenza-testkit --bin "$binary_name" >&2 ||
+  cargo build --release --locked -p cadenza-fake-agent-server --bin "$binary_name" >&2 ||
     die "cargo build failed; see the compiler output above"
   log "cargo build took $(($(date +%s) - cargo_started)) s"
 

@@ -107,7 +107,9 @@ impl Api {
         let mut events = Vec::new();
         for _ in 0..10_000 {
             let page = self
-                .get_json(&format!("/runs/{run_id}/events?cursor={cursor}&limit={limit}"))
+                .get_json(&format!(
+                    "/runs/{run_id}/events?cursor={cursor}&limit={limit}"
+                ))
                 .await?;
             let items = page["items"].as_array().cloned().unwrap_or_default();
             if items.is_empty() {
@@ -125,5 +127,8 @@ impl Api {
 
 /// The sequence numbers of journal entries, in order.
 pub fn seqs(events: &[Value]) -> Vec<i64> {
-    events.iter().filter_map(|event| event["seq"].as_i64()).collect()
+    events
+        .iter()
+        .filter_map(|event| event["seq"].as_i64())
+        .collect()
 }

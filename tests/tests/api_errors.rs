@@ -51,7 +51,13 @@ async fn bad_requests_are_answered_with_problems() {
         .expect("request");
     let (status, body) = problem(response).await;
     assert_eq!(status, 400);
-    assert!(body["detail"].as_str().unwrap_or_default().contains("not valid JSON"), "{body}");
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("not valid JSON"),
+        "{body}"
+    );
 
     // A missing prompt names the field.
     let response = http
@@ -63,10 +69,19 @@ async fn bad_requests_are_answered_with_problems() {
         .expect("request");
     let (status, body) = problem(response).await;
     assert_eq!(status, 400);
-    assert!(body["detail"].as_str().unwrap_or_default().contains("prompt"), "{body}");
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("prompt"),
+        "{body}"
+    );
 
     // An empty prompt and an unknown field are rejected too.
-    for bad in [serde_json::json!({"prompt": "  "}), serde_json::json!({"prompt": "x", "promt": "y"})] {
+    for bad in [
+        serde_json::json!({"prompt": "  "}),
+        serde_json::json!({"prompt": "x", "promt": "y"}),
+    ] {
         let response = http
             .post(&runs_url)
             .bearer_auth(&api.token)
@@ -85,7 +100,13 @@ async fn bad_requests_are_answered_with_problems() {
         .send()
         .await
         .expect("request");
-    assert_eq!(response.headers().get("www-authenticate").map(|v| v.as_bytes()), Some(&b"Bearer"[..]));
+    assert_eq!(
+        response
+            .headers()
+            .get("www-authenticate")
+            .map(|v| v.as_bytes()),
+        Some(&b"Bearer"[..])
+    );
     let (status, _) = problem(response).await;
     assert_eq!(status, 401);
     for header in ["Bearer cdz_0000", "Bearer nonsense", "Basic abc", "Bearer "] {
@@ -100,7 +121,12 @@ async fn bad_requests_are_answered_with_problems() {
     }
 
     // Bad query parameters.
-    for query in ["/runs?state=bogus", "/runs?limit=0", "/runs?limit=abc", "/runs?cursor=zzz"] {
+    for query in [
+        "/runs?state=bogus",
+        "/runs?limit=0",
+        "/runs?limit=abc",
+        "/runs?cursor=zzz",
+    ] {
         let response = api.get(query).await.expect("request");
         let (status, body) = problem(response).await;
         assert_eq!(status, 400, "{query}: {body}");
@@ -110,7 +136,10 @@ async fn bad_requests_are_answered_with_problems() {
         .await
         .expect("request");
     let (status, _) = problem(response).await;
-    assert_eq!(status, 404, "an unknown run is 404 before its cursor is looked at");
+    assert_eq!(
+        status, 404,
+        "an unknown run is 404 before its cursor is looked at"
+    );
 
     // Unknown runs and routes.
     for path in [

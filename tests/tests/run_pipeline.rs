@@ -20,7 +20,10 @@ async fn a_hello_run_succeeds_and_its_history_outlives_every_client() {
     // Submit, then drop the client and every connection it had.
     let run_id = {
         let api = Api::new(&stack.api_url, &stack.token);
-        let (status, run) = api.submit_run(&project_id, HELLO, None).await.expect("submit");
+        let (status, run) = api
+            .submit_run(&project_id, HELLO, None)
+            .await
+            .expect("submit");
         assert_eq!(status, 201, "{run}");
         assert_eq!(run["state"], "queued");
         run["id"].as_str().expect("run id").to_owned()
@@ -37,7 +40,11 @@ async fn a_hello_run_succeeds_and_its_history_outlives_every_client() {
         if run.state.is_terminal() {
             break;
         }
-        assert!(Instant::now() < deadline, "run did not end: {:?}", run.state);
+        assert!(
+            Instant::now() < deadline,
+            "run did not end: {:?}",
+            run.state
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
@@ -50,8 +57,15 @@ async fn a_hello_run_succeeds_and_its_history_outlives_every_client() {
 
     let events = api.all_events(&run_id, 7).await.expect("events");
     let seq = seqs(&events);
-    assert_eq!(seq, (1..=seq.len() as i64).collect::<Vec<_>>(), "dense from 1");
-    assert_eq!(seq.len() as i64, run["last_event_seq"].as_i64().expect("last seq"));
+    assert_eq!(
+        seq,
+        (1..=seq.len() as i64).collect::<Vec<_>>(),
+        "dense from 1"
+    );
+    assert_eq!(
+        seq.len() as i64,
+        run["last_event_seq"].as_i64().expect("last seq")
+    );
 
     let states: Vec<&str> = events
         .iter()
@@ -60,7 +74,13 @@ async fn a_hello_run_succeeds_and_its_history_outlives_every_client() {
         .collect();
     assert_eq!(
         states,
-        ["queued", "scheduled", "provisioning", "running", "succeeded"]
+        [
+            "queued",
+            "scheduled",
+            "provisioning",
+            "running",
+            "succeeded"
+        ]
     );
     let last = events.last().expect("events");
     assert_eq!(last["kind"], "run_state");
@@ -91,7 +111,10 @@ async fn a_hello_run_succeeds_and_its_history_outlives_every_client() {
         "the finish action is journaled"
     );
 
-    let diff = api.get(&format!("/runs/{run_id}/diff")).await.expect("diff");
+    let diff = api
+        .get(&format!("/runs/{run_id}/diff"))
+        .await
+        .expect("diff");
     assert_eq!(diff.status(), 200);
     assert!(
         diff.headers()["content-type"]
@@ -113,7 +136,8 @@ async fn a_hello_run_succeeds_and_its_history_outlives_every_client() {
 async fn a_reconnecting_stream_reader_sees_every_event_exactly_once() {
     let stack = Stack::start().await.expect("stack starts");
     let api = Api::new(&stack.api_url, &stack.token);
-    let prompt = "$ for i in $(seq 1 60); do echo $i; sleep 0.1; done\n$ echo second\n$ echo third\ncounted";
+    let prompt =
+        "$ for i in $(seq 1 60); do echo $i; sleep 0.1; done\n$ echo second\n$ echo third\ncounted";
     let (status, run) = api
         .submit_run(&stack.project.id.to_string(), prompt, None)
         .await
@@ -136,15 +160,22 @@ async fn a_reconnecting_stream_reader_sees_every_event_exactly_once() {
                 .expect("an event")
                 .expect("the stream stays open while the run is live");
             let parsed: Value = serde_json::from_str(&event.data).expect("json");
-            assert_eq!(event.id.as_deref(), Some(parsed["seq"].to_string().as_str()));
-            let mid_run = parsed["kind"] == "action" && parsed["payload"]["tool_name"] == "terminal";
+            assert_eq!(
+                event.id.as_deref(),
+                Some(parsed["seq"].to_string().as_str())
+            );
+            let mid_run =
+                parsed["kind"] == "action" && parsed["payload"]["tool_name"] == "terminal";
             first_half.push(parsed);
             if mid_run {
                 break;
             }
         }
     }
-    let last_seen = first_half.last().and_then(|event| event["seq"].as_i64()).expect("seq");
+    let last_seen = first_half
+        .last()
+        .and_then(|event| event["seq"].as_i64())
+        .expect("seq");
 
     // Second half: resume with Last-Event-ID and read until the server closes the stream.
     let mut second_half: Vec<Value> = Vec::new();
@@ -163,7 +194,11 @@ async fn a_reconnecting_stream_reader_sees_every_event_exactly_once() {
     all.extend(second_half);
     let seq = seqs(&all);
     let n = seq.len() as i64;
-    assert_eq!(seq, (1..=n).collect::<Vec<_>>(), "dense, no gap, no duplicate");
+    assert_eq!(
+        seq,
+        (1..=n).collect::<Vec<_>>(),
+        "dense, no gap, no duplicate"
+    );
 
     // The REST journal tells the same story.
     let rest = api.all_events(&run_id, 10).await.expect("events");
@@ -181,17 +216,30 @@ async fn a_reconnecting_stream_reader_sees_every_event_exactly_once() {
         .await
         .expect("replay opens");
     let mut replayed = Vec::new();
-    while let Some(event) = replay.next(Duration::from_secs(30)).await.expect("event or end") {
+    while let Some(event) = replay
+        .next(Duration::from_secs(30))
+        .await
+        .expect("event or end")
+    {
         replayed.push(serde_json::from_str::<Value>(&event.data).expect("json"));
     }
     assert_eq!(seqs(&replayed), seq);
 
     // `?cursor=` resumes like Last-Event-ID.
-    let mut from_cursor = SseReader::open(&api.http, &format!("{url}?cursor={}", n - 2), &api.token, None)
-        .await
-        .expect("cursor stream opens");
+    let mut from_cursor = SseReader::open(
+        &api.http,
+        &format!("{url}?cursor={}", n - 2),
+        &api.token,
+        None,
+    )
+    .await
+    .expect("cursor stream opens");
     let mut tail = Vec::new();
-    while let Some(event) = from_cursor.next(Duration::from_secs(30)).await.expect("event or end") {
+    while let Some(event) = from_cursor
+        .next(Duration::from_secs(30))
+        .await
+        .expect("event or end")
+    {
         tail.push(serde_json::from_str::<Value>(&event.data).expect("json"));
     }
     assert_eq!(seqs(&tail), vec![n - 1, n]);
@@ -252,11 +300,15 @@ async fn a_run_whose_image_is_missing_fails_with_a_reason() {
         .expect("the run ends within a bounded time");
     assert_eq!(run["state"], "failed");
     assert_eq!(run["terminal_reason"]["code"], "container_failed");
-    let message = run["terminal_reason"]["message"].as_str().unwrap_or_default();
+    let message = run["terminal_reason"]["message"]
+        .as_str()
+        .unwrap_or_default();
     assert!(
         message.contains("cadenza-test/does-not-exist:never") && message.contains("image"),
         "{message}"
     );
     assert!(started.elapsed() < Duration::from_secs(60));
-    assert!(containers_with_label("io.cadenza.run", run["id"].as_str().unwrap_or_default()).is_empty());
+    assert!(
+        containers_with_label("io.cadenza.run", run["id"].as_str().unwrap_or_default()).is_empty()
+    );
 }

@@ -347,7 +347,8 @@ impl AgentServerClient {
         );
         let mut events = Vec::new();
         let mut seen_event_ids = HashSet::new();
-        let mut seen_page_ids: HashSet<String> = after_event_id.map(str::to_owned).into_iter().collect();
+        let mut seen_page_ids: HashSet<String> =
+            after_event_id.map(str::to_owned).into_iter().collect();
         let mut page_id = after_event_id.map(str::to_owned);
         let mut anchor = after_event_id;
         loop {
@@ -406,7 +407,9 @@ impl AgentServerClient {
         let mut call = self.call(Method::GET, &["api", "file", "archive"])?;
         {
             let mut query = call.url.query_pairs_mut();
-            query.append_pair("path", path).append_pair("format", "git-delta");
+            query
+                .append_pair("path", path)
+                .append_pair("format", "git-delta");
             if let Some(base_ref) = base_ref {
                 query.append_pair("base_ref", base_ref);
             }
@@ -609,12 +612,16 @@ mod tests {
     fn rest_urls_keep_a_base_path_prefix_and_encode_segments() {
         let base = Url::parse("http://127.0.0.1:8000").unwrap();
         assert_eq!(
-            endpoint_url(&base, &["api", "conversations"]).unwrap().as_str(),
+            endpoint_url(&base, &["api", "conversations"])
+                .unwrap()
+                .as_str(),
             "http://127.0.0.1:8000/api/conversations"
         );
         let prefixed = Url::parse("https://host.example/agent/?x=1#frag").unwrap();
         assert_eq!(
-            endpoint_url(&prefixed, &["api", "file", "a b/c"]).unwrap().as_str(),
+            endpoint_url(&prefixed, &["api", "file", "a b/c"])
+                .unwrap()
+                .as_str(),
             "https://host.example/agent/api/file/a%20b%2Fc"
         );
         let error = endpoint_url(&Url::parse("ftp://host/").unwrap(), &["health"]).unwrap_err();
@@ -648,7 +655,10 @@ mod tests {
             SecretString::from("session-key-that-must-not-leak"),
         );
         let printed = format!("{client:?}");
-        assert!(!printed.contains("session-key-that-must-not-leak"), "{printed}");
+        assert!(
+            !printed.contains("session-key-that-must-not-leak"),
+            "{printed}"
+        );
         assert!(!printed.contains("url-password"), "{printed}");
         assert!(printed.contains("127.0.0.1:8000"));
 

@@ -399,14 +399,32 @@ impl LlmConfig {
         let mut llm = self.extra.clone();
         llm.insert("model".into(), json!(self.model));
         let optional = [
-            ("api_key", self.api_key.as_ref().map(|key| json!(key.expose_secret()))),
+            (
+                "api_key",
+                self.api_key.as_ref().map(|key| json!(key.expose_secret())),
+            ),
             ("base_url", self.base_url.as_ref().map(|url| json!(url))),
-            ("api_version", self.api_version.as_ref().map(|version| json!(version))),
+            (
+                "api_version",
+                self.api_version.as_ref().map(|version| json!(version)),
+            ),
             ("usage_id", self.usage_id.as_ref().map(|id| json!(id))),
-            ("num_retries", self.num_retries.map(|retries| json!(retries))),
-            ("timeout", self.timeout_seconds.map(|seconds| json!(seconds))),
-            ("temperature", self.temperature.map(|temperature| json!(temperature))),
-            ("max_output_tokens", self.max_output_tokens.map(|tokens| json!(tokens))),
+            (
+                "num_retries",
+                self.num_retries.map(|retries| json!(retries)),
+            ),
+            (
+                "timeout",
+                self.timeout_seconds.map(|seconds| json!(seconds)),
+            ),
+            (
+                "temperature",
+                self.temperature.map(|temperature| json!(temperature)),
+            ),
+            (
+                "max_output_tokens",
+                self.max_output_tokens.map(|tokens| json!(tokens)),
+            ),
             ("stream", self.stream.map(|stream| json!(stream))),
         ];
         for (key, value) in optional {
@@ -489,14 +507,16 @@ mod tests {
     #[test]
     fn agent_request_serializes_the_documented_shape() {
         let id = Uuid::parse_str("2f1d6c0e-7a39-4f7a-9d55-5a0c8c1b7e21").unwrap();
-        let request =
-            StartConversationRequest::new("/workspace/project", AgentSpec::with_standard_tools(llm()))
-                .with_conversation_id(id)
-                .with_initial_message("fix the bug")
-                .with_max_iterations(100)
-                .with_secret("GITHUB_TOKEN", SecretString::from("ghp-secret"))
-                .with_autotitle(false)
-                .with_extra("tags", json!({"run": "r1"}));
+        let request = StartConversationRequest::new(
+            "/workspace/project",
+            AgentSpec::with_standard_tools(llm()),
+        )
+        .with_conversation_id(id)
+        .with_initial_message("fix the bug")
+        .with_max_iterations(100)
+        .with_secret("GITHUB_TOKEN", SecretString::from("ghp-secret"))
+        .with_autotitle(false)
+        .with_extra("tags", json!({"run": "r1"}));
 
         let body = serde_json::to_value(&request).unwrap();
         assert_eq!(

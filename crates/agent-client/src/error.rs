@@ -193,14 +193,18 @@ impl Error {
                     || source.is_timeout()
                     || source.is_request()
                     || source.is_body()
-                    || source.status().is_some_and(|status| status.is_server_error())
+                    || source
+                        .status()
+                        .is_some_and(|status| status.is_server_error())
             }
-            Error::WebSocket { source, .. } => matches!(
-                source.as_ref(),
-                tungstenite::Error::Io(_)
-                    | tungstenite::Error::ConnectionClosed
-                    | tungstenite::Error::Protocol(_)
-            ) || self.is_connect(),
+            Error::WebSocket { source, .. } => {
+                matches!(
+                    source.as_ref(),
+                    tungstenite::Error::Io(_)
+                        | tungstenite::Error::ConnectionClosed
+                        | tungstenite::Error::Protocol(_)
+                ) || self.is_connect()
+            }
             Error::SocketClosed { code, .. } => {
                 *code != CLOSE_UNAUTHORIZED && *code != CLOSE_NOT_FOUND
             }
@@ -309,7 +313,13 @@ mod tests {
             StatusCode::CONFLICT,
             br#"{"detail":"credential_binding_activation_required","retryable":true}"#,
         );
-        assert!(matches!(error, Error::Conflict { retryable: true, .. }));
+        assert!(matches!(
+            error,
+            Error::Conflict {
+                retryable: true,
+                ..
+            }
+        ));
         assert!(error.is_retryable());
 
         let error = status_error(
@@ -317,7 +327,13 @@ mod tests {
             StatusCode::CONFLICT,
             br#"{"detail":"Conversation already running"}"#,
         );
-        assert!(matches!(error, Error::Conflict { retryable: false, .. }));
+        assert!(matches!(
+            error,
+            Error::Conflict {
+                retryable: false,
+                ..
+            }
+        ));
         assert!(!error.is_retryable());
     }
 
@@ -328,7 +344,9 @@ mod tests {
             StatusCode::UNPROCESSABLE_ENTITY,
             br#"{"detail":[{"loc":["body","workspace"],"msg":"Field required"}]}"#,
         );
-        assert!(matches!(&error, Error::Status { detail, .. } if detail.contains("Field required")));
+        assert!(
+            matches!(&error, Error::Status { detail, .. } if detail.contains("Field required"))
+        );
 
         let long_page = format!("<html>{}</html>", "x".repeat(1000));
         let error = status_error(endpoint(), StatusCode::BAD_GATEWAY, long_page.as_bytes());

@@ -331,7 +331,10 @@ mod tests {
         }));
         assert_eq!(event.id, "e1");
         assert_eq!(event.source, Some(EventSource::User));
-        assert_eq!(event.timestamp.as_deref(), Some("2026-11-22T10:00:00.123456"));
+        assert_eq!(
+            event.timestamp.as_deref(),
+            Some("2026-11-22T10:00:00.123456")
+        );
         assert_eq!(
             event.typed(),
             TypedEvent::Message(MessageEvent {
@@ -518,7 +521,10 @@ mod tests {
             ("InterruptEvent", TypedEvent::Interrupt),
             ("SystemPromptEvent", TypedEvent::SystemPrompt),
         ] {
-            assert_eq!(event(json!({"kind": kind, "source": "user"})).typed(), expected);
+            assert_eq!(
+                event(json!({"kind": kind, "source": "user"})).typed(),
+                expected
+            );
         }
     }
 
@@ -533,7 +539,10 @@ mod tests {
             "field_from_the_future": {"nested": true}
         });
         let event = event(raw.clone());
-        assert_eq!(event.typed(), TypedEvent::Unknown("CondensationSummaryEvent".into()));
+        assert_eq!(
+            event.typed(),
+            TypedEvent::Unknown("CondensationSummaryEvent".into())
+        );
         assert_eq!(event.source, Some(EventSource::Hook));
         assert_eq!(serde_json::to_value(&event).unwrap(), raw);
 
@@ -554,7 +563,8 @@ mod tests {
         assert_eq!(page.items[0].id, "p1");
         assert_eq!(page.next_page_id.as_deref(), Some("p2"));
 
-        let last: EventPage = serde_json::from_value(json!({"items": [], "next_page_id": null})).unwrap();
+        let last: EventPage =
+            serde_json::from_value(json!({"items": [], "next_page_id": null})).unwrap();
         assert_eq!(last.next_page_id, None);
     }
 }

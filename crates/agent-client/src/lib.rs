@@ -59,9 +59,8 @@ pub use error::{
     CLOSE_ABNORMAL, CLOSE_NOT_FOUND, CLOSE_TRY_AGAIN_LATER, CLOSE_UNAUTHORIZED, Error, Result,
 };
 pub use events::{
-    ActionEvent, AgentErrorEvent, AgentEvent, ConversationErrorEvent,
-    ConversationStateUpdateEvent, EventPage, EventSource, MessageEvent, ObservationEvent,
-    TypedEvent,
+    ActionEvent, AgentErrorEvent, AgentEvent, ConversationErrorEvent, ConversationStateUpdateEvent,
+    EventPage, EventSource, MessageEvent, ObservationEvent, TypedEvent,
 };
 pub use server::{CAPABILITY_IDEMPOTENT_CREATE, ServerInfo};
 pub use session::{SessionFrame, SessionSocket, StreamDelta};

@@ -6,6 +6,7 @@ use futures::{SinkExt, StreamExt};
 use serde_json::Value;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::error::ProtocolError;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, tungstenite};
@@ -207,7 +208,10 @@ impl SessionSocket {
                         "connection ended without a close frame".to_owned(),
                     ));
                 }
-                Some(Err(tungstenite::Error::ConnectionClosed)) => {
+                Some(Err(
+                    tungstenite::Error::ConnectionClosed
+                    | tungstenite::Error::Protocol(ProtocolError::ResetWithoutClosingHandshake),
+                )) => {
                     return Err(self.record_close(
                         CLOSE_ABNORMAL,
                         "connection ended without a close frame".to_owned(),
@@ -218,7 +222,8 @@ impl SessionSocket {
                     let frame = SessionFrame::parse(text.as_str());
                     if let SessionFrame::Durable { seq, .. } = &frame {
                         // max() so that a replayed older frame can never move the cursor back.
-                        self.resume_after_seq = Some(self.resume_after_seq.map_or(*seq, |last| last.max(*seq)));
+                        self.resume_after_seq =
+                            Some(self.resume_after_seq.map_or(*seq, |last| last.max(*seq)));
                     }
                     if let SessionFrame::Unknown(value) = &frame {
                         tracing::debug!(endpoint = %self.endpoint, frame = %value, "unrecognised session frame");
@@ -336,16 +341,15 @@ mod tests {
         let SessionFrame::Transient { event } = transient else {
             panic!("expected a transient frame");
         };
-        assert_eq!(
-            event.execution_status(),
-            Some(crate::ExecutionStatus::Idle)
-        );
+        assert_eq!(event.execution_status(), Some(crate::ExecutionStatus::Idle));
     }
 
     #[test]
     fn streaming_and_error_frames_decode() {
         assert_eq!(
-            SessionFrame::parse(r#"{"type":"item_started","item_id":"m1","attempt":1,"anchor_seq":4}"#),
+            SessionFrame::parse(
+                r#"{"type":"item_started","item_id":"m1","attempt":1,"anchor_seq":4}"#
+            ),
             SessionFrame::ItemStarted {
                 item_id: "m1".into(),
                 attempt: 1,
@@ -365,7 +369,9 @@ mod tests {
             })
         );
         assert_eq!(
-            SessionFrame::parse(r#"{"type":"item_aborted","item_id":"m1","attempt":1,"reason":"retry"}"#),
+            SessionFrame::parse(
+                r#"{"type":"item_aborted","item_id":"m1","attempt":1,"reason":"retry"}"#
+            ),
             SessionFrame::ItemAborted {
                 item_id: "m1".into(),
                 attempt: 1,

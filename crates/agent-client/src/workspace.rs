@@ -85,10 +85,19 @@ mod tests {
     fn git_delta_reads_archive_headers_case_insensitively_and_drops_empty_ones() {
         let mut headers = HeaderMap::new();
         headers.insert("X-Archive-Base-Commit", HeaderValue::from_static("abc123"));
-        headers.insert("x-archive-base-ref", HeaderValue::from_static("origin/main"));
-        headers.insert("X-ARCHIVE-HEAD-COMMIT", HeaderValue::from_static(" def456 "));
+        headers.insert(
+            "x-archive-base-ref",
+            HeaderValue::from_static("origin/main"),
+        );
+        headers.insert(
+            "X-ARCHIVE-HEAD-COMMIT",
+            HeaderValue::from_static(" def456 "),
+        );
         headers.insert("X-Archive-Branch", HeaderValue::from_static(""));
-        headers.insert("X-Archive-Repo-Root", HeaderValue::from_static("/workspace/project"));
+        headers.insert(
+            "X-Archive-Repo-Root",
+            HeaderValue::from_static("/workspace/project"),
+        );
         headers.insert(
             "X-Archive-Repo-Remote",
             HeaderValue::from_bytes(b"\xffnot-text").unwrap(),

@@ -74,7 +74,11 @@ impl Harness {
     async fn shell(&self, command: &str) -> String {
         let output = self
             .client
-            .execute_bash(command, Some(&self.workspace_dir()), Duration::from_secs(30))
+            .execute_bash(
+                command,
+                Some(&self.workspace_dir()),
+                Duration::from_secs(30),
+            )
             .await
             .unwrap();
         assert!(output.succeeded(), "{command}: {output:?}");
@@ -171,7 +175,10 @@ async fn creating_twice_with_one_id_returns_the_existing_conversation_without_a_
     let (created, outcome) = harness.client.create_conversation(&request).await.unwrap();
     assert_eq!(outcome, CreateOutcome::Created);
     assert_eq!(Some(created.id), request.conversation_id);
-    assert_eq!(created.working_dir.as_deref(), Some(harness.workspace_dir().as_str()));
+    assert_eq!(
+        created.working_dir.as_deref(),
+        Some(harness.workspace_dir().as_str())
+    );
 
     let (existing, outcome) = harness.client.create_conversation(&request).await.unwrap();
     assert_eq!(outcome, CreateOutcome::Existing);
@@ -181,7 +188,9 @@ async fn creating_twice_with_one_id_returns_the_existing_conversation_without_a_
     let events = harness.client.events_after(created.id, None).await.unwrap();
     let user_messages = events
         .iter()
-        .filter(|event| matches!(event.typed(), TypedEvent::Message(message) if message.role == "user"))
+        .filter(
+            |event| matches!(event.typed(), TypedEvent::Message(message) if message.role == "user"),
+        )
         .count();
     assert_eq!(user_messages, 1);
 }
@@ -254,12 +263,23 @@ async fn reconnecting_mid_run_with_after_seq_loses_and_repeats_nothing() {
         .await
         .unwrap();
 
-    let mut first = harness.client.open_session(info.id, Some(-1)).await.unwrap();
+    let mut first = harness
+        .client
+        .open_session(info.id, Some(-1))
+        .await
+        .unwrap();
     assert!(matches!(
         next_frame(&mut first).await.unwrap(),
         SessionFrame::Sync { .. }
     ));
     let mut received = read_durable(&mut first, Some(5)).await;
+    let (_, last_before_drop) = received.last().unwrap();
+    assert!(
+        !last_before_drop
+            .execution_status()
+            .is_some_and(|status| status.is_terminal()),
+        "the reconnect must happen before the end of the run's log"
+    );
     let resume_after = first.resume_after_seq().unwrap();
     assert_eq!(resume_after, received.last().unwrap().0);
     // Dropped without a close, as a broken connection would be.
@@ -277,7 +297,11 @@ async fn reconnecting_mid_run_with_after_seq_loses_and_repeats_nothing() {
     received.extend(read_durable(&mut second, None).await);
 
     let seqs: Vec<i64> = received.iter().map(|(seq, _)| *seq).collect();
-    assert_eq!(seqs, (0..seqs.len() as i64).collect::<Vec<_>>(), "gap or duplicate");
+    assert_eq!(
+        seqs,
+        (0..seqs.len() as i64).collect::<Vec<_>>(),
+        "gap or duplicate"
+    );
 
     wait_for_status(&harness.client, info.id, ExecutionStatus::is_terminal).await;
     let logged = harness.client.events_after(info.id, None).await.unwrap();
@@ -318,7 +342,11 @@ async fn event_search_pages_with_an_inclusive_cursor_and_resumes_after_an_event(
     }
     assert_eq!(ids(&paged), ids(&all));
 
-    let after_third = harness.client.events_after(id, Some(&all[2].id)).await.unwrap();
+    let after_third = harness
+        .client
+        .events_after(id, Some(&all[2].id))
+        .await
+        .unwrap();
     assert_eq!(ids(&after_third), ids(&all[3..]));
     let after_last = harness
         .client
@@ -352,23 +380,31 @@ async fn git_delta_archive_contains_the_agents_new_file_against_the_base_commit(
 
     harness.run_task(HELLO_TASK).await;
 
+    // Pinned to the recorded base, as a worker does: only the agent's work is in the patch.
     let delta = harness
-        .client
-        .archive_git_delta(&harness.workspace_dir(), None)
-        .await
-        .unwrap();
-    assert!(delta.patch.contains("hello.txt"), "{}", delta.patch);
-    assert!(delta.patch.contains("+hello"), "{}", delta.patch);
-    assert!(!delta.patch.contains("base.txt"), "{}", delta.patch);
-    assert_eq!(delta.base_commit.as_deref(), Some(base_commit.as_str()));
-    assert_eq!(delta.head_commit.as_deref(), Some(base_commit.as_str()));
-
-    let pinned = harness
         .client
         .archive_git_delta(&harness.workspace_dir(), Some(&base_commit))
         .await
         .unwrap();
-    assert_eq!(pinned.patch, delta.patch);
+    assert!(
+        delta.patch.contains("diff --git a/hello.txt b/hello.txt"),
+        "{}",
+        delta.patch
+    );
+    assert!(delta.patch.contains("+hello"), "{}", delta.patch);
+    assert!(!delta.patch.contains("base.txt"), "{}", delta.patch);
+    assert_eq!(delta.base_commit.as_deref(), Some(base_commit.as_str()));
+    assert_eq!(delta.head_commit.as_deref(), Some(base_commit.as_str()));
+    assert!(delta.repo_root.is_some(), "{delta:?}");
+
+    // Without a remote the auto-detected base is the empty tree, so every file is "new".
+    let unpinned = harness
+        .client
+        .archive_git_delta(&harness.workspace_dir(), None)
+        .await
+        .unwrap();
+    assert!(unpinned.patch.contains("b/hello.txt"), "{}", unpinned.patch);
+    assert!(unpinned.patch.contains("b/base.txt"), "{}", unpinned.patch);
 }
 
 #[tokio::test]
@@ -390,7 +426,10 @@ async fn a_wrong_key_is_401_on_rest_and_close_4001_on_the_socket() {
     assert!(error.is_unauthorized());
     assert!(!error.is_retryable());
     // A closed socket keeps answering with the same close.
-    assert_eq!(socket.next_frame().await.unwrap_err().close_code(), Some(4001));
+    assert_eq!(
+        socket.next_frame().await.unwrap_err().close_code(),
+        Some(4001)
+    );
 }
 
 #[tokio::test]
@@ -400,7 +439,14 @@ async fn an_unknown_conversation_is_404_on_rest_and_close_4004_on_the_socket() {
 
     let error = harness.client.get_conversation(unknown).await.unwrap_err();
     assert!(matches!(error, Error::NotFound { .. }), "{error:?}");
-    assert!(harness.client.run(unknown).await.unwrap_err().is_not_found());
+    assert!(
+        harness
+            .client
+            .run(unknown)
+            .await
+            .unwrap_err()
+            .is_not_found()
+    );
 
     let mut socket = harness.client.open_session(unknown, None).await.unwrap();
     let error = next_frame(&mut socket).await.unwrap_err();
@@ -497,6 +543,10 @@ async fn pause_lets_the_step_in_flight_finish_and_stops_before_the_next() {
     .await;
 
     let events = harness.client.events_after(info.id, None).await.unwrap();
-    assert!(events.iter().any(|event| event.typed() == TypedEvent::Pause));
+    assert!(
+        events
+            .iter()
+            .any(|event| event.typed() == TypedEvent::Pause)
+    );
     assert!(!harness.workspace.path().join("after.txt").exists());
 }

@@ -174,7 +174,10 @@ impl Bus {
         }
     }
 
-    pub async fn subscribe_live(&self, relative_subject: &str) -> BusResult<async_nats::Subscriber> {
+    pub async fn subscribe_live(
+        &self,
+        relative_subject: &str,
+    ) -> BusResult<async_nats::Subscriber> {
         let subject = self.subject(relative_subject);
         self.client
             .subscribe(subject.clone())

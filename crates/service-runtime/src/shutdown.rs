@@ -31,7 +31,11 @@ pub fn shutdown_on_signal() -> CancellationToken {
 
 /// Serves `router` on a pre-bound listener until `shutdown` is cancelled, then lets in-flight
 /// requests finish.
-pub async fn serve(listener: TcpListener, router: Router, shutdown: CancellationToken) -> io::Result<()> {
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    shutdown: CancellationToken,
+) -> io::Result<()> {
     axum::serve(
         listener,
         router.into_make_service_with_connect_info::<std::net::SocketAddr>(),

@@ -25,7 +25,9 @@ impl StorageError {
         match self {
             StorageError::Database(err) => match err {
                 sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => true,
-                sqlx::Error::Database(db) => matches!(db.code().as_deref(), Some("40001" | "40P01")),
+                sqlx::Error::Database(db) => {
+                    matches!(db.code().as_deref(), Some("40001" | "40P01"))
+                }
                 _ => false,
             },
             _ => false,

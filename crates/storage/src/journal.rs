@@ -141,4 +141,3 @@ pub async fn last_source_seq(conn: &mut PgConnection, run_id: RunId) -> StorageR
     .await?;
     Ok(row.max_seq)
 }
-

@@ -53,7 +53,10 @@ impl ContainerSweeper {
                 .map(str::to_owned)
                 .collect();
             if !networks.is_empty() {
-                let _ = Command::new("docker").args(["network", "rm"]).args(&networks).output();
+                let _ = Command::new("docker")
+                    .args(["network", "rm"])
+                    .args(&networks)
+                    .output();
             }
         }
     }

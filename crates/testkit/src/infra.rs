@@ -44,9 +44,9 @@ impl TestDatabase {
     pub async fn create() -> anyhow::Result<Self> {
         let admin_url = admin_database_url();
         let name = unique_name("cadenza_test_");
-        let mut admin = PgConnection::connect(&admin_url)
-            .await
-            .with_context(|| format!("connecting to the test Postgres at {admin_url}; run `scripts/infra.sh up`"))?;
+        let mut admin = PgConnection::connect(&admin_url).await.with_context(|| {
+            format!("connecting to the test Postgres at {admin_url}; run `scripts/infra.sh up`")
+        })?;
         sqlx::query(&format!("create database \"{name}\""))
             .execute(&mut admin)
             .await
@@ -73,17 +73,22 @@ impl Drop for TestDatabase {
         // Drop runs outside any async context guarantee, so use a thread with its own runtime.
         let admin_url = self.admin_url.clone();
         let name = self.name.clone();
-        let pool = self.pool.clone();
+        // The pool is not closed first: closing waits for connections the test runtime still has
+        // to return (e.g. a transaction dropped without commit), and that runtime is blocked on
+        // this drop. `with (force)` ends those sessions instead.
         let _ = std::thread::spawn(move || {
-            let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
                 return;
             };
             runtime.block_on(async move {
-                pool.close().await;
                 if let Ok(mut admin) = PgConnection::connect(&admin_url).await {
-                    let _ = sqlx::query(&format!("drop database if exists \"{name}\" with (force)"))
-                        .execute(&mut admin)
-                        .await;
+                    let _ =
+                        sqlx::query(&format!("drop database if exists \"{name}\" with (force)"))
+                            .execute(&mut admin)
+                            .await;
                 }
             });
         })

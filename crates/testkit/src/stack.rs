@@ -62,12 +62,25 @@ impl ServiceProcess {
         let child = Command::new(&path)
             .env_clear()
             .envs(
-                ["PATH", "HOME", "DOCKER_HOST", "DOCKER_CERT_PATH", "DOCKER_TLS_VERIFY"]
-                    .iter()
-                    .filter_map(|key| std::env::var(key).ok().map(|value| (key.to_string(), value))),
+                [
+                    "PATH",
+                    "HOME",
+                    "DOCKER_HOST",
+                    "DOCKER_CERT_PATH",
+                    "DOCKER_TLS_VERIFY",
+                ]
+                .iter()
+                .filter_map(|key| {
+                    std::env::var(key)
+                        .ok()
+                        .map(|value| (key.to_string(), value))
+                }),
             )
             .env("RUST_LOG", "info,cadenza=debug")
-            .envs(env.iter().map(|(key, value)| (key.as_str(), value.as_str())))
+            .envs(
+                env.iter()
+                    .map(|(key, value)| (key.as_str(), value.as_str())),
+            )
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -129,7 +142,11 @@ impl ServiceProcess {
                 return Ok(());
             }
             if Instant::now() > deadline {
-                bail!("{} was not ready within {budget:?}:\n{}", self.name, self.logs());
+                bail!(
+                    "{} was not ready within {budget:?}:\n{}",
+                    self.name,
+                    self.logs()
+                );
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -204,12 +221,27 @@ impl Stack {
             ("CADENZA_NATS_URL".into(), nats_url()),
             ("CADENZA_REDIS_URL".into(), redis_url()),
             ("CADENZA_BUS_PREFIX".into(), bus_prefix.clone()),
-            ("CADENZA_API_LISTEN".into(), format!("127.0.0.1:{}", ports[0])),
-            ("CADENZA_SCHEDULER_LISTEN".into(), format!("127.0.0.1:{}", ports[1])),
-            ("CADENZA_WORKER_LISTEN".into(), format!("127.0.0.1:{}", ports[2])),
-            ("CADENZA_LINEAR_SYNC_LISTEN".into(), format!("127.0.0.1:{}", ports[3])),
+            (
+                "CADENZA_API_LISTEN".into(),
+                format!("127.0.0.1:{}", ports[0]),
+            ),
+            (
+                "CADENZA_SCHEDULER_LISTEN".into(),
+                format!("127.0.0.1:{}", ports[1]),
+            ),
+            (
+                "CADENZA_WORKER_LISTEN".into(),
+                format!("127.0.0.1:{}", ports[2]),
+            ),
+            (
+                "CADENZA_LINEAR_SYNC_LISTEN".into(),
+                format!("127.0.0.1:{}", ports[3]),
+            ),
             ("CADENZA_WORKER_NAME".into(), worker_name.clone()),
-            ("CADENZA_WORKER_CAPACITY".into(), options.worker_capacity.to_string()),
+            (
+                "CADENZA_WORKER_CAPACITY".into(),
+                options.worker_capacity.to_string(),
+            ),
             ("CADENZA_HEARTBEAT_INTERVAL".into(), "1s".into()),
             ("CADENZA_LEASE_TTL".into(), "10s".into()),
             ("CADENZA_WORKER_LIVENESS".into(), "5s".into()),
@@ -221,9 +253,21 @@ impl Stack {
 
         let mut services = vec![
             ServiceProcess::spawn("api", "cadenza-api", ports[0], &env, log_dir.path())?,
-            ServiceProcess::spawn("scheduler", "cadenza-scheduler", ports[1], &env, log_dir.path())?,
+            ServiceProcess::spawn(
+                "scheduler",
+                "cadenza-scheduler",
+                ports[1],
+                &env,
+                log_dir.path(),
+            )?,
             ServiceProcess::spawn("worker", "cadenza-worker", ports[2], &env, log_dir.path())?,
-            ServiceProcess::spawn("linear-sync", "cadenza-linear-sync", ports[3], &env, log_dir.path())?,
+            ServiceProcess::spawn(
+                "linear-sync",
+                "cadenza-linear-sync",
+                ports[3],
+                &env,
+                log_dir.path(),
+            )?,
         ];
         for service in &mut services {
             service.wait_ready(Duration::from_secs(60)).await?;
@@ -245,11 +289,20 @@ impl Stack {
     /// A project of this stack's org with another agent image.
     pub async fn create_project(&self, slug: &str, image: &str) -> anyhow::Result<Project> {
         let mut conn = self.db.pool.acquire().await?;
-        Ok(projects::create(&mut conn, self.org.id, slug, slug, &test_agent_settings(image)).await?)
+        Ok(projects::create(
+            &mut conn,
+            self.org.id,
+            slug,
+            slug,
+            &test_agent_settings(image),
+        )
+        .await?)
     }
 
     pub fn service(&mut self, name: &str) -> Option<&mut ServiceProcess> {
-        self.services.iter_mut().find(|service| service.name == name)
+        self.services
+            .iter_mut()
+            .find(|service| service.name == name)
     }
 
     /// Every service's log, for assertions and for diagnosing a failed test.

@@ -28,7 +28,10 @@ impl Principal {
 impl FromRequestParts<AppState> for Principal {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
         let header = parts
             .headers
             .get(AUTHORIZATION)
@@ -40,9 +43,11 @@ impl FromRequestParts<AppState> for Principal {
             .or_else(|| header.strip_prefix("bearer "))
             .ok_or(ApiError::Unauthenticated)?
             .trim();
-        let mut conn = state.pool.acquire().await.map_err(|err| {
-            ApiError::from(cadenza_storage::StorageError::from(err))
-        })?;
+        let mut conn = state
+            .pool
+            .acquire()
+            .await
+            .map_err(|err| ApiError::from(cadenza_storage::StorageError::from(err)))?;
         let principal = tokens::authenticate(&mut conn, secret)
             .await?
             .ok_or(ApiError::Unauthenticated)?;

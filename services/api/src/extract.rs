@@ -68,8 +68,7 @@ fn source_text(err: &dyn std::error::Error) -> String {
 /// Parses an id path segment; a malformed id is reported like an unknown one (404), so ids
 /// reveal nothing about what exists.
 pub fn parse_id<T: std::str::FromStr>(raw: &str, what: &str) -> Result<T, ApiError> {
-    raw.parse()
-        .map_err(|_| ApiError::not_found(what, raw))
+    raw.parse().map_err(|_| ApiError::not_found(what, raw))
 }
 
 /// Applies the page-size rules: default when absent, 1..=max otherwise.

@@ -37,11 +37,16 @@ pub struct Api {
 /// Connects to every dependency (failing with a clear error when one is unreachable), applies
 /// migrations when configured, and starts the outbox relay.
 pub async fn build(config: &ApiConfig, shutdown: CancellationToken) -> anyhow::Result<Api> {
-    let pool = cadenza_storage::connect(config.database_url.expose_secret(), config.database_pool_size)
-        .await
-        .context("connecting to Postgres (CADENZA_DATABASE_URL)")?;
+    let pool = cadenza_storage::connect(
+        config.database_url.expose_secret(),
+        config.database_pool_size,
+    )
+    .await
+    .context("connecting to Postgres (CADENZA_DATABASE_URL)")?;
     if config.migrate_on_start {
-        cadenza_storage::migrate(&pool).await.context("applying migrations")?;
+        cadenza_storage::migrate(&pool)
+            .await
+            .context("applying migrations")?;
     }
     let bus = Bus::connect(&config.nats_url, &config.bus_prefix)
         .await
@@ -55,7 +60,8 @@ pub async fn build(config: &ApiConfig, shutdown: CancellationToken) -> anyhow::R
     .await
     .context("connecting to Redis (CADENZA_REDIS_URL) timed out")?
     .context("connecting to Redis (CADENZA_REDIS_URL)")?;
-    let (relay, relay_handle) = cadenza_outbox_relay::spawn(pool.clone(), bus.clone(), shutdown.clone());
+    let (relay, relay_handle) =
+        cadenza_outbox_relay::spawn(pool.clone(), bus.clone(), shutdown.clone());
     Ok(Api {
         state: AppState {
             pool,

@@ -55,8 +55,12 @@ async fn main() -> anyhow::Result<()> {
         } => {
             let pool = cadenza_storage::connect(config.database_url.expose_secret(), 2).await?;
             cadenza_storage::migrate(&pool).await?;
-            let done = cadenza_api::bootstrap::bootstrap(&pool, &org, &project, &agent_image).await?;
-            #[expect(clippy::print_stdout, reason = "the bootstrap result is the command's output")]
+            let done =
+                cadenza_api::bootstrap::bootstrap(&pool, &org, &project, &agent_image).await?;
+            #[expect(
+                clippy::print_stdout,
+                reason = "the bootstrap result is the command's output"
+            )]
             {
                 println!("{}", serde_json::to_string_pretty(&done)?);
             }

@@ -40,7 +40,10 @@ pub struct LinearSync {
     shutdown: CancellationToken,
 }
 
-pub async fn build(config: LinearSyncConfig, shutdown: CancellationToken) -> anyhow::Result<LinearSync> {
+pub async fn build(
+    config: LinearSyncConfig,
+    shutdown: CancellationToken,
+) -> anyhow::Result<LinearSync> {
     let pool = cadenza_storage::connect(config.database_url.expose_secret(), 4)
         .await
         .context("connecting to Postgres (CADENZA_DATABASE_URL)")?;

@@ -53,14 +53,18 @@ enum Outcome {
     NotQueued,
 }
 
-pub async fn build(config: SchedulerConfig, shutdown: CancellationToken) -> anyhow::Result<Scheduler> {
+pub async fn build(
+    config: SchedulerConfig,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Scheduler> {
     let pool = cadenza_storage::connect(config.database_url.expose_secret(), 10)
         .await
         .context("connecting to Postgres (CADENZA_DATABASE_URL)")?;
     let bus = Bus::connect(&config.nats_url, &config.bus_prefix)
         .await
         .context("connecting to NATS (CADENZA_NATS_URL)")?;
-    let (relay, relay_handle) = cadenza_outbox_relay::spawn(pool.clone(), bus.clone(), shutdown.clone());
+    let (relay, relay_handle) =
+        cadenza_outbox_relay::spawn(pool.clone(), bus.clone(), shutdown.clone());
     Ok(Scheduler {
         core: Arc::new(Core {
             pool,
@@ -148,15 +152,15 @@ async fn consume_requests_once(core: &Core, shutdown: &CancellationToken) -> any
             Err(err) => {
                 // A message nobody can read would be redelivered for ever; drop it loudly.
                 tracing::error!(error = %err, "undecodable run request; terminating it");
-                let _ = message
-                    .ack_with(async_nats::jetstream::AckKind::Term)
-                    .await;
+                let _ = message.ack_with(async_nats::jetstream::AckKind::Term).await;
                 continue;
             }
         };
         if request.v > VERSION {
             let _ = message
-                .ack_with(async_nats::jetstream::AckKind::Nak(Some(Duration::from_secs(5))))
+                .ack_with(async_nats::jetstream::AckKind::Nak(Some(
+                    Duration::from_secs(5),
+                )))
                 .await;
             continue;
         }
@@ -170,7 +174,9 @@ async fn consume_requests_once(core: &Core, shutdown: &CancellationToken) -> any
             Err(err) => {
                 tracing::warn!(run_id = %request.run_id, error = %err, "scheduling failed; will retry");
                 let _ = message
-                    .ack_with(async_nats::jetstream::AckKind::Nak(Some(Duration::from_secs(1))))
+                    .ack_with(async_nats::jetstream::AckKind::Nak(Some(
+                        Duration::from_secs(1),
+                    )))
                     .await;
             }
         }
@@ -192,7 +198,8 @@ async fn schedule_run(core: &Core, run_id: Option<RunId>) -> Result<Outcome, Sto
             None => return Ok(Outcome::NotQueued),
         },
     };
-    let Some(worker) = workers::lock_worker_with_capacity(&mut tx, core.config.worker_liveness).await?
+    let Some(worker) =
+        workers::lock_worker_with_capacity(&mut tx, core.config.worker_liveness).await?
     else {
         return Ok(Outcome::NoCapacity);
     };

@@ -9,7 +9,12 @@ async fn main() -> anyhow::Result<()> {
     let shutdown = cadenza_service_runtime::shutdown_on_signal();
     let listener = tokio::net::TcpListener::bind(config.scheduler_listen)
         .await
-        .with_context(|| format!("binding {} (CADENZA_SCHEDULER_LISTEN)", config.scheduler_listen))?;
+        .with_context(|| {
+            format!(
+                "binding {} (CADENZA_SCHEDULER_LISTEN)",
+                config.scheduler_listen
+            )
+        })?;
     let scheduler = cadenza_scheduler::build(config, shutdown).await?;
     scheduler.run(listener).await
 }

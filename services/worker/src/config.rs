@@ -83,7 +83,12 @@ fn default_llm_model() -> String {
 
 impl WorkerConfig {
     /// Settings for tests and embedding: defaults everywhere except the connections and name.
-    pub fn new(database_url: SecretString, nats_url: String, bus_prefix: String, name: String) -> Self {
+    pub fn new(
+        database_url: SecretString,
+        nats_url: String,
+        bus_prefix: String,
+        name: String,
+    ) -> Self {
         Self {
             worker_listen: default_listen(),
             database_url,
@@ -107,7 +112,11 @@ impl WorkerConfig {
         self.worker_name
             .clone()
             .filter(|name| !name.trim().is_empty())
-            .or_else(|| std::env::var("HOSTNAME").ok().filter(|name| !name.is_empty()))
+            .or_else(|| {
+                std::env::var("HOSTNAME")
+                    .ok()
+                    .filter(|name| !name.is_empty())
+            })
             .or_else(|| {
                 std::fs::read_to_string("/etc/hostname")
                     .ok()

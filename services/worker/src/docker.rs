@@ -106,9 +106,18 @@ impl DockerRuntime {
 
     /// Makes sure the image is present, pulling it (bounded by `pull_timeout`) when it is not.
     /// Returns the user the image runs as.
-    async fn ensure_image(&self, image: &str, pull_timeout: Duration) -> Result<String, ContainerError> {
+    async fn ensure_image(
+        &self,
+        image: &str,
+        pull_timeout: Duration,
+    ) -> Result<String, ContainerError> {
         match self.docker.inspect_image(image).await {
-            Ok(inspect) => return Ok(inspect.config.and_then(|config| config.user).unwrap_or_default()),
+            Ok(inspect) => {
+                return Ok(inspect
+                    .config
+                    .and_then(|config| config.user)
+                    .unwrap_or_default());
+            }
             Err(err) if is_not_found(&err) => {}
             Err(err) => return Err(docker_err("inspect image")(err)),
         }
@@ -147,7 +156,10 @@ impl DockerRuntime {
             .inspect_image(image)
             .await
             .map_err(docker_err("inspect image"))?;
-        Ok(inspect.config.and_then(|config| config.user).unwrap_or_default())
+        Ok(inspect
+            .config
+            .and_then(|config| config.user)
+            .unwrap_or_default())
     }
 
     /// Creates the workspace's network and container and starts it. On any failure, whatever was
@@ -259,7 +271,9 @@ impl DockerRuntime {
         }
         let code = state.exit_code.unwrap_or_default();
         let logs = self.log_tail(container, 20).await;
-        Some(format!("the agent container exited with code {code}; last log lines:\n{logs}"))
+        Some(format!(
+            "the agent container exited with code {code}; last log lines:\n{logs}"
+        ))
     }
 
     async fn log_tail(&self, container: &str, lines: usize) -> String {
@@ -277,7 +291,9 @@ impl DockerRuntime {
             match chunk {
                 LogOutput::StdOut { message }
                 | LogOutput::StdErr { message }
-                | LogOutput::Console { message } => out.push_str(&String::from_utf8_lossy(&message)),
+                | LogOutput::Console { message } => {
+                    out.push_str(&String::from_utf8_lossy(&message))
+                }
                 LogOutput::StdIn { .. } => {}
             }
         }
@@ -311,10 +327,8 @@ impl DockerRuntime {
 
     /// Names of the containers this worker owns (running or not).
     pub async fn owned_containers(&self, worker: &str) -> Result<Vec<String>, ContainerError> {
-        let filters = HashMap::from([(
-            "label".to_owned(),
-            vec![format!("{LABEL_WORKER}={worker}")],
-        )]);
+        let filters =
+            HashMap::from([("label".to_owned(), vec![format!("{LABEL_WORKER}={worker}")])]);
         let containers = self
             .docker
             .list_containers(Some(ListContainersOptions {

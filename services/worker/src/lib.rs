@@ -41,7 +41,10 @@ pub struct WorkerService {
     shutdown: CancellationToken,
 }
 
-pub async fn build(config: WorkerConfig, shutdown: CancellationToken) -> anyhow::Result<WorkerService> {
+pub async fn build(
+    config: WorkerConfig,
+    shutdown: CancellationToken,
+) -> anyhow::Result<WorkerService> {
     let pool = cadenza_storage::connect(config.database_url.expose_secret(), 10)
         .await
         .context("connecting to Postgres (CADENZA_DATABASE_URL)")?;
@@ -178,7 +181,9 @@ async fn recover_after_restart(
     };
     for run in held {
         if run.state == RunState::Scheduled {
-            accept_lease(core, slots, tasks, runs_cancel, run.id).await.ok();
+            accept_lease(core, slots, tasks, runs_cancel, run.id)
+                .await
+                .ok();
             continue;
         }
         let reason = TerminalReason::new(
@@ -202,13 +207,18 @@ async fn recover_after_restart(
         .await;
         match result {
             Ok(done) => core.bus.publish_journal_event(&done.entry).await,
-            Err(err) => tracing::warn!(run_id = %run.id, error = %err, "failing an orphaned run failed"),
+            Err(err) => {
+                tracing::warn!(run_id = %run.id, error = %err, "failing an orphaned run failed")
+            }
         }
     }
     match core.docker.owned_containers(&core.worker.name).await {
         Ok(containers) => {
             for container in containers {
-                tracing::info!(container, "removing a container left by a previous worker process");
+                tracing::info!(
+                    container,
+                    "removing a container left by a previous worker process"
+                );
                 core.docker.remove_workspace(&container, &container).await;
             }
         }
@@ -221,7 +231,13 @@ fn consumer_name(core: &Core) -> String {
         .worker
         .name
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
     format!("worker-{cleaned}")
 }
@@ -239,7 +255,10 @@ async fn consume_leases(
             return;
         }
         let result = async {
-            let consumer = core.bus.durable_consumer(&consumer_name(core), &filter).await?;
+            let consumer = core
+                .bus
+                .durable_consumer(&consumer_name(core), &filter)
+                .await?;
             let messages = consumer
                 .messages()
                 .await
@@ -271,7 +290,8 @@ async fn consume_leases(
                     None => break,
                 },
             };
-            let offer: LeaseOffered = match cadenza_bus::decode(&message.subject, &message.payload) {
+            let offer: LeaseOffered = match cadenza_bus::decode(&message.subject, &message.payload)
+            {
                 Ok(offer) => offer,
                 Err(err) => {
                     tracing::error!(error = %err, "undecodable lease offer; terminating it");
@@ -292,7 +312,9 @@ async fn consume_leases(
                 Err(err) => {
                     tracing::warn!(run_id = %offer.run_id, error = %err, "accepting a lease failed; will retry");
                     let _ = message
-                        .ack_with(async_nats::jetstream::AckKind::Nak(Some(Duration::from_secs(1))))
+                        .ack_with(async_nats::jetstream::AckKind::Nak(Some(
+                            Duration::from_secs(1),
+                        )))
                         .await;
                 }
             }

@@ -47,7 +47,10 @@ pub fn normalize(event: &AgentEvent, agent_seq: Option<i64>) -> (EventKind, Valu
             } else {
                 update.value.clone()
             };
-            (EventKind::StateUpdate, json!({ "key": update.key, "value": value }))
+            (
+                EventKind::StateUpdate,
+                json!({ "key": update.key, "value": value }),
+            )
         }
         TypedEvent::ConversationError(error) => (
             EventKind::ConversationError,
@@ -63,7 +66,12 @@ pub fn normalize(event: &AgentEvent, agent_seq: Option<i64>) -> (EventKind, Valu
         map.insert("agent_kind".into(), json!(event.kind));
         map.insert(
             "source".into(),
-            json!(event.source.as_ref().map(|source| source.as_str().to_owned())),
+            json!(
+                event
+                    .source
+                    .as_ref()
+                    .map(|source| source.as_str().to_owned())
+            ),
         );
         if let Some(seq) = agent_seq {
             map.insert("agent_seq".into(), json!(seq));

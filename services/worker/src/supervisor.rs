@@ -128,7 +128,11 @@ async fn execute(
 ) -> Result<String, TerminalReason> {
     let deadline = Instant::now() + core.config.run_timeout;
     let project = {
-        let mut conn = core.pool.acquire().await.map_err(|err| internal(StorageError::from(err)))?;
+        let mut conn = core
+            .pool
+            .acquire()
+            .await
+            .map_err(|err| internal(StorageError::from(err)))?;
         projects::get(&mut conn, Scope::Org(run.org_id), run.project_id)
             .await
             .map_err(internal)?
@@ -143,10 +147,14 @@ async fn execute(
             started.map_err(|err| fail(TerminalCode::ContainerFailed, err.to_string()))?
         }
     };
-    tracing::info!(container, host_port = workspace.host_port, "workspace container started");
+    tracing::info!(
+        container,
+        host_port = workspace.host_port,
+        "workspace container started"
+    );
 
-    let base_url = Url::parse(&format!("http://127.0.0.1:{}", workspace.host_port))
-        .map_err(internal)?;
+    let base_url =
+        Url::parse(&format!("http://127.0.0.1:{}", workspace.host_port)).map_err(internal)?;
     let client = AgentServerClient::builder(base_url, SecretString::from(session_key))
         .request_timeout(Duration::from_secs(60))
         .build();
@@ -176,10 +184,19 @@ async fn execute(
     .with_max_iterations(u32::try_from(project.agent.max_iterations).unwrap_or(u32::MAX))
     .with_autotitle(false);
     let created = with_retries(cancel, || client.create_conversation(&request)).await;
-    created.map_err(|err| fail(TerminalCode::AgentUnreachable, format!("creating the conversation failed: {err}")))?;
+    created.map_err(|err| {
+        fail(
+            TerminalCode::AgentUnreachable,
+            format!("creating the conversation failed: {err}"),
+        )
+    })?;
 
     {
-        let mut tx = core.pool.begin().await.map_err(|err| internal(StorageError::from(err)))?;
+        let mut tx = core
+            .pool
+            .begin()
+            .await
+            .map_err(|err| internal(StorageError::from(err)))?;
         runs::set_conversation(&mut tx, run.id, conversation_id)
             .await
             .map_err(internal)?;
@@ -193,7 +210,9 @@ async fn execute(
         )
         .await
         .map_err(internal)?;
-        tx.commit().await.map_err(|err| internal(StorageError::from(err)))?;
+        tx.commit()
+            .await
+            .map_err(|err| internal(StorageError::from(err)))?;
         *state = RunState::Running;
         core.bus.publish_journal_event(&done.entry).await;
     }
@@ -228,15 +247,18 @@ async fn execute(
             ));
         }
         other => {
-            let detail = follower
-                .last_error
-                .clone()
-                .unwrap_or_else(|| format!("the agent-server reported status `{}`", other.as_str()));
+            let detail = follower.last_error.clone().unwrap_or_else(|| {
+                format!("the agent-server reported status `{}`", other.as_str())
+            });
             return Err(fail(TerminalCode::AgentError, detail));
         }
     };
     {
-        let mut conn = core.pool.acquire().await.map_err(|err| internal(StorageError::from(err)))?;
+        let mut conn = core
+            .pool
+            .acquire()
+            .await
+            .map_err(|err| internal(StorageError::from(err)))?;
         runs::set_final_message(&mut conn, run.id, &final_message)
             .await
             .map_err(internal)?;
@@ -246,7 +268,11 @@ async fn execute(
         .await
     {
         Ok(delta) => {
-            let mut conn = core.pool.acquire().await.map_err(|err| internal(StorageError::from(err)))?;
+            let mut conn = core
+                .pool
+                .acquire()
+                .await
+                .map_err(|err| internal(StorageError::from(err)))?;
             diffs::upsert(
                 &mut conn,
                 run.id,
@@ -290,7 +316,9 @@ fn workspace_spec(
         .agent
         .env
         .iter()
-        .filter(|(name, _)| !name.starts_with("OH_SESSION_API_KEY") && name.as_str() != "SESSION_API_KEY")
+        .filter(|(name, _)| {
+            !name.starts_with("OH_SESSION_API_KEY") && name.as_str() != "SESSION_API_KEY"
+        })
         .map(|(name, value)| (name.clone(), value.clone()))
         .collect();
     env.extend(
@@ -441,7 +469,12 @@ impl Follower<'_> {
                             format!("lost the agent-server's event stream: {why}"),
                         ));
                     }
-                    tracing::info!(why, failures, after_seq = self.last_seq, "reconnecting to the session socket");
+                    tracing::info!(
+                        why,
+                        failures,
+                        after_seq = self.last_seq,
+                        "reconnecting to the session socket"
+                    );
                     tokio::time::sleep(Duration::from_millis(100 * u64::from(failures))).await;
                 }
             }
@@ -467,14 +500,20 @@ impl Follower<'_> {
                     self.journal(Some(seq), &event).await?;
                     self.last_seq = seq;
                     self.last_event_id = Some(event.id.clone());
-                    if event.execution_status().is_some_and(|status| status.is_terminal()) {
+                    if event
+                        .execution_status()
+                        .is_some_and(|status| status.is_terminal())
+                    {
                         return Ok(Step::TerminalHint);
                     }
                 }
                 // The connect-time snapshot: after a reconnect it may be the only sign that the
                 // run ended while we were away.
                 Ok(SessionFrame::Transient { event }) => {
-                    if event.execution_status().is_some_and(|status| status.is_terminal()) {
+                    if event
+                        .execution_status()
+                        .is_some_and(|status| status.is_terminal())
+                    {
                         return Ok(Step::TerminalHint);
                     }
                 }
@@ -540,7 +579,11 @@ impl Follower<'_> {
         Ok(())
     }
 
-    async fn journal(&mut self, seq: Option<i64>, event: &AgentEvent) -> Result<(), TerminalReason> {
+    async fn journal(
+        &mut self,
+        seq: Option<i64>,
+        event: &AgentEvent,
+    ) -> Result<(), TerminalReason> {
         if let TypedEvent::ConversationError(error) = event.typed() {
             self.last_error = Some(format!("{}: {}", error.code, error.detail));
         }

@@ -224,7 +224,12 @@ async fn read_after(
 }
 
 /// True when the run has ended and the client has everything (for cursors at or past the end).
-async fn run_finished_and_drained(state: &AppState, scope: Scope, run_id: RunId, cursor: i64) -> bool {
+async fn run_finished_and_drained(
+    state: &AppState,
+    scope: Scope,
+    run_id: RunId,
+    cursor: i64,
+) -> bool {
     let Ok(mut conn) = state.pool.acquire().await else {
         return false;
     };

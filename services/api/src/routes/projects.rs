@@ -21,7 +21,11 @@ pub async fn list(
     principal: Principal,
     ApiQuery(query): ApiQuery<ListQuery>,
 ) -> ApiResult<Json<Page<ProjectView>>> {
-    let limit = page_limit(query.limit, state.limits.default_page, state.limits.max_page)?;
+    let limit = page_limit(
+        query.limit,
+        state.limits.default_page,
+        state.limits.max_page,
+    )?;
     let before = query
         .cursor
         .as_deref()
@@ -31,7 +35,11 @@ pub async fn list(
                 .map_err(|_| ApiError::BadRequest(format!("invalid cursor `{cursor}`")))
         })
         .transpose()?;
-    let mut conn = state.pool.acquire().await.map_err(cadenza_storage::StorageError::from)?;
+    let mut conn = state
+        .pool
+        .acquire()
+        .await
+        .map_err(cadenza_storage::StorageError::from)?;
     let items = projects::list(&mut conn, principal.scope, before, limit).await?;
     let next_cursor = (items.len() as i64 == limit)
         .then(|| items.last().map(|project| project.id.to_string()))
@@ -48,7 +56,11 @@ pub async fn get(
     Path(project_id): Path<String>,
 ) -> ApiResult<Json<ProjectView>> {
     let id: ProjectId = parse_id(&project_id, "project")?;
-    let mut conn = state.pool.acquire().await.map_err(cadenza_storage::StorageError::from)?;
+    let mut conn = state
+        .pool
+        .acquire()
+        .await
+        .map_err(cadenza_storage::StorageError::from)?;
     let project = projects::get(&mut conn, principal.scope, id)
         .await
         .map_err(|err| match err {

@@ -78,8 +78,8 @@ pub async fn create(
                 run_id: run.id,
                 org_id: run.org_id,
             };
-            let payload = serde_json::to_value(&message)
-                .map_err(|err| ApiError::Internal(Box::new(err)))?;
+            let payload =
+                serde_json::to_value(&message).map_err(|err| ApiError::Internal(Box::new(err)))?;
             outbox::enqueue(&mut tx, subjects::RUN_REQUESTED, &payload).await?;
             (run, true)
         }
@@ -152,7 +152,11 @@ pub async fn list(
     principal: Principal,
     ApiQuery(query): ApiQuery<ListQuery>,
 ) -> ApiResult<Json<Page<RunView>>> {
-    let limit = page_limit(query.limit, state.limits.default_page, state.limits.max_page)?;
+    let limit = page_limit(
+        query.limit,
+        state.limits.default_page,
+        state.limits.max_page,
+    )?;
     let project_id = query
         .project_id
         .as_deref()
@@ -249,7 +253,10 @@ pub async fn diff(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/x-patch; charset=utf-8"),
     );
-    if let Some(base) = diff.base_commit.and_then(|base| HeaderValue::from_str(&base).ok()) {
+    if let Some(base) = diff
+        .base_commit
+        .and_then(|base| HeaderValue::from_str(&base).ok())
+    {
         headers.insert("x-base-commit", base);
     }
     Ok(response)

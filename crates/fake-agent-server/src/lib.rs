@@ -10,7 +10,7 @@
 //!
 //! ```no_run
 //! # async fn example() -> std::io::Result<()> {
-//! use cadenza_testkit::fake_agent::{FakeAgentServerConfig, spawn};
+//! use cadenza_fake_agent_server::{FakeAgentServerConfig, spawn};
 //!
 //! let server = spawn(FakeAgentServerConfig {
 //!     session_api_keys: vec!["key".into()],

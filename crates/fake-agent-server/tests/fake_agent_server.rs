@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use cadenza_testkit::fake_agent::{FakeAgentServerConfig, RunningFakeAgentServer, spawn};
+use cadenza_fake_agent_server::{FakeAgentServerConfig, RunningFakeAgentServer, spawn};
 use futures::{SinkExt, StreamExt};
 use reqwest::StatusCode;
 use serde_json::{Value, json};

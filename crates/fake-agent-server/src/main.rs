@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::Context;
-use cadenza_testkit::fake_agent::{self, FakeAgentServerConfig};
+use cadenza_fake_agent_server::{self as fake_agent, FakeAgentServerConfig};
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
 

@@ -1,0 +1,357 @@
+//! Repository behaviour against a real Postgres (a fresh database per test).
+
+use std::time::Duration;
+
+use cadenza_domain::{
+    AgentSettings, EventKind, OrgId, RunEvent, RunState, Scope, TerminalCode, TerminalReason,
+};
+use cadenza_storage::journal::{self, NewJournalEvent};
+use cadenza_storage::runs::{self, Actor, Lease, NewRun, Submitted};
+use cadenza_storage::{StorageError, orgs, projects, tokens, workers};
+use cadenza_testkit::infra::TestDatabase;
+use serde_json::json;
+use time::OffsetDateTime;
+
+async fn org_with_project(db: &TestDatabase, slug: &str) -> (OrgId, cadenza_domain::ProjectId) {
+    let mut conn = db.pool.acquire().await.expect("conn");
+    let org = orgs::create(&mut conn, slug, slug).await.expect("org");
+    let project = projects::create(
+        &mut conn,
+        org.id,
+        "p",
+        "p",
+        &AgentSettings::with_image("img"),
+    )
+    .await
+    .expect("project");
+    (org.id, project.id)
+}
+
+async fn submit(
+    db: &TestDatabase,
+    org: OrgId,
+    project: cadenza_domain::ProjectId,
+    key: Option<&str>,
+) -> Submitted {
+    let mut conn = db.pool.acquire().await.expect("conn");
+    runs::submit(
+        &mut conn,
+        NewRun {
+            org_id: org,
+            project_id: project,
+            prompt: "$ true",
+            idempotency_key: key,
+        },
+    )
+    .await
+    .expect("submit")
+}
+
+fn agent_event(run: &cadenza_domain::Run, source_id: &str) -> NewJournalEvent {
+    NewJournalEvent {
+        run_id: run.id,
+        org_id: run.org_id,
+        kind: EventKind::Message,
+        payload: json!({"text": source_id}),
+        raw: Some(json!({"id": source_id})),
+        source_event_id: Some(source_id.to_owned()),
+        source_seq: None,
+        occurred_at: OffsetDateTime::now_utc(),
+    }
+}
+
+#[tokio::test]
+async fn concurrent_journal_writers_get_dense_unique_sequence_numbers() {
+    let db = TestDatabase::create().await.expect("db");
+    let (org, project) = org_with_project(&db, "dense").await;
+    let Submitted::Created(run) = submit(&db, org, project, None).await else {
+        panic!("new run expected");
+    };
+    let writers = (0..8).map(|writer| {
+        let pool = db.pool.clone();
+        let run = run.clone();
+        tokio::spawn(async move {
+            for i in 0..25 {
+                let mut conn = pool.acquire().await.expect("conn");
+                journal::append(&mut conn, agent_event(&run, &format!("w{writer}-{i}")))
+                    .await
+                    .expect("append")
+                    .expect("new event");
+            }
+        })
+    });
+    for writer in futures::future::join_all(writers).await {
+        writer.expect("writer");
+    }
+    let mut conn = db.pool.acquire().await.expect("conn");
+    let events = journal::list_after(&mut conn, Scope::Instance, run.id, 0, 1000)
+        .await
+        .expect("list");
+    let seqs: Vec<i64> = events.iter().map(|event| event.seq).collect();
+    // The queued entry plus 200 appends, numbered 1..=201 without a gap.
+    assert_eq!(seqs, (1..=201).collect::<Vec<_>>());
+    let run = runs::get(&mut conn, Scope::Instance, run.id)
+        .await
+        .expect("run");
+    assert_eq!(run.last_event_seq, 201);
+}
+
+#[tokio::test]
+async fn a_replayed_agent_event_is_journaled_once() {
+    let db = TestDatabase::create().await.expect("db");
+    let (org, project) = org_with_project(&db, "replay").await;
+    let Submitted::Created(run) = submit(&db, org, project, None).await else {
+        panic!("new run expected");
+    };
+    let mut conn = db.pool.acquire().await.expect("conn");
+    let first = journal::append(&mut conn, agent_event(&run, "evt-1"))
+        .await
+        .expect("append");
+    let again = journal::append(&mut conn, agent_event(&run, "evt-1"))
+        .await
+        .expect("append");
+    assert_eq!(first.map(|event| event.seq), Some(2));
+    assert!(again.is_none());
+    let next = journal::append(&mut conn, agent_event(&run, "evt-2"))
+        .await
+        .expect("append");
+    assert_eq!(
+        next.map(|event| event.seq),
+        Some(3),
+        "no gap after the skipped duplicate"
+    );
+}
+
+#[tokio::test]
+async fn transitions_are_compare_and_set_and_journaled() {
+    let db = TestDatabase::create().await.expect("db");
+    let (org, project) = org_with_project(&db, "cas").await;
+    let Submitted::Created(run) = submit(&db, org, project, None).await else {
+        panic!("new run expected");
+    };
+    let mut conn = db.pool.acquire().await.expect("conn");
+    let worker = workers::register(&mut conn, "w1", 2).await.expect("worker");
+    let lease = Lease {
+        worker: worker.id,
+        ttl: Duration::from_secs(30),
+    };
+    let leased = runs::transition(
+        &mut conn,
+        run.id,
+        RunState::Queued,
+        &RunEvent::Leased,
+        Actor::Any,
+        Some(lease),
+    )
+    .await
+    .expect("lease");
+    assert_eq!(leased.run.state, RunState::Scheduled);
+    assert_eq!(leased.run.lease_holder, Some(worker.id));
+    assert!(leased.run.lease_expires_at.is_some());
+    assert_eq!(leased.entry.payload["to"], "scheduled");
+
+    // A second actor expecting `queued` loses.
+    let lost = runs::transition(
+        &mut conn,
+        run.id,
+        RunState::Queued,
+        &RunEvent::Leased,
+        Actor::Any,
+        Some(lease),
+    )
+    .await;
+    assert!(matches!(lost, Err(StorageError::Conflict(_))));
+
+    // Only the lease holder may move the run on.
+    let other = workers::register(&mut conn, "w2", 2).await.expect("worker");
+    let stolen = runs::transition(
+        &mut conn,
+        run.id,
+        RunState::Scheduled,
+        &RunEvent::ProvisioningStarted,
+        Actor::LeaseHolder(other.id),
+        None,
+    )
+    .await;
+    assert!(matches!(stolen, Err(StorageError::Conflict(_))));
+
+    // An illegal event is refused before touching the row.
+    let illegal = runs::transition(
+        &mut conn,
+        run.id,
+        RunState::Scheduled,
+        &RunEvent::Succeeded(TerminalReason::new(TerminalCode::AgentFinished, "no")),
+        Actor::Any,
+        None,
+    )
+    .await;
+    assert!(matches!(illegal, Err(StorageError::Conflict(_))));
+
+    let failed = runs::transition(
+        &mut conn,
+        run.id,
+        RunState::Scheduled,
+        &RunEvent::Failed(TerminalReason::new(TerminalCode::ContainerFailed, "boom")),
+        Actor::LeaseHolder(worker.id),
+        None,
+    )
+    .await
+    .expect("fail");
+    assert_eq!(failed.run.state, RunState::Failed);
+    assert!(failed.run.finished_at.is_some());
+    let reason = failed.run.terminal_reason.expect("reason");
+    assert_eq!(reason.code, TerminalCode::ContainerFailed);
+    assert_eq!(failed.entry.payload["terminal"], true);
+    assert_eq!(failed.entry.payload["reason"]["message"], "boom");
+}
+
+#[tokio::test]
+async fn an_idempotency_key_is_unique_per_project() {
+    let db = TestDatabase::create().await.expect("db");
+    let (org, project) = org_with_project(&db, "idem").await;
+    let Submitted::Created(first) = submit(&db, org, project, Some("k")).await else {
+        panic!("new run expected");
+    };
+    let Submitted::Existing(second) = submit(&db, org, project, Some("k")).await else {
+        panic!("existing run expected");
+    };
+    assert_eq!(first.id, second.id);
+    // Another project may use the same key.
+    let (other_org, other_project) = org_with_project(&db, "idem2").await;
+    assert!(matches!(
+        submit(&db, other_org, other_project, Some("k")).await,
+        Submitted::Created(_)
+    ));
+}
+
+#[tokio::test]
+async fn an_org_scope_never_sees_another_orgs_rows() {
+    let db = TestDatabase::create().await.expect("db");
+    let (org_a, project_a) = org_with_project(&db, "org-a").await;
+    let (org_b, project_b) = org_with_project(&db, "org-b").await;
+    let Submitted::Created(run_b) = submit(&db, org_b, project_b, None).await else {
+        panic!("new run expected");
+    };
+    let mut conn = db.pool.acquire().await.expect("conn");
+    let scope_a = Scope::Org(org_a);
+    assert!(matches!(
+        runs::get(&mut conn, scope_a, run_b.id).await,
+        Err(StorageError::NotFound(_))
+    ));
+    assert!(matches!(
+        projects::get(&mut conn, scope_a, project_b).await,
+        Err(StorageError::NotFound(_))
+    ));
+    assert!(
+        journal::list_after(&mut conn, scope_a, run_b.id, 0, 100)
+            .await
+            .expect("list")
+            .is_empty()
+    );
+    let listed = runs::list(
+        &mut conn,
+        scope_a,
+        &runs::RunFilter {
+            project_id: None,
+            state: None,
+            before: None,
+            limit: 100,
+        },
+    )
+    .await
+    .expect("list");
+    assert!(listed.is_empty());
+    let projects_a = projects::list(&mut conn, scope_a, None, 100)
+        .await
+        .expect("list");
+    assert_eq!(
+        projects_a.iter().map(|p| p.id).collect::<Vec<_>>(),
+        vec![project_a]
+    );
+}
+
+#[tokio::test]
+async fn tokens_are_stored_hashed_and_resolve_to_their_scope() {
+    let db = TestDatabase::create().await.expect("db");
+    let (org, _) = org_with_project(&db, "tok").await;
+    let mut conn = db.pool.acquire().await.expect("conn");
+    let (_, secret) = tokens::create(&mut conn, Some(org), "ci")
+        .await
+        .expect("token");
+    assert!(secret.starts_with("cdz_"));
+    let principal = tokens::authenticate(&mut conn, &secret)
+        .await
+        .expect("auth")
+        .expect("valid");
+    assert_eq!(principal.org_id, Some(org));
+    assert!(
+        tokens::authenticate(&mut conn, "cdz_wrong")
+            .await
+            .expect("auth")
+            .is_none()
+    );
+    // Nothing in the table contains the secret.
+    let leaked: i64 = sqlx::query_scalar(
+        "select count(*) from api_tokens where encode(token_hash, 'escape') like '%' || $1 || '%' or prefix = $1",
+    )
+    .bind(&secret)
+    .fetch_one(&mut *conn)
+    .await
+    .expect("query");
+    assert_eq!(leaked, 0);
+}
+
+#[tokio::test]
+async fn heartbeats_extend_the_leases_a_worker_holds() {
+    let db = TestDatabase::create().await.expect("db");
+    let (org, project) = org_with_project(&db, "hb").await;
+    let Submitted::Created(run) = submit(&db, org, project, None).await else {
+        panic!("new run expected");
+    };
+    let mut conn = db.pool.acquire().await.expect("conn");
+    let worker = workers::register(&mut conn, "w", 1).await.expect("worker");
+    let lease = Lease {
+        worker: worker.id,
+        ttl: Duration::from_millis(1),
+    };
+    runs::transition(
+        &mut conn,
+        run.id,
+        RunState::Queued,
+        &RunEvent::Leased,
+        Actor::Any,
+        Some(lease),
+    )
+    .await
+    .expect("lease");
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let mut tx = db.pool.begin().await.expect("tx");
+    assert_eq!(
+        runs::lock_expired_leases(&mut tx, 10)
+            .await
+            .expect("expired")
+            .len(),
+        1
+    );
+    tx.rollback().await.expect("rollback");
+    assert_eq!(
+        workers::heartbeat(&mut conn, worker.id, Duration::from_secs(30))
+            .await
+            .expect("hb"),
+        1
+    );
+    let mut tx = db.pool.begin().await.expect("tx");
+    assert!(
+        runs::lock_expired_leases(&mut tx, 10)
+            .await
+            .expect("expired")
+            .is_empty()
+    );
+    // A full worker gets no more runs.
+    assert_eq!(
+        workers::lock_worker_with_capacity(&mut tx, Duration::from_secs(5))
+            .await
+            .expect("pick"),
+        None
+    );
+}
