@@ -2,7 +2,6 @@
 //! Docker, each on a random loopback port, isolated from other tests by their own database, bus
 //! prefix and worker name. Everything started here is stopped when the `Stack` is dropped.
 
-use std::fs::File;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -39,6 +38,8 @@ pub struct ServiceProcess {
     pub name: &'static str,
     pub port: u16,
     pub log_path: PathBuf,
+    binary: PathBuf,
+    env: Vec<(String, String)>,
     child: Option<Child>,
 }
 
@@ -58,8 +59,24 @@ impl ServiceProcess {
             );
         }
         let log_path = log_dir.join(format!("{name}.log"));
-        let log = File::create(&log_path)?;
-        let child = Command::new(&path)
+        let mut process = Self {
+            name,
+            port,
+            log_path,
+            binary: path,
+            env: env.to_vec(),
+            child: None,
+        };
+        process.start()?;
+        Ok(process)
+    }
+
+    fn start(&mut self) -> anyhow::Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)?;
+        let child = Command::new(&self.binary)
             .env_clear()
             .envs(
                 [
@@ -78,20 +95,31 @@ impl ServiceProcess {
             )
             .env("RUST_LOG", "info,cadenza=debug")
             .envs(
-                env.iter()
+                self.env
+                    .iter()
                     .map(|(key, value)| (key.as_str(), value.as_str())),
             )
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()
-            .with_context(|| format!("starting {}", path.display()))?;
-        Ok(Self {
-            name,
-            port,
-            log_path,
-            child: Some(child),
-        })
+            .with_context(|| format!("starting {}", self.binary.display()))?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// Starts the process again (after `stop` or a kill), with the same settings and log.
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self.start()
+    }
+
+    /// The operating-system process id (0 when not running).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(Child::id).unwrap_or(0)
     }
 
     pub fn logs(&self) -> String {

@@ -1,0 +1,138 @@
+//! Each service as a process: configuration errors name the setting, health endpoints answer,
+//! SIGTERM stops it cleanly, and a run survives nothing silently: a worker killed mid-run leaves
+//! a run that ends with a reason once its lease expires.
+
+use std::process::Command;
+use std::time::Duration;
+
+use cadenza_e2e::Api;
+use cadenza_testkit::docker::containers_with_label;
+use cadenza_testkit::stack::{Stack, bin_dir};
+
+#[test]
+fn a_missing_or_invalid_setting_is_named_at_start_up() {
+    for binary in [
+        "cadenza-api",
+        "cadenza-scheduler",
+        "cadenza-worker",
+        "cadenza-linear-sync",
+    ] {
+        let output = Command::new(bin_dir().join(binary))
+            .env_clear()
+            .env("CADENZA_NATS_URL", "nats://127.0.0.1:1")
+            .env("CADENZA_REDIS_URL", "redis://127.0.0.1:1")
+            .output()
+            .expect("the binary runs");
+        assert!(
+            !output.status.success(),
+            "{binary} started without a database URL"
+        );
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            stderr.contains("CADENZA_DATABASE_URL"),
+            "{binary} did not name the missing setting: {stderr}"
+        );
+    }
+    let output = Command::new(bin_dir().join("cadenza-scheduler"))
+        .env_clear()
+        .env("CADENZA_DATABASE_URL", "postgres://x@127.0.0.1:1/x")
+        .env("CADENZA_NATS_URL", "nats://127.0.0.1:1")
+        .env("CADENZA_LEASE_TTL", "soon")
+        .output()
+        .expect("the binary runs");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("CADENZA_LEASE_TTL"), "{stderr}");
+}
+
+#[tokio::test]
+async fn every_service_reports_health_and_stops_cleanly_on_sigterm() {
+    let mut stack = Stack::start().await.expect("stack starts");
+    let http = reqwest::Client::new();
+    for service in &stack.services {
+        for path in ["/healthz", "/readyz"] {
+            let response = http
+                .get(format!("http://127.0.0.1:{}{path}", service.port))
+                .send()
+                .await
+                .expect("health answers");
+            assert_eq!(response.status(), 200, "{} {path}", service.name);
+        }
+    }
+    let readiness: serde_json::Value = http
+        .get(format!("{}/readyz", stack.api_url))
+        .send()
+        .await
+        .expect("readyz")
+        .json()
+        .await
+        .expect("json");
+    let checks: Vec<&str> = readiness["checks"]
+        .as_array()
+        .expect("checks")
+        .iter()
+        .filter_map(|check| check["name"].as_str())
+        .collect();
+    assert_eq!(checks, ["postgres", "nats", "redis"]);
+
+    for service in &mut stack.services {
+        assert!(
+            service.stop(Duration::from_secs(15)),
+            "{} did not stop within 15 s of SIGTERM",
+            service.name
+        );
+        assert!(
+            service.logs().contains("stopped"),
+            "{} did not log a clean stop:\n{}",
+            service.name,
+            service.logs()
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_run_whose_worker_is_killed_ends_with_a_reason_and_its_container_is_reclaimed() {
+    let mut stack = Stack::start().await.expect("stack starts");
+    let api = Api::new(&stack.api_url, &stack.token);
+    let (_, run) = api
+        .submit_run(&stack.project.id.to_string(), "$ sleep 60\nnever", None)
+        .await
+        .expect("submit");
+    let run_id = run["id"].as_str().expect("id").to_owned();
+    api.wait_for_run(&run_id, Duration::from_secs(60), |run| {
+        run["state"] == "running"
+    })
+    .await
+    .expect("the run starts");
+
+    // kill -9: no chance to clean up or record anything.
+    let worker = stack.service("worker").expect("worker");
+    let _ = Command::new("kill")
+        .args(["-KILL", &worker.pid().to_string()])
+        .status();
+    assert!(!containers_with_label("io.cadenza.run", &run_id).is_empty());
+
+    // The lease (10 s in tests) expires and the scheduler ends the run with a reason.
+    let ended = api
+        .wait_for_end(&run_id, Duration::from_secs(60))
+        .await
+        .expect("the run ends");
+    assert_eq!(ended["state"], "failed");
+    assert_eq!(ended["terminal_reason"]["code"], "lease_expired", "{ended}");
+
+    // A restarted worker with the same name removes what its predecessor left behind.
+    let worker = stack.service("worker").expect("worker");
+    worker.restart().expect("restart");
+    worker
+        .wait_ready(Duration::from_secs(60))
+        .await
+        .expect("worker ready again");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !containers_with_label("io.cadenza.run", &run_id).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the container was not reclaimed"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
