@@ -136,3 +136,29 @@ async fn a_run_whose_worker_is_killed_ends_with_a_reason_and_its_container_is_re
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+#[tokio::test]
+async fn a_failed_test_leaves_no_container_behind() {
+    let mut stack = Stack::start().await.expect("stack starts");
+    let api = Api::new(&stack.api_url, &stack.token);
+    let (_, run) = api
+        .submit_run(&stack.project.id.to_string(), "$ sleep 60\nnever", None)
+        .await
+        .expect("submit");
+    let run_id = run["id"].as_str().expect("id").to_owned();
+    api.wait_for_run(&run_id, Duration::from_secs(60), |run| {
+        run["state"] == "running"
+    })
+    .await
+    .expect("the run starts");
+    let worker_name = stack.worker_name.clone();
+    // The worker dies without cleaning up, as it would when a test fails half-way...
+    let worker = stack.service("worker").expect("worker");
+    let _ = Command::new("kill")
+        .args(["-KILL", &worker.pid().to_string()])
+        .status();
+    assert!(!containers_with_label("io.cadenza.worker", &worker_name).is_empty());
+    // ...and the test's stack is dropped (as a panicking test's would be).
+    drop(stack);
+    assert!(containers_with_label("io.cadenza.worker", &worker_name).is_empty());
+}

@@ -230,6 +230,15 @@ impl Bus {
         Ok(())
     }
 
+    /// Deletes this prefix's streams (and with them their consumers). For tearing down a
+    /// deployment or a test; never called by the services.
+    pub async fn delete_streams(&self) -> BusResult<()> {
+        match self.jetstream.delete_stream(self.runs_stream_name()).await {
+            Ok(_) => Ok(()),
+            Err(err) => Err(BusError::JetStream(err.to_string())),
+        }
+    }
+
     /// Whether the server answers, for readiness probes.
     pub async fn ping(&self) -> BusResult<()> {
         tokio::time::timeout(Duration::from_secs(2), self.client.flush())

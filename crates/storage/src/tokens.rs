@@ -47,8 +47,8 @@ pub async fn create(
 }
 
 /// Resolves a presented secret to its principal when the token exists, is not revoked and has
-/// not expired. Records the use at most once a minute to keep hot tokens from writing on every
-/// request.
+/// not expired. Records the use at most once a minute, so a busy token costs a read per request,
+/// not a write.
 pub async fn authenticate(
     conn: &mut PgConnection,
     secret: &str,
@@ -56,19 +56,28 @@ pub async fn authenticate(
     if !secret.starts_with(TOKEN_PREFIX) {
         return Ok(None);
     }
-    let row = sqlx::query!(
-        r#"update api_tokens
-           set last_used_at = case
-               when last_used_at is null or last_used_at < now() - interval '1 minute' then now()
-               else last_used_at end
+    let Some(row) = sqlx::query!(
+        r#"select id, org_id,
+                  (last_used_at is null or last_used_at < now() - interval '1 minute') as "stale!"
+           from api_tokens
            where token_hash = $1 and revoked_at is null
-             and (expires_at is null or expires_at > now())
-           returning id, org_id"#,
+             and (expires_at is null or expires_at > now())"#,
         hash(secret)
     )
-    .fetch_optional(conn)
-    .await?;
-    Ok(row.map(|row| TokenPrincipal {
+    .fetch_optional(&mut *conn)
+    .await?
+    else {
+        return Ok(None);
+    };
+    if row.stale {
+        sqlx::query!(
+            "update api_tokens set last_used_at = now() where id = $1",
+            row.id
+        )
+        .execute(conn)
+        .await?;
+    }
+    Ok(Some(TokenPrincipal {
         token_id: row.id.into(),
         org_id: row.org_id.map(OrgId::from),
     }))

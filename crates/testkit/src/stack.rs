@@ -352,6 +352,33 @@ impl Drop for Stack {
         if std::thread::panicking() {
             eprintln!("{}", self.logs());
         }
+        // Stop the services first, so nothing recreates what is removed below.
+        for service in &mut self.services {
+            service.stop(Duration::from_secs(10));
+        }
+        // The bus prefix is unique to this stack: remove its stream so test runs do not pile up
+        // JetStream state.
+        let prefix = self.bus_prefix.clone();
+        let _ = std::thread::spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            runtime.block_on(async move {
+                let connect = async_nats::ConnectOptions::new()
+                    .connection_timeout(Duration::from_secs(2))
+                    .connect(nats_url());
+                if let Ok(Ok(client)) = tokio::time::timeout(Duration::from_secs(5), connect).await
+                {
+                    let bus = cadenza_bus::Bus::from_client(client, &prefix);
+                    let _ =
+                        tokio::time::timeout(Duration::from_secs(5), bus.delete_streams()).await;
+                }
+            });
+        })
+        .join();
     }
 }
 
