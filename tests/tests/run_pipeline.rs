@@ -34,7 +34,7 @@ async fn a_hello_run_succeeds_and_its_history_outlives_every_client() {
     let deadline = Instant::now() + RUN_BUDGET;
     loop {
         let mut conn = stack.db.pool.acquire().await.expect("db");
-        let run = cadenza_storage::runs::get(&mut conn, cadenza_domain::Scope::Instance, run_uuid)
+        let run = cadenza_storage::runs::get(&mut conn, &cadenza_domain::Scope::Instance, run_uuid)
             .await
             .expect("run");
         if run.state.is_terminal() {

@@ -30,8 +30,12 @@ pub struct AgentSettings {
     pub max_iterations: i64,
     pub llm_model: Option<String>,
     pub llm_base_url: Option<String>,
+    /// The name of the org secret holding the LLM API key.
+    pub llm_api_key_secret: Option<String>,
     /// Extra environment for the agent container (never secrets: those are injected separately).
     pub env: BTreeMap<String, String>,
+    /// Names of secrets exposed to the agent's shell as environment variables.
+    pub secrets: Vec<String>,
 }
 
 impl AgentSettings {
@@ -49,9 +53,20 @@ impl AgentSettings {
             max_iterations: Self::DEFAULT_MAX_ITERATIONS,
             llm_model: None,
             llm_base_url: None,
+            llm_api_key_secret: None,
             env: BTreeMap::new(),
+            secrets: Vec::new(),
         }
     }
+}
+
+/// The Git repository a project's runs work on.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Repository {
+    pub url: Option<String>,
+    pub branch: Option<String>,
+    /// The name of the org secret holding Git credentials.
+    pub credentials_secret: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -61,6 +76,7 @@ pub struct Project {
     pub slug: String,
     pub name: String,
     pub agent: AgentSettings,
+    pub repository: Repository,
     pub created_at: OffsetDateTime,
     pub updated_at: OffsetDateTime,
 }

@@ -83,6 +83,14 @@ id_type!(
     /// An API token.
     TokenId
 );
+id_type!(
+    /// A person who signs in.
+    UserId
+);
+id_type!(
+    /// An invitation to join an org.
+    InvitationId
+);
 
 #[cfg(test)]
 mod tests {

@@ -6,9 +6,11 @@ pub mod journal;
 pub mod run;
 pub mod validation;
 
-pub use entities::{AgentSettings, JournalEvent, Org, Project, Run, Worker};
-pub use ids::{OrgId, ProjectId, RunId, TokenId, WorkerId};
+pub use entities::{AgentSettings, JournalEvent, Org, Project, Repository, Run, Worker};
+pub use ids::{InvitationId, OrgId, ProjectId, RunId, TokenId, UserId, WorkerId};
 pub use journal::EventKind;
 pub use run::{RunEvent, RunState, TerminalCode, TerminalReason, apply};
 pub mod scope;
 pub use scope::Scope;
+pub mod access;
+pub use access::{Permission, Role};

@@ -35,14 +35,15 @@ pub async fn upsert(
 
 pub async fn get(
     conn: &mut PgConnection,
-    scope: Scope,
+    scope: &Scope,
     run_id: RunId,
 ) -> StorageResult<Option<RunDiff>> {
+    let orgs = scope.org_filter();
     let row = sqlx::query!(
         r#"select run_id, base_commit, patch, created_at from run_diffs
-           where run_id = $1 and ($2::uuid is null or org_id = $2)"#,
+           where run_id = $1 and ($2::uuid[] is null or org_id = any($2))"#,
         run_id.as_uuid(),
-        scope.org_filter()
+        orgs.as_deref()
     )
     .fetch_optional(conn)
     .await?;

@@ -100,18 +100,19 @@ pub async fn append(
 /// Events with `seq > after`, in order, at most `limit`.
 pub async fn list_after(
     conn: &mut PgConnection,
-    scope: Scope,
+    scope: &Scope,
     run_id: RunId,
     after: i64,
     limit: i64,
 ) -> StorageResult<Vec<JournalEvent>> {
+    let orgs = scope.org_filter();
     let rows = sqlx::query!(
         r#"select run_id, org_id, seq, kind, payload, raw, occurred_at
            from run_events
-           where run_id = $1 and ($2::uuid is null or org_id = $2) and seq > $3
+           where run_id = $1 and ($2::uuid[] is null or org_id = any($2)) and seq > $3
            order by seq limit $4"#,
         run_id.as_uuid(),
-        scope.org_filter(),
+        orgs.as_deref(),
         after,
         limit
     )

@@ -3,14 +3,17 @@
 //! Repository functions take an executor (`&mut PgConnection` or a pool), so the caller owns the
 //! transaction: a state change, its journal entry and its outbox message commit together.
 
+pub mod audit;
 pub mod diffs;
 pub mod error;
 pub mod journal;
+pub mod memberships;
 pub mod orgs;
 pub mod outbox;
 pub mod projects;
 pub mod runs;
 pub mod tokens;
+pub mod users;
 pub mod workers;
 
 use std::time::Duration;

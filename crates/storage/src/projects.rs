@@ -1,6 +1,6 @@
 use std::collections::BTreeMap;
 
-use cadenza_domain::{AgentSettings, OrgId, Project, ProjectId, Scope};
+use cadenza_domain::{AgentSettings, OrgId, Project, ProjectId, Repository, Scope};
 use sqlx::PgConnection;
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -20,6 +20,11 @@ struct ProjectRow {
     agent_llm_model: Option<String>,
     agent_llm_base_url: Option<String>,
     agent_env: serde_json::Value,
+    agent_llm_api_key_secret: Option<String>,
+    agent_secrets: Vec<String>,
+    repo_url: Option<String>,
+    repo_branch: Option<String>,
+    repo_credentials_secret: Option<String>,
     created_at: OffsetDateTime,
     updated_at: OffsetDateTime,
 }
@@ -43,7 +48,14 @@ impl TryFrom<ProjectRow> for Project {
                 max_iterations: row.agent_max_iterations,
                 llm_model: row.agent_llm_model,
                 llm_base_url: row.agent_llm_base_url,
+                llm_api_key_secret: row.agent_llm_api_key_secret,
                 env,
+                secrets: row.agent_secrets,
+            },
+            repository: Repository {
+                url: row.repo_url,
+                branch: row.repo_branch,
+                credentials_secret: row.repo_credentials_secret,
             },
             created_at: row.created_at,
             updated_at: row.updated_at,
@@ -57,6 +69,7 @@ pub async fn create(
     slug: &str,
     name: &str,
     agent: &AgentSettings,
+    repository: &Repository,
 ) -> StorageResult<Project> {
     let env = serde_json::to_value(&agent.env)
         .map_err(|err| StorageError::Corrupt(format!("agent env: {err}")))?;
@@ -64,11 +77,13 @@ pub async fn create(
         ProjectRow,
         r#"insert into projects (id, org_id, slug, name, agent_image, agent_cpus, agent_memory_mb,
                                  agent_pids_limit, agent_max_iterations, agent_llm_model,
-                                 agent_llm_base_url, agent_env)
-           values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+                                 agent_llm_base_url, agent_env, agent_llm_api_key_secret,
+                                 agent_secrets, repo_url, repo_branch, repo_credentials_secret)
+           values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)
            returning id, org_id, slug, name, agent_image, agent_cpus, agent_memory_mb,
                      agent_pids_limit, agent_max_iterations, agent_llm_model, agent_llm_base_url,
-                     agent_env, created_at, updated_at"#,
+                     agent_env, agent_llm_api_key_secret, agent_secrets, repo_url, repo_branch,
+                     repo_credentials_secret, created_at, updated_at"#,
         ProjectId::new().as_uuid(),
         org_id.as_uuid(),
         slug,
@@ -80,11 +95,70 @@ pub async fn create(
         agent.max_iterations,
         agent.llm_model,
         agent.llm_base_url,
-        env
+        env,
+        agent.llm_api_key_secret,
+        &agent.secrets,
+        repository.url,
+        repository.branch,
+        repository.credentials_secret
     )
     .fetch_one(conn)
     .await?;
     row.try_into()
+}
+
+/// Replaces a project's name and settings (the caller merged a patch into the current values).
+pub async fn update(
+    conn: &mut PgConnection,
+    id: ProjectId,
+    name: &str,
+    agent: &AgentSettings,
+    repository: &Repository,
+) -> StorageResult<Project> {
+    let env = serde_json::to_value(&agent.env)
+        .map_err(|err| StorageError::Corrupt(format!("agent env: {err}")))?;
+    let row = sqlx::query_as!(
+        ProjectRow,
+        r#"update projects set name = $2, agent_image = $3, agent_cpus = $4, agent_memory_mb = $5,
+                  agent_pids_limit = $6, agent_max_iterations = $7, agent_llm_model = $8,
+                  agent_llm_base_url = $9, agent_env = $10, agent_llm_api_key_secret = $11,
+                  agent_secrets = $12, repo_url = $13, repo_branch = $14,
+                  repo_credentials_secret = $15, updated_at = now()
+           where id = $1
+           returning id, org_id, slug, name, agent_image, agent_cpus, agent_memory_mb,
+                     agent_pids_limit, agent_max_iterations, agent_llm_model, agent_llm_base_url,
+                     agent_env, agent_llm_api_key_secret, agent_secrets, repo_url, repo_branch,
+                     repo_credentials_secret, created_at, updated_at"#,
+        id.as_uuid(),
+        name,
+        agent.image,
+        agent.cpus,
+        agent.memory_mb,
+        agent.pids_limit,
+        agent.max_iterations,
+        agent.llm_model,
+        agent.llm_base_url,
+        env,
+        agent.llm_api_key_secret,
+        &agent.secrets,
+        repository.url,
+        repository.branch,
+        repository.credentials_secret
+    )
+    .fetch_optional(conn)
+    .await?
+    .ok_or(StorageError::NotFound("project"))?;
+    row.try_into()
+}
+
+pub async fn delete(conn: &mut PgConnection, id: ProjectId) -> StorageResult<()> {
+    let done = sqlx::query!("delete from projects where id = $1", id.as_uuid())
+        .execute(conn)
+        .await?;
+    if done.rows_affected() == 0 {
+        return Err(StorageError::NotFound("project"));
+    }
+    Ok(())
 }
 
 /// Points an existing project at another agent image (used by bootstrap to keep the demo
@@ -104,15 +178,17 @@ pub async fn set_agent_image(
     Ok(())
 }
 
-pub async fn get(conn: &mut PgConnection, scope: Scope, id: ProjectId) -> StorageResult<Project> {
+pub async fn get(conn: &mut PgConnection, scope: &Scope, id: ProjectId) -> StorageResult<Project> {
+    let orgs = scope.org_filter();
     let row = sqlx::query_as!(
         ProjectRow,
         r#"select id, org_id, slug, name, agent_image, agent_cpus, agent_memory_mb,
                   agent_pids_limit, agent_max_iterations, agent_llm_model, agent_llm_base_url,
-                  agent_env, created_at, updated_at
-           from projects where id = $1 and ($2::uuid is null or org_id = $2)"#,
+                  agent_env, agent_llm_api_key_secret, agent_secrets, repo_url, repo_branch,
+                  repo_credentials_secret, created_at, updated_at
+           from projects where id = $1 and ($2::uuid[] is null or org_id = any($2))"#,
         id.as_uuid(),
-        scope.org_filter()
+        orgs.as_deref()
     )
     .fetch_optional(conn)
     .await?
@@ -129,7 +205,8 @@ pub async fn find_by_slug(
         ProjectRow,
         r#"select id, org_id, slug, name, agent_image, agent_cpus, agent_memory_mb,
                   agent_pids_limit, agent_max_iterations, agent_llm_model, agent_llm_base_url,
-                  agent_env, created_at, updated_at
+                  agent_env, agent_llm_api_key_secret, agent_secrets, repo_url, repo_branch,
+                  repo_credentials_secret, created_at, updated_at
            from projects where org_id = $1 and slug = $2"#,
         org_id.as_uuid(),
         slug
@@ -142,19 +219,21 @@ pub async fn find_by_slug(
 /// Newest first; `before` is the id of the last project of the previous page.
 pub async fn list(
     conn: &mut PgConnection,
-    scope: Scope,
+    scope: &Scope,
     before: Option<ProjectId>,
     limit: i64,
 ) -> StorageResult<Vec<Project>> {
+    let orgs = scope.org_filter();
     let rows = sqlx::query_as!(
         ProjectRow,
         r#"select id, org_id, slug, name, agent_image, agent_cpus, agent_memory_mb,
                   agent_pids_limit, agent_max_iterations, agent_llm_model, agent_llm_base_url,
-                  agent_env, created_at, updated_at
+                  agent_env, agent_llm_api_key_secret, agent_secrets, repo_url, repo_branch,
+                  repo_credentials_secret, created_at, updated_at
            from projects
-           where ($1::uuid is null or org_id = $1) and ($2::uuid is null or id < $2)
+           where ($1::uuid[] is null or org_id = any($1)) and ($2::uuid is null or id < $2)
            order by id desc limit $3"#,
-        scope.org_filter(),
+        orgs.as_deref(),
         before.map(|id| id.as_uuid()),
         limit
     )

@@ -116,7 +116,7 @@ pub async fn submit(conn: &mut PgConnection, new: NewRun<'_>) -> StorageResult<S
             )
             .await?;
             // Re-read so the caller sees the journal position.
-            let run = get(conn, Scope::Org(run.org_id), run.id).await?;
+            let run = get(conn, &Scope::Org(run.org_id), run.id).await?;
             Ok(Submitted::Created(run))
         }
         None => {
@@ -138,16 +138,17 @@ pub async fn submit(conn: &mut PgConnection, new: NewRun<'_>) -> StorageResult<S
     }
 }
 
-pub async fn get(conn: &mut PgConnection, scope: Scope, id: RunId) -> StorageResult<Run> {
+pub async fn get(conn: &mut PgConnection, scope: &Scope, id: RunId) -> StorageResult<Run> {
+    let orgs = scope.org_filter();
     sqlx::query_as!(
         RunRow,
         r#"select id, org_id, project_id, state, attempt, prompt, idempotency_key, lease_holder,
                   lease_expires_at, terminal_code, terminal_reason, conversation_id, final_message,
                   last_event_seq, created_at, scheduled_at, provisioning_at, running_at,
                   finished_at, updated_at
-           from runs where id = $1 and ($2::uuid is null or org_id = $2)"#,
+           from runs where id = $1 and ($2::uuid[] is null or org_id = any($2))"#,
         id.as_uuid(),
-        scope.org_filter()
+        orgs.as_deref()
     )
     .fetch_optional(conn)
     .await?
@@ -165,9 +166,10 @@ pub struct RunFilter {
 
 pub async fn list(
     conn: &mut PgConnection,
-    scope: Scope,
+    scope: &Scope,
     filter: &RunFilter,
 ) -> StorageResult<Vec<Run>> {
+    let orgs = scope.org_filter();
     let rows = sqlx::query_as!(
         RunRow,
         r#"select id, org_id, project_id, state, attempt, prompt, idempotency_key, lease_holder,
@@ -175,12 +177,12 @@ pub async fn list(
                   last_event_seq, created_at, scheduled_at, provisioning_at, running_at,
                   finished_at, updated_at
            from runs
-           where ($1::uuid is null or org_id = $1)
+           where ($1::uuid[] is null or org_id = any($1))
              and ($2::uuid is null or project_id = $2)
              and ($3::text is null or state = $3)
              and ($4::uuid is null or id < $4)
            order by id desc limit $5"#,
-        scope.org_filter(),
+        orgs.as_deref(),
         filter.project_id.map(|id| id.as_uuid()),
         filter.state.map(|state| state.as_str()),
         filter.before.map(|id| id.as_uuid()),

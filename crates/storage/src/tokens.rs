@@ -1,49 +1,145 @@
 //! API tokens. The secret is shown once at creation; only its SHA-256 is stored. Tokens carry a
 //! recognizable `cdz_` prefix so leaked ones can be found by secret scanners.
+//!
+//! Two kinds: `personal` tokens act as their user (optionally narrowed to some permissions);
+//! `service` tokens belong to an org and act with the role they were created with.
 
-use cadenza_domain::{OrgId, TokenId};
+use cadenza_domain::{OrgId, Permission, Role, TokenId, UserId};
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 use sqlx::PgConnection;
+use time::OffsetDateTime;
 
-use crate::StorageResult;
+use crate::{StorageError, StorageResult};
 
 pub const TOKEN_PREFIX: &str = "cdz_";
 
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TokenOwner {
+    /// Acts as this user.
+    User(UserId),
+    /// Belongs to this org and acts with this role.
+    Service { org: OrgId, role: Role },
+}
+
 /// Who a valid token speaks for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TokenPrincipal {
     pub token_id: TokenId,
-    /// `None` for an instance-wide (administrator) token.
-    pub org_id: Option<OrgId>,
+    pub name: String,
+    pub owner: TokenOwner,
+    /// `None`: everything the owner may do.
+    pub scopes: Option<Vec<Permission>>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct TokenRecord {
+    pub id: TokenId,
+    pub name: String,
+    /// The first characters of the secret, to recognise it in lists.
+    pub prefix: String,
+    pub owner: TokenOwner,
+    pub scopes: Option<Vec<Permission>>,
+    pub created_at: OffsetDateTime,
+    pub expires_at: Option<OffsetDateTime>,
+    pub revoked_at: Option<OffsetDateTime>,
+    pub last_used_at: Option<OffsetDateTime>,
+}
+
+pub struct NewToken<'a> {
+    pub name: &'a str,
+    pub owner: TokenOwner,
+    pub scopes: Option<&'a [Permission]>,
+    pub expires_at: Option<OffsetDateTime>,
+    pub created_by: Option<UserId>,
 }
 
 fn hash(secret: &str) -> Vec<u8> {
     Sha256::digest(secret.as_bytes()).to_vec()
 }
 
-/// Creates a token and returns its id and the secret, which is not stored anywhere.
+fn owner_from(
+    kind: &str,
+    user_id: Option<uuid::Uuid>,
+    org_id: Option<uuid::Uuid>,
+    role: Option<String>,
+) -> StorageResult<TokenOwner> {
+    match (kind, user_id, org_id, role) {
+        ("personal", Some(user), _, _) => Ok(TokenOwner::User(user.into())),
+        ("service", _, Some(org), Some(role)) => Ok(TokenOwner::Service {
+            org: org.into(),
+            role: role.parse().map_err(StorageError::Corrupt)?,
+        }),
+        (kind, ..) => Err(StorageError::Corrupt(format!(
+            "token of kind `{kind}` without an owner"
+        ))),
+    }
+}
+
+fn scopes_from(raw: Option<Vec<String>>) -> StorageResult<Option<Vec<Permission>>> {
+    raw.map(|scopes| {
+        scopes
+            .iter()
+            .map(|scope| scope.parse().map_err(StorageError::Corrupt))
+            .collect()
+    })
+    .transpose()
+}
+
+/// Creates a token and returns it with the secret, which is not stored anywhere.
 pub async fn create(
     conn: &mut PgConnection,
-    org_id: Option<OrgId>,
-    name: &str,
-) -> StorageResult<(TokenId, String)> {
+    new: NewToken<'_>,
+) -> StorageResult<(TokenRecord, String)> {
     let mut bytes = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut bytes);
     let secret = format!("{TOKEN_PREFIX}{}", hex::encode(bytes));
-    let id = TokenId::new();
-    sqlx::query!(
-        r#"insert into api_tokens (id, org_id, name, token_hash, prefix)
-           values ($1, $2, $3, $4, $5)"#,
-        id.as_uuid(),
-        org_id.map(|org| org.as_uuid()),
-        name,
+    let prefix = secret[..TOKEN_PREFIX.len() + 8].to_owned();
+    let (kind, user_id, org_id, role) = match &new.owner {
+        TokenOwner::User(user) => ("personal", Some(user.as_uuid()), None, None),
+        TokenOwner::Service { org, role } => {
+            ("service", None, Some(org.as_uuid()), Some(role.as_str()))
+        }
+    };
+    let scopes: Option<Vec<String>> = new.scopes.map(|scopes| {
+        scopes
+            .iter()
+            .map(|scope| scope.as_str().to_owned())
+            .collect()
+    });
+    let row = sqlx::query!(
+        r#"insert into api_tokens (id, kind, user_id, org_id, role, scopes, name, token_hash, prefix,
+                                   expires_at, created_by)
+           values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+           returning id, created_at"#,
+        TokenId::new().as_uuid(),
+        kind,
+        user_id,
+        org_id,
+        role,
+        scopes.as_deref(),
+        new.name,
         hash(&secret),
-        &secret[..TOKEN_PREFIX.len() + 8]
+        prefix,
+        new.expires_at,
+        new.created_by.map(|user| user.as_uuid())
     )
-    .execute(conn)
+    .fetch_one(conn)
     .await?;
-    Ok((id, secret))
+    Ok((
+        TokenRecord {
+            id: row.id.into(),
+            name: new.name.to_owned(),
+            prefix,
+            owner: new.owner,
+            scopes: new.scopes.map(<[Permission]>::to_vec),
+            created_at: row.created_at,
+            expires_at: new.expires_at,
+            revoked_at: None,
+            last_used_at: None,
+        },
+        secret,
+    ))
 }
 
 /// Resolves a presented secret to its principal when the token exists, is not revoked and has
@@ -57,7 +153,7 @@ pub async fn authenticate(
         return Ok(None);
     }
     let Some(row) = sqlx::query!(
-        r#"select id, org_id,
+        r#"select id, name, kind, user_id, org_id, role, scopes,
                   (last_used_at is null or last_used_at < now() - interval '1 minute') as "stale!"
            from api_tokens
            where token_hash = $1 and revoked_at is null
@@ -79,8 +175,68 @@ pub async fn authenticate(
     }
     Ok(Some(TokenPrincipal {
         token_id: row.id.into(),
-        org_id: row.org_id.map(OrgId::from),
+        name: row.name,
+        owner: owner_from(&row.kind, row.user_id, row.org_id, row.role)?,
+        scopes: scopes_from(row.scopes)?,
     }))
+}
+
+/// The tokens of one owner, newest first (revoked ones included, marked).
+pub async fn list(conn: &mut PgConnection, owner: &TokenOwner) -> StorageResult<Vec<TokenRecord>> {
+    let (user_id, org_id) = match owner {
+        TokenOwner::User(user) => (Some(user.as_uuid()), None),
+        TokenOwner::Service { org, .. } => (None, Some(org.as_uuid())),
+    };
+    let rows = sqlx::query!(
+        r#"select id, name, prefix, kind, user_id, org_id, role, scopes, created_at, expires_at,
+                  revoked_at, last_used_at
+           from api_tokens
+           where ($1::uuid is not null and kind = 'personal' and user_id = $1)
+              or ($2::uuid is not null and kind = 'service' and org_id = $2)
+           order by id desc"#,
+        user_id,
+        org_id
+    )
+    .fetch_all(conn)
+    .await?;
+    rows.into_iter()
+        .map(|row| {
+            Ok(TokenRecord {
+                id: row.id.into(),
+                name: row.name,
+                prefix: row.prefix,
+                owner: owner_from(&row.kind, row.user_id, row.org_id, row.role)?,
+                scopes: scopes_from(row.scopes)?,
+                created_at: row.created_at,
+                expires_at: row.expires_at,
+                revoked_at: row.revoked_at,
+                last_used_at: row.last_used_at,
+            })
+        })
+        .collect()
+}
+
+/// Revokes a token of this owner. `NotFound` when the owner has no such live token.
+pub async fn revoke(conn: &mut PgConnection, owner: &TokenOwner, id: TokenId) -> StorageResult<()> {
+    let (user_id, org_id) = match owner {
+        TokenOwner::User(user) => (Some(user.as_uuid()), None),
+        TokenOwner::Service { org, .. } => (None, Some(org.as_uuid())),
+    };
+    let done = sqlx::query!(
+        r#"update api_tokens set revoked_at = now()
+           where id = $1 and revoked_at is null
+             and (($2::uuid is not null and kind = 'personal' and user_id = $2)
+               or ($3::uuid is not null and kind = 'service' and org_id = $3))"#,
+        id.as_uuid(),
+        user_id,
+        org_id
+    )
+    .execute(conn)
+    .await?;
+    if done.rows_affected() == 0 {
+        return Err(StorageError::NotFound("token"));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

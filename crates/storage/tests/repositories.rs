@@ -21,6 +21,7 @@ async fn org_with_project(db: &TestDatabase, slug: &str) -> (OrgId, cadenza_doma
         "p",
         "p",
         &AgentSettings::with_image("img"),
+        &cadenza_domain::Repository::default(),
     )
     .await
     .expect("project");
@@ -84,13 +85,13 @@ async fn concurrent_journal_writers_get_dense_unique_sequence_numbers() {
         writer.expect("writer");
     }
     let mut conn = db.pool.acquire().await.expect("conn");
-    let events = journal::list_after(&mut conn, Scope::Instance, run.id, 0, 1000)
+    let events = journal::list_after(&mut conn, &Scope::Instance, run.id, 0, 1000)
         .await
         .expect("list");
     let seqs: Vec<i64> = events.iter().map(|event| event.seq).collect();
     // The queued entry plus 200 appends, numbered 1..=201 without a gap.
     assert_eq!(seqs, (1..=201).collect::<Vec<_>>());
-    let run = runs::get(&mut conn, Scope::Instance, run.id)
+    let run = runs::get(&mut conn, &Scope::Instance, run.id)
         .await
         .expect("run");
     assert_eq!(run.last_event_seq, 201);
@@ -233,7 +234,7 @@ async fn an_org_scope_never_sees_another_orgs_rows() {
         panic!("new run expected");
     };
     let mut conn = db.pool.acquire().await.expect("conn");
-    let scope_a = Scope::Org(org_a);
+    let scope_a = &Scope::Org(org_a);
     assert!(matches!(
         runs::get(&mut conn, scope_a, run_b.id).await,
         Err(StorageError::NotFound(_))
@@ -271,19 +272,32 @@ async fn an_org_scope_never_sees_another_orgs_rows() {
 }
 
 #[tokio::test]
-async fn tokens_are_stored_hashed_and_resolve_to_their_scope() {
+async fn tokens_are_stored_hashed_and_resolve_to_their_owner() {
     let db = TestDatabase::create().await.expect("db");
     let (org, _) = org_with_project(&db, "tok").await;
     let mut conn = db.pool.acquire().await.expect("conn");
-    let (_, secret) = tokens::create(&mut conn, Some(org), "ci")
-        .await
-        .expect("token");
+    let owner = tokens::TokenOwner::Service {
+        org,
+        role: cadenza_domain::Role::Member,
+    };
+    let (_, secret) = tokens::create(
+        &mut conn,
+        tokens::NewToken {
+            name: "ci",
+            owner: owner.clone(),
+            scopes: None,
+            expires_at: None,
+            created_by: None,
+        },
+    )
+    .await
+    .expect("token");
     assert!(secret.starts_with("cdz_"));
     let principal = tokens::authenticate(&mut conn, &secret)
         .await
         .expect("auth")
         .expect("valid");
-    assert_eq!(principal.org_id, Some(org));
+    assert_eq!(principal.owner, owner);
     assert!(
         tokens::authenticate(&mut conn, "cdz_wrong")
             .await
@@ -291,13 +305,12 @@ async fn tokens_are_stored_hashed_and_resolve_to_their_scope() {
             .is_none()
     );
     // Nothing in the table contains the secret.
-    let leaked: i64 = sqlx::query_scalar(
-        "select count(*) from api_tokens where encode(token_hash, 'escape') like '%' || $1 || '%' or prefix = $1",
-    )
-    .bind(&secret)
-    .fetch_one(&mut *conn)
-    .await
-    .expect("query");
+    let leaked: i64 =
+        sqlx::query_scalar("select count(*) from api_tokens t where t::text like '%' || $1 || '%'")
+            .bind(&secret)
+            .fetch_one(&mut *conn)
+            .await
+            .expect("query");
     assert_eq!(leaked, 0);
 }
 

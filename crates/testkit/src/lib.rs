@@ -3,6 +3,7 @@
 //! every service as a real process. Never a dependency of a release binary.
 
 pub mod docker;
+pub mod fixtures;
 /// The scripted fake agent-server (its own crate, so its image builds without the rest).
 pub use cadenza_fake_agent_server as fake_agent;
 pub mod infra;

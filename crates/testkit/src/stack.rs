@@ -8,8 +8,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use cadenza_domain::{AgentSettings, Org, Project};
-use cadenza_storage::{orgs, projects, tokens};
+use cadenza_domain::{AgentSettings, Org, Project, Repository, Role};
+use cadenza_storage::{orgs, projects};
 
 use crate::docker::{ContainerSweeper, fake_agent_image};
 use crate::infra::{TestDatabase, nats_url, redis_url, unique_name};
@@ -238,9 +238,18 @@ impl Stack {
             "main",
             "Main project",
             &test_agent_settings(&fake_agent_image()),
+            &Repository::default(),
         )
         .await?;
-        let (_, token) = tokens::create(&mut conn, None, "test admin").await?;
+        // Like `make run`'s bootstrap: an instance administrator who owns the org.
+        let (_, token) = crate::fixtures::user_with_token(
+            &mut conn,
+            &format!("{}@example.com", unique_name("admin-")),
+            &[(org.id, Role::Owner)],
+            true,
+            None,
+        )
+        .await?;
         drop(conn);
 
         let ports = [free_port()?, free_port()?, free_port()?, free_port()?];
@@ -323,6 +332,7 @@ impl Stack {
             slug,
             slug,
             &test_agent_settings(image),
+            &Repository::default(),
         )
         .await?)
     }

@@ -2,8 +2,9 @@
 //! token. Idempotent for the org and project; each call issues a fresh token.
 
 use anyhow::Context;
-use cadenza_domain::{AgentSettings, Org, Project};
-use cadenza_storage::{PgPool, orgs, projects, tokens};
+use cadenza_domain::{AgentSettings, Org, Project, Repository, Role};
+use cadenza_storage::tokens::{NewToken, TokenOwner};
+use cadenza_storage::{PgPool, memberships, orgs, projects, tokens, users};
 use serde::Serialize;
 
 #[derive(Debug, Serialize)]
@@ -13,6 +14,7 @@ pub struct Bootstrapped {
     pub project_id: String,
     pub project_slug: String,
     pub agent_image: String,
+    pub admin_email: String,
     /// Shown once: only its hash is stored.
     pub token: String,
 }
@@ -22,6 +24,7 @@ pub async fn bootstrap(
     org_slug: &str,
     project_slug: &str,
     agent_image: &str,
+    admin_email: &str,
 ) -> anyhow::Result<Bootstrapped> {
     let mut tx = pool.begin().await?;
     let org: Org = match orgs::find_by_slug(&mut tx, org_slug).await? {
@@ -43,11 +46,26 @@ pub async fn bootstrap(
             project_slug,
             "Demo project",
             &AgentSettings::with_image(agent_image),
+            &Repository::default(),
         )
         .await
         .with_context(|| format!("creating project `{project_slug}`"))?,
     };
-    let (_, token) = tokens::create(&mut tx, None, "bootstrap admin").await?;
+    // The bootstrap token is a personal token of an instance administrator who owns the demo org.
+    let admin = users::ensure(&mut tx, admin_email, Some("Administrator")).await?;
+    users::set_instance_admin(&mut tx, admin.id, true).await?;
+    memberships::add(&mut tx, org.id, admin.id, Role::Owner).await?;
+    let (_, token) = tokens::create(
+        &mut tx,
+        NewToken {
+            name: "bootstrap admin",
+            owner: TokenOwner::User(admin.id),
+            scopes: None,
+            expires_at: None,
+            created_by: Some(admin.id),
+        },
+    )
+    .await?;
     tx.commit().await?;
     Ok(Bootstrapped {
         org_id: org.id.to_string(),
@@ -55,6 +73,7 @@ pub async fn bootstrap(
         project_id: project.id.to_string(),
         project_slug: project.slug,
         agent_image: agent_image.to_owned(),
+        admin_email: admin.email,
         token,
     })
 }

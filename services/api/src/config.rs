@@ -21,8 +21,29 @@ pub struct ApiConfig {
     /// Apply pending migrations at start-up (safe with several replicas: the migrator locks).
     #[serde(default = "default_true")]
     pub migrate_on_start: bool,
+    /// Requests per minute per token or session (0: unlimited).
+    #[serde(default = "default_caller_limit")]
+    pub rate_limit_per_caller: u64,
+    /// Requests per minute touching one org (0: unlimited).
+    #[serde(default = "default_org_limit")]
+    pub rate_limit_per_org: u64,
+    /// Login attempts per minute per client address (0: unlimited).
+    #[serde(default = "default_login_limit")]
+    pub rate_limit_logins_per_ip: u64,
     #[serde(default)]
     pub log_json: bool,
+}
+
+fn default_caller_limit() -> u64 {
+    600
+}
+
+fn default_org_limit() -> u64 {
+    3000
+}
+
+fn default_login_limit() -> u64 {
+    30
 }
 
 fn default_listen() -> SocketAddr {

@@ -1,10 +1,12 @@
 //! The public HTTP API (`/api/v1`): projects, runs, the run journal (REST and SSE) and diffs.
 
+pub mod audit;
 pub mod auth;
 pub mod bootstrap;
 pub mod config;
 pub mod error;
 pub mod extract;
+pub mod ratelimit;
 pub mod routes;
 pub mod state;
 
@@ -68,7 +70,14 @@ pub async fn build(config: &ApiConfig, shutdown: CancellationToken) -> anyhow::R
             bus,
             redis,
             relay,
-            limits: Arc::new(Limits::default()),
+            limits: Arc::new(Limits {
+                default_page: 50,
+                max_page: 500,
+                per_caller_per_minute: config.rate_limit_per_caller,
+                per_org_per_minute: config.rate_limit_per_org,
+                logins_per_ip_per_minute: config.rate_limit_logins_per_ip,
+                redis_prefix: config.bus_prefix.clone(),
+            }),
         },
         relay: relay_handle,
         shutdown,

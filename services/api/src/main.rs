@@ -25,7 +25,23 @@ enum Command {
         project: String,
         #[arg(long)]
         agent_image: String,
+        /// The instance administrator who owns the token (created if missing).
+        #[arg(long, default_value = "admin@localhost")]
+        admin_email: String,
     },
+    /// Instance administration from the command line.
+    Admin {
+        #[command(subcommand)]
+        command: AdminCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AdminCommand {
+    /// Make a user an instance administrator (created if they have not logged in yet).
+    Grant { email: String },
+    /// Take instance administration away from a user.
+    Revoke { email: String },
 }
 
 #[tokio::main]
@@ -48,15 +64,34 @@ async fn main() -> anyhow::Result<()> {
             tracing::info!("migrations applied");
             Ok(())
         }
+        Command::Admin { command } => {
+            let pool = cadenza_storage::connect(config.database_url.expose_secret(), 2).await?;
+            let mut conn = pool.acquire().await?;
+            let (email, grant) = match command {
+                AdminCommand::Grant { email } => (email, true),
+                AdminCommand::Revoke { email } => (email, false),
+            };
+            let user = cadenza_storage::users::ensure(&mut conn, &email, None).await?;
+            cadenza_storage::users::set_instance_admin(&mut conn, user.id, grant).await?;
+            tracing::info!(%email, instance_admin = grant, "instance administration updated");
+            Ok(())
+        }
         Command::Bootstrap {
             org,
             project,
             agent_image,
+            admin_email,
         } => {
             let pool = cadenza_storage::connect(config.database_url.expose_secret(), 2).await?;
             cadenza_storage::migrate(&pool).await?;
-            let done =
-                cadenza_api::bootstrap::bootstrap(&pool, &org, &project, &agent_image).await?;
+            let done = cadenza_api::bootstrap::bootstrap(
+                &pool,
+                &org,
+                &project,
+                &agent_image,
+                &admin_email,
+            )
+            .await?;
             #[expect(
                 clippy::print_stdout,
                 reason = "the bootstrap result is the command's output"

@@ -13,18 +13,17 @@ pub struct AppState {
     pub limits: Arc<Limits>,
 }
 
-/// Bounds on what one request may ask for.
+/// Bounds on what one request, caller or org may ask for.
 #[derive(Clone, Debug)]
 pub struct Limits {
     pub default_page: i64,
     pub max_page: i64,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Self {
-            default_page: 50,
-            max_page: 500,
-        }
-    }
+    /// Requests per minute per token (or session); 0 disables the limit.
+    pub per_caller_per_minute: u64,
+    /// Requests per minute touching one org; 0 disables the limit.
+    pub per_org_per_minute: u64,
+    /// Login attempts per minute per client address; 0 disables the limit.
+    pub logins_per_ip_per_minute: u64,
+    /// Prefix of every Redis key of this deployment.
+    pub redis_prefix: String,
 }

@@ -265,7 +265,7 @@ async fn reap_expired_leases(core: &Core) -> Result<(), StorageError> {
     let expired = runs::lock_expired_leases(&mut tx, RECONCILE_BATCH).await?;
     let mut entries: Vec<JournalEvent> = Vec::new();
     for (run_id, state) in expired {
-        let run = runs::get(&mut tx, cadenza_domain::Scope::Instance, run_id).await?;
+        let run = runs::get(&mut tx, &cadenza_domain::Scope::Instance, run_id).await?;
         // Before the agent started nothing has happened in the workspace, so another attempt is
         // safe; once it runs, a silent re-run could repeat side effects, so the run fails.
         let event = if state != RunState::Running && run.attempt < core.config.max_attempts {

@@ -338,7 +338,7 @@ async fn accept_lease(
         return Err(StorageError::Conflict("no free slot".into()));
     };
     let mut tx = core.pool.begin().await?;
-    let run = runs::get(&mut tx, Scope::Instance, run_id).await?;
+    let run = runs::get(&mut tx, &Scope::Instance, run_id).await?;
     if run.state != RunState::Scheduled || run.lease_holder != Some(core.worker.id) {
         tracing::debug!(%run_id, state = %run.state, "lease offer no longer applies");
         return Ok(());

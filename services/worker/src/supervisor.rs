@@ -133,7 +133,7 @@ async fn execute(
             .acquire()
             .await
             .map_err(|err| internal(StorageError::from(err)))?;
-        projects::get(&mut conn, Scope::Org(run.org_id), run.project_id)
+        projects::get(&mut conn, &Scope::Org(run.org_id), run.project_id)
             .await
             .map_err(internal)?
     };

@@ -20,7 +20,7 @@ use cadenza_storage::{StorageError, journal, runs};
 use futures::{Stream, StreamExt};
 use serde::Deserialize;
 
-use crate::auth::Principal;
+use crate::auth::{Authorized, perm};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{ApiQuery, page_limit};
 use crate::routes::runs::load_run;
@@ -53,16 +53,17 @@ fn parse_cursor(raw: Option<&str>) -> ApiResult<i64> {
 /// `GET /runs/{id}/events?cursor=&limit=`: the events after `cursor` (the last seq seen), in order.
 pub async fn list(
     State(state): State<AppState>,
-    principal: Principal,
+    auth: Authorized<perm::RunsRead>,
     Path(run_id): Path<String>,
     ApiQuery(query): ApiQuery<ListQuery>,
 ) -> ApiResult<Json<Page<EventView>>> {
-    let run = load_run(&state, &principal, &run_id).await?;
+    let run = load_run(&state, &auth, &run_id).await?;
     let after = parse_cursor(query.cursor.as_deref())?;
     let limit = page_limit(query.limit, 100, 1000)?;
     let include_raw = query.include_raw.unwrap_or(true);
     let mut conn = state.pool.acquire().await.map_err(StorageError::from)?;
-    let events = journal::list_after(&mut conn, principal.scope, run.id, after, limit).await?;
+    let events =
+        journal::list_after(&mut conn, &Scope::Org(run.org_id), run.id, after, limit).await?;
     // The cursor always advances to the last event returned; with no events it stays put, so a
     // poller can keep asking with it.
     let next = events.last().map(|event| event.seq).unwrap_or(after);
@@ -85,12 +86,12 @@ pub struct StreamQuery {
 /// or `?cursor=`; closes after the run's terminal event.
 pub async fn stream(
     State(state): State<AppState>,
-    principal: Principal,
+    auth: Authorized<perm::RunsRead>,
     Path(run_id): Path<String>,
     headers: HeaderMap,
     ApiQuery(query): ApiQuery<StreamQuery>,
 ) -> ApiResult<Response> {
-    let run = load_run(&state, &principal, &run_id).await?;
+    let run = load_run(&state, &auth, &run_id).await?;
     let last_event_id = headers
         .get("last-event-id")
         .map(|value| {
@@ -109,8 +110,15 @@ pub async fn stream(
         .subscribe_live(&subjects::live_events(run.id))
         .await
         .map_err(|err| ApiError::Unavailable(Box::new(err)))?;
-    let events = journal_stream(state, principal.scope, run.id, cursor, live, include_raw)
-        .map(move |event| Ok::<_, Infallible>(to_sse(event, include_raw)));
+    let events = journal_stream(
+        state,
+        Scope::Org(run.org_id),
+        run.id,
+        cursor,
+        live,
+        include_raw,
+    )
+    .map(move |event| Ok::<_, Infallible>(to_sse(event, include_raw)));
     Ok(Sse::new(events)
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
         .into_response())
@@ -142,7 +150,7 @@ fn journal_stream(
     async_stream::stream! {
         loop {
             // Catch up from Postgres.
-            let batch = match read_after(&state, scope, run_id, cursor).await {
+            let batch = match read_after(&state, &scope, run_id, cursor).await {
                 Ok(batch) => batch,
                 Err(err) => {
                     tracing::warn!(%run_id, error = %err, "journal read failed; closing the stream");
@@ -165,7 +173,7 @@ fn journal_stream(
             if full {
                 continue;
             }
-            if run_finished_and_drained(&state, scope, run_id, cursor).await {
+            if run_finished_and_drained(&state, &scope, run_id, cursor).await {
                 break;
             }
             // Wait for live events; deliver those that continue the sequence exactly.
@@ -215,7 +223,7 @@ fn journal_stream(
 
 async fn read_after(
     state: &AppState,
-    scope: Scope,
+    scope: &Scope,
     run_id: RunId,
     cursor: i64,
 ) -> Result<Vec<JournalEvent>, StorageError> {
@@ -226,7 +234,7 @@ async fn read_after(
 /// True when the run has ended and the client has everything (for cursors at or past the end).
 async fn run_finished_and_drained(
     state: &AppState,
-    scope: Scope,
+    scope: &Scope,
     run_id: RunId,
     cursor: i64,
 ) -> bool {

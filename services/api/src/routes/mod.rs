@@ -1,21 +1,194 @@
+//! The route table. Every route is declared here with the access it requires, and the router is
+//! built from this table only, so the authorization matrix test can enumerate every route the
+//! API serves and check each against every kind of caller.
+
+pub mod admin;
+pub mod audit_log;
 pub mod events;
+pub mod me;
+pub mod members;
+pub mod orgs;
 pub mod projects;
 pub mod runs;
+pub mod tokens;
 pub mod wire;
 
 use axum::Router;
-use axum::routing::{get, post};
+use axum::handler::Handler;
+use axum::http::Method;
+use axum::routing::{MethodFilter, on};
+use cadenza_domain::Permission;
 
 use crate::state::AppState;
 
+/// What a route requires of its caller.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    /// Anyone, signed in or not.
+    Public,
+    /// Any signed-in caller; the handler decides what it shows.
+    Authenticated,
+    /// A permission in the org the route's resource belongs to.
+    Org(Permission),
+    /// Instance administration.
+    Instance,
+}
+
+#[derive(Clone, Debug)]
+pub struct RouteSpec {
+    pub method: Method,
+    /// The path under `/api/v1`, in axum syntax (`/runs/{run_id}`).
+    pub path: &'static str,
+    pub access: Access,
+}
+
+struct Table {
+    router: Router<AppState>,
+    specs: Vec<RouteSpec>,
+}
+
+impl Table {
+    fn add<H, T>(mut self, method: Method, path: &'static str, access: Access, handler: H) -> Self
+    where
+        H: Handler<T, AppState>,
+        T: 'static,
+    {
+        let filter = MethodFilter::try_from(method.clone()).unwrap_or(MethodFilter::GET);
+        self.router = self.router.route(path, on(filter, handler));
+        self.specs.push(RouteSpec {
+            method,
+            path,
+            access,
+        });
+        self
+    }
+}
+
+fn table() -> Table {
+    use Access::{Authenticated, Instance, Org};
+    use Method as M;
+    use Permission as P;
+    Table {
+        router: Router::new(),
+        specs: Vec::new(),
+    }
+    .add(M::GET, "/me", Authenticated, me::get)
+    .add(M::GET, "/orgs", Authenticated, orgs::list)
+    .add(M::POST, "/orgs", Authenticated, orgs::create)
+    .add(M::GET, "/orgs/{org_id}", Org(P::OrgRead), orgs::get)
+    .add(M::PATCH, "/orgs/{org_id}", Org(P::OrgManage), orgs::update)
+    .add(M::DELETE, "/orgs/{org_id}", Org(P::OrgDelete), orgs::delete)
+    .add(
+        M::GET,
+        "/orgs/{org_id}/members",
+        Org(P::OrgRead),
+        members::list,
+    )
+    .add(
+        M::PATCH,
+        "/orgs/{org_id}/members/{user_id}",
+        Org(P::MembersManage),
+        members::update,
+    )
+    .add(
+        M::DELETE,
+        "/orgs/{org_id}/members/{user_id}",
+        Org(P::MembersManage),
+        members::remove,
+    )
+    .add(
+        M::GET,
+        "/orgs/{org_id}/projects",
+        Org(P::ProjectsRead),
+        projects::list_in_org,
+    )
+    .add(
+        M::POST,
+        "/orgs/{org_id}/projects",
+        Org(P::ProjectsManage),
+        projects::create,
+    )
+    .add(
+        M::GET,
+        "/orgs/{org_id}/tokens",
+        Org(P::TokensManage),
+        tokens::list_service,
+    )
+    .add(
+        M::POST,
+        "/orgs/{org_id}/tokens",
+        Org(P::TokensManage),
+        tokens::create_service,
+    )
+    .add(
+        M::DELETE,
+        "/orgs/{org_id}/tokens/{token_id}",
+        Org(P::TokensManage),
+        tokens::revoke_service,
+    )
+    .add(
+        M::GET,
+        "/orgs/{org_id}/audit",
+        Org(P::AuditRead),
+        audit_log::list,
+    )
+    .add(M::GET, "/projects", Org(P::ProjectsRead), projects::list)
+    .add(
+        M::GET,
+        "/projects/{project_id}",
+        Org(P::ProjectsRead),
+        projects::get,
+    )
+    .add(
+        M::PATCH,
+        "/projects/{project_id}",
+        Org(P::ProjectsManage),
+        projects::update,
+    )
+    .add(
+        M::DELETE,
+        "/projects/{project_id}",
+        Org(P::ProjectsManage),
+        projects::delete,
+    )
+    .add(
+        M::POST,
+        "/projects/{project_id}/runs",
+        Org(P::RunsCreate),
+        runs::create,
+    )
+    .add(M::GET, "/runs", Org(P::RunsRead), runs::list)
+    .add(M::GET, "/runs/{run_id}", Org(P::RunsRead), runs::get)
+    .add(
+        M::GET,
+        "/runs/{run_id}/events",
+        Org(P::RunsRead),
+        events::list,
+    )
+    .add(
+        M::GET,
+        "/runs/{run_id}/events/stream",
+        Org(P::RunsRead),
+        events::stream,
+    )
+    .add(M::GET, "/runs/{run_id}/diff", Org(P::RunsRead), runs::diff)
+    .add(M::GET, "/tokens", Authenticated, tokens::list_personal)
+    .add(M::POST, "/tokens", Authenticated, tokens::create_personal)
+    .add(
+        M::DELETE,
+        "/tokens/{token_id}",
+        Authenticated,
+        tokens::revoke_personal,
+    )
+    .add(M::GET, "/admin/orgs", Instance, admin::orgs)
+    .add(M::GET, "/admin/users", Instance, admin::users)
+}
+
 pub fn api_routes() -> Router<AppState> {
-    Router::new()
-        .route("/projects", get(projects::list))
-        .route("/projects/{project_id}", get(projects::get))
-        .route("/projects/{project_id}/runs", post(runs::create))
-        .route("/runs", get(runs::list))
-        .route("/runs/{run_id}", get(runs::get))
-        .route("/runs/{run_id}/events", get(events::list))
-        .route("/runs/{run_id}/events/stream", get(events::stream))
-        .route("/runs/{run_id}/diff", get(runs::diff))
+    table().router
+}
+
+/// Every route the API serves under `/api/v1`, with its declared access.
+pub fn route_specs() -> Vec<RouteSpec> {
+    table().specs
 }

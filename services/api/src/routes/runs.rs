@@ -7,10 +7,11 @@ use cadenza_bus::subjects;
 use cadenza_domain::validation::{validate_idempotency_key, validate_prompt};
 use cadenza_domain::{ProjectId, RunId, RunState, Scope};
 use cadenza_storage::runs::{self, NewRun, RunFilter, Submitted};
-use cadenza_storage::{StorageError, diffs, journal, outbox, projects};
+use cadenza_storage::{StorageError, diffs, journal, outbox};
 use serde::Deserialize;
 
-use crate::auth::Principal;
+use crate::audit::{self, Change, RequestMeta};
+use crate::auth::{Authorized, RequiredPermission, perm};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{ApiJson, ApiQuery, page_limit, parse_id};
 use crate::routes::wire::{Page, RunView};
@@ -27,12 +28,14 @@ pub struct CreateRun {
 /// the `Idempotency-Key` header) a repeat returns the first run (200) instead of a second one.
 pub async fn create(
     State(state): State<AppState>,
-    principal: Principal,
+    auth: Authorized<perm::RunsCreate>,
+    meta: RequestMeta,
     Path(project_id): Path<String>,
     headers: HeaderMap,
     ApiJson(body): ApiJson<CreateRun>,
 ) -> ApiResult<Response> {
-    let project_id: ProjectId = parse_id(&project_id, "project")?;
+    let project = crate::routes::projects::load(&state, &auth, &project_id).await?;
+    let project_id = project.id;
     validate_prompt(&body.prompt).map_err(|err| ApiError::BadRequest(err.to_string()))?;
     let header_key = headers
         .get("idempotency-key")
@@ -55,12 +58,6 @@ pub async fn create(
     }
 
     let mut tx = state.pool.begin().await.map_err(StorageError::from)?;
-    let project = projects::get(&mut tx, principal.scope, project_id)
-        .await
-        .map_err(|err| match err {
-            StorageError::NotFound(_) => ApiError::not_found("project", project_id),
-            other => other.into(),
-        })?;
     let submitted = runs::submit(
         &mut tx,
         NewRun {
@@ -81,6 +78,22 @@ pub async fn create(
             let payload =
                 serde_json::to_value(&message).map_err(|err| ApiError::Internal(Box::new(err)))?;
             outbox::enqueue(&mut tx, subjects::RUN_REQUESTED, &payload).await?;
+            audit::record(
+                &mut tx,
+                Some(&auth.principal),
+                &meta,
+                Change {
+                    org: Some(run.org_id),
+                    action: "run.create",
+                    resource_type: "run",
+                    resource_id: Some(run.id.to_string()),
+                    diff: serde_json::json!({
+                        "project_id": {"before": null, "after": run.project_id.to_string()},
+                        "idempotency_key": {"before": null, "after": run.idempotency_key},
+                    }),
+                },
+            )
+            .await?;
             (run, true)
         }
         Submitted::Existing(run) => {
@@ -99,7 +112,7 @@ pub async fn create(
     if created {
         state.relay.nudge();
         tracing::info!(run_id = %run.id, org_id = %run.org_id, project_id = %run.project_id, "run queued");
-        publish_journal_head(&state, run.id, Scope::Org(run.org_id)).await;
+        publish_journal_head(&state, run.id, &Scope::Org(run.org_id)).await;
     }
     let status = if created {
         StatusCode::CREATED
@@ -121,7 +134,7 @@ pub async fn create(
 
 /// Publishes the journal entries of a just-created run for live readers. Best effort: readers
 /// fill any gap from Postgres.
-async fn publish_journal_head(state: &AppState, run_id: RunId, scope: Scope) {
+async fn publish_journal_head(state: &AppState, run_id: RunId, scope: &Scope) {
     let Ok(mut conn) = state.pool.acquire().await else {
         return;
     };
@@ -149,7 +162,7 @@ pub struct ListQuery {
 
 pub async fn list(
     State(state): State<AppState>,
-    principal: Principal,
+    auth: Authorized<perm::RunsRead>,
     ApiQuery(query): ApiQuery<ListQuery>,
 ) -> ApiResult<Json<Page<RunView>>> {
     let limit = page_limit(
@@ -189,7 +202,7 @@ pub async fn list(
     let mut conn = state.pool.acquire().await.map_err(StorageError::from)?;
     let items = runs::list(
         &mut conn,
-        principal.scope,
+        &auth.scope(),
         &RunFilter {
             project_id,
             state: run_state,
@@ -207,39 +220,47 @@ pub async fn list(
     }))
 }
 
-pub(crate) async fn load_run(
+/// Loads a run for a caller who needs `P` in its org: 404 when the caller cannot see the org.
+pub(crate) async fn load_run<P: RequiredPermission>(
     state: &AppState,
-    principal: &Principal,
+    auth: &Authorized<P>,
     raw_id: &str,
 ) -> ApiResult<cadenza_domain::Run> {
     let id: RunId = parse_id(raw_id, "run")?;
     let mut conn = state.pool.acquire().await.map_err(StorageError::from)?;
-    runs::get(&mut conn, principal.scope, id)
+    let run = runs::get(&mut conn, &Scope::Instance, id)
         .await
         .map_err(|err| match err {
             StorageError::NotFound(_) => ApiError::not_found("run", id),
             other => other.into(),
-        })
+        })?;
+    auth.require(state, run.org_id)
+        .await
+        .map_err(|err| match err {
+            ApiError::NotFound(_) => ApiError::not_found("run", id),
+            other => other,
+        })?;
+    Ok(run)
 }
 
 pub async fn get(
     State(state): State<AppState>,
-    principal: Principal,
+    auth: Authorized<perm::RunsRead>,
     Path(run_id): Path<String>,
 ) -> ApiResult<Json<RunView>> {
-    let run = load_run(&state, &principal, &run_id).await?;
+    let run = load_run(&state, &auth, &run_id).await?;
     Ok(Json(run.into()))
 }
 
 /// `GET /runs/{id}/diff`: the patch the run produced, as text. 404 until the run has one.
 pub async fn diff(
     State(state): State<AppState>,
-    principal: Principal,
+    auth: Authorized<perm::RunsRead>,
     Path(run_id): Path<String>,
 ) -> ApiResult<Response> {
-    let run = load_run(&state, &principal, &run_id).await?;
+    let run = load_run(&state, &auth, &run_id).await?;
     let mut conn = state.pool.acquire().await.map_err(StorageError::from)?;
-    let diff = diffs::get(&mut conn, principal.scope, run.id)
+    let diff = diffs::get(&mut conn, &Scope::Org(run.org_id), run.id)
         .await?
         .ok_or_else(|| {
             ApiError::NotFound(format!(

@@ -1,7 +1,10 @@
 //! The public JSON shapes. They are separate from the domain types so a storage or domain change
 //! cannot silently change the API contract.
 
-use cadenza_domain::{JournalEvent, Project, Run};
+use cadenza_domain::{JournalEvent, Org, Project, Role, Run};
+use cadenza_storage::memberships::Member;
+use cadenza_storage::tokens::{TokenOwner, TokenRecord};
+use cadenza_storage::users::User;
 use serde::Serialize;
 use time::OffsetDateTime;
 
@@ -19,6 +22,7 @@ pub struct ProjectView {
     pub slug: String,
     pub name: String,
     pub agent: AgentView,
+    pub repository: RepositoryView,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339")]
@@ -34,7 +38,16 @@ pub struct AgentView {
     pub max_iterations: i64,
     pub llm_model: Option<String>,
     pub llm_base_url: Option<String>,
+    pub llm_api_key_secret: Option<String>,
     pub env: std::collections::BTreeMap<String, String>,
+    pub secrets: Vec<String>,
+}
+
+#[derive(Serialize)]
+pub struct RepositoryView {
+    pub url: Option<String>,
+    pub branch: Option<String>,
+    pub credentials_secret: Option<String>,
 }
 
 impl From<Project> for ProjectView {
@@ -52,7 +65,14 @@ impl From<Project> for ProjectView {
                 max_iterations: project.agent.max_iterations,
                 llm_model: project.agent.llm_model,
                 llm_base_url: project.agent.llm_base_url,
+                llm_api_key_secret: project.agent.llm_api_key_secret,
                 env: project.agent.env,
+                secrets: project.agent.secrets,
+            },
+            repository: RepositoryView {
+                url: project.repository.url,
+                branch: project.repository.branch,
+                credentials_secret: project.repository.credentials_secret,
             },
             created_at: project.created_at,
             updated_at: project.updated_at,
@@ -148,5 +168,121 @@ impl EventView {
     pub fn is_terminal(&self) -> bool {
         self.kind == cadenza_domain::EventKind::RunState.as_str()
             && self.payload.get("terminal") == Some(&serde_json::Value::Bool(true))
+    }
+}
+
+#[derive(Serialize)]
+pub struct OrgView {
+    pub id: String,
+    pub slug: String,
+    pub name: String,
+    /// The caller's role in this org (`null` for an instance admin who is not a member).
+    pub role: Option<Role>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+}
+
+impl OrgView {
+    pub fn new(org: Org, role: Option<Role>) -> Self {
+        Self {
+            id: org.id.to_string(),
+            slug: org.slug,
+            name: org.name,
+            role,
+            created_at: org.created_at,
+        }
+    }
+}
+
+#[derive(Serialize)]
+pub struct MemberView {
+    pub user_id: String,
+    pub email: String,
+    pub name: Option<String>,
+    pub role: Role,
+    #[serde(with = "time::serde::rfc3339")]
+    pub joined_at: OffsetDateTime,
+}
+
+impl From<Member> for MemberView {
+    fn from(member: Member) -> Self {
+        Self {
+            user_id: member.user_id.to_string(),
+            email: member.email,
+            name: member.name,
+            role: member.role,
+            joined_at: member.joined_at,
+        }
+    }
+}
+
+#[derive(Serialize)]
+pub struct UserView {
+    pub id: String,
+    pub email: String,
+    pub name: Option<String>,
+    pub instance_admin: bool,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub last_login_at: Option<OffsetDateTime>,
+}
+
+impl From<User> for UserView {
+    fn from(user: User) -> Self {
+        Self {
+            id: user.id.to_string(),
+            email: user.email,
+            name: user.name,
+            instance_admin: user.is_instance_admin,
+            created_at: user.created_at,
+            last_login_at: user.last_login_at,
+        }
+    }
+}
+
+#[derive(Serialize)]
+pub struct TokenView {
+    pub id: String,
+    pub name: String,
+    pub kind: &'static str,
+    /// The first characters of the secret, to recognise the token.
+    pub prefix: String,
+    pub org_id: Option<String>,
+    pub role: Option<Role>,
+    pub scopes: Option<Vec<cadenza_domain::Permission>>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub expires_at: Option<OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub revoked_at: Option<OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub last_used_at: Option<OffsetDateTime>,
+    /// Only in the answer to the create request: the secret, shown once.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+}
+
+impl TokenView {
+    pub fn new(record: TokenRecord, secret: Option<String>) -> Self {
+        let (kind, org_id, role) = match record.owner {
+            TokenOwner::User(_) => ("personal", None, None),
+            TokenOwner::Service { org, role } => ("service", Some(org.to_string()), Some(role)),
+        };
+        Self {
+            id: record.id.to_string(),
+            name: record.name,
+            kind,
+            prefix: record.prefix,
+            org_id,
+            role,
+            scopes: record.scopes,
+            created_at: record.created_at,
+            expires_at: record.expires_at,
+            revoked_at: record.revoked_at,
+            last_used_at: record.last_used_at,
+            token: secret,
+        }
     }
 }

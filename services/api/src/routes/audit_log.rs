@@ -1,0 +1,122 @@
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::{HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use cadenza_domain::{OrgId, Scope};
+use cadenza_storage::StorageError;
+use cadenza_storage::audit::{self, AuditFilter, AuditRecord};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use time::OffsetDateTime;
+
+use crate::auth::{Authorized, perm};
+use crate::error::{ApiError, ApiResult};
+use crate::extract::{ApiQuery, page_limit, parse_id};
+use crate::state::AppState;
+
+#[derive(Deserialize)]
+pub struct AuditQuery {
+    actor: Option<String>,
+    action: Option<String>,
+    resource_type: Option<String>,
+    resource_id: Option<String>,
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    since: Option<OffsetDateTime>,
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    until: Option<OffsetDateTime>,
+    cursor: Option<String>,
+    limit: Option<i64>,
+    /// `jsonl` exports the matching entries as JSON lines.
+    format: Option<String>,
+}
+
+fn view(record: AuditRecord) -> Value {
+    let entry = record.entry;
+    json!({
+        "id": record.id,
+        "org_id": entry.org_id.map(|org| org.to_string()),
+        "actor": {"type": entry.actor_type, "id": entry.actor_id, "label": entry.actor_label},
+        "action": entry.action,
+        "resource": {"type": entry.resource_type, "id": entry.resource_id},
+        "diff": entry.diff,
+        "request_id": entry.request_id,
+        "ip": entry.ip,
+        "user_agent": entry.user_agent,
+        "created_at": record.created_at.format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
+    })
+}
+
+/// `GET /orgs/{org}/audit`: newest first; `format=jsonl` streams every match as JSON lines.
+pub async fn list(
+    State(state): State<AppState>,
+    auth: Authorized<perm::AuditRead>,
+    Path(org_id): Path<String>,
+    ApiQuery(query): ApiQuery<AuditQuery>,
+) -> ApiResult<Response> {
+    let org_id: OrgId = parse_id(&org_id, "org")?;
+    auth.require(&state, org_id).await?;
+    let export = match query.format.as_deref() {
+        None | Some("json") => false,
+        Some("jsonl") => true,
+        Some(other) => {
+            return Err(ApiError::BadRequest(format!(
+                "unknown `format` `{other}`; use json or jsonl"
+            )));
+        }
+    };
+    let actor_id = query
+        .actor
+        .as_deref()
+        .map(|raw| {
+            raw.parse::<uuid::Uuid>()
+                .map_err(|_| ApiError::BadRequest(format!("invalid `actor` `{raw}`")))
+        })
+        .transpose()?;
+    let before = query
+        .cursor
+        .as_deref()
+        .map(|raw| {
+            raw.parse::<i64>()
+                .map_err(|_| ApiError::BadRequest(format!("invalid cursor `{raw}`")))
+        })
+        .transpose()?;
+    let limit = if export {
+        10_000
+    } else {
+        page_limit(
+            query.limit,
+            state.limits.default_page,
+            state.limits.max_page,
+        )?
+    };
+    let filter = AuditFilter {
+        actor_id,
+        action: query.action,
+        resource_type: query.resource_type,
+        resource_id: query.resource_id,
+        since: query.since,
+        until: query.until,
+        before,
+        limit,
+    };
+    let mut conn = state.pool.acquire().await.map_err(StorageError::from)?;
+    let records = audit::list(&mut conn, &Scope::Org(org_id), &filter).await?;
+    if export {
+        let mut body = String::new();
+        for record in records {
+            body.push_str(&view(record).to_string());
+            body.push('\n');
+        }
+        let mut response = body.into_response();
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/x-ndjson"),
+        );
+        return Ok(response);
+    }
+    let next_cursor = (records.len() as i64 == limit)
+        .then(|| records.last().map(|record| record.id.to_string()))
+        .flatten();
+    let items: Vec<Value> = records.into_iter().map(view).collect();
+    Ok(Json(json!({"items": items, "next_cursor": next_cursor})).into_response())
+}

@@ -1,0 +1,39 @@
+use axum::Json;
+use axum::extract::State;
+use cadenza_storage::{StorageError, orgs, users};
+use serde_json::{Value, json};
+
+use crate::auth::{Actor, Authenticated};
+use crate::error::ApiResult;
+use crate::state::AppState;
+
+/// `GET /me`: who the caller is, the orgs it belongs to with its role, and what its token may do.
+pub async fn get(
+    State(state): State<AppState>,
+    Authenticated(principal): Authenticated,
+) -> ApiResult<Json<Value>> {
+    let mut conn = state.pool.acquire().await.map_err(StorageError::from)?;
+    let mut memberships = Vec::new();
+    for (org_id, role) in &principal.roles {
+        let org = orgs::get(&mut conn, &cadenza_domain::Scope::Instance, *org_id).await?;
+        memberships.push(
+            json!({"org_id": org.id.to_string(), "slug": org.slug, "name": org.name, "role": role}),
+        );
+    }
+    let actor = match &principal.actor {
+        Actor::User { id, .. } => {
+            let user = users::get(&mut conn, *id).await?;
+            json!({"type": "user", "id": user.id.to_string(), "email": user.email, "name": user.name})
+        }
+        Actor::ServiceToken { id, name } => {
+            json!({"type": "service_token", "id": id.to_string(), "name": name})
+        }
+    };
+    Ok(Json(json!({
+        "actor": actor,
+        "instance_admin": principal.instance_admin,
+        "orgs": memberships,
+        "token_id": principal.token_id.map(|id| id.to_string()),
+        "scopes": principal.scopes,
+    })))
+}

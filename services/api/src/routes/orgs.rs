@@ -1,0 +1,223 @@
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use cadenza_domain::{OrgId, Role, Scope};
+use cadenza_storage::{StorageError, memberships, orgs};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::audit::{self, Change, RequestMeta};
+use crate::auth::{Authenticated, Authorized, perm};
+use crate::error::{ApiError, ApiResult};
+use crate::extract::{ApiJson, ApiQuery, page_limit, parse_id};
+use crate::routes::wire::{OrgView, Page};
+use crate::state::AppState;
+
+#[derive(Deserialize)]
+pub struct ListQuery {
+    cursor: Option<String>,
+    limit: Option<i64>,
+}
+
+/// `GET /orgs`: the orgs the caller belongs to (every org for an instance admin).
+pub async fn list(
+    State(state): State<AppState>,
+    Authenticated(principal): Authenticated,
+    ApiQuery(query): ApiQuery<ListQuery>,
+) -> ApiResult<Json<Page<OrgView>>> {
+    let limit = page_limit(
+        query.limit,
+        state.limits.default_page,
+        state.limits.max_page,
+    )?;
+    let before = query
+        .cursor
+        .as_deref()
+        .map(|raw| {
+            raw.parse::<OrgId>()
+                .map_err(|_| ApiError::BadRequest(format!("invalid cursor `{raw}`")))
+        })
+        .transpose()?;
+    let scope = if principal.instance_admin {
+        Scope::Instance
+    } else {
+        Scope::Orgs(principal.roles.keys().copied().collect())
+    };
+    let mut conn = state.pool.acquire().await.map_err(StorageError::from)?;
+    let items = orgs::list(&mut conn, &scope, before, limit).await?;
+    let next_cursor = (items.len() as i64 == limit)
+        .then(|| items.last().map(|org| org.id.to_string()))
+        .flatten();
+    Ok(Json(Page {
+        items: items
+            .into_iter()
+            .map(|org| {
+                let role = principal.roles.get(&org.id).copied();
+                OrgView::new(org, role)
+            })
+            .collect(),
+        next_cursor,
+    }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateOrg {
+    slug: String,
+    name: String,
+}
+
+fn validate_slug(slug: &str) -> ApiResult<()> {
+    let valid = !slug.is_empty()
+        && slug.len() <= 63
+        && slug
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !slug.starts_with('-');
+    if valid {
+        Ok(())
+    } else {
+        Err(ApiError::BadRequest(format!(
+            "invalid slug `{slug}`: use 1-63 lowercase letters, digits and dashes, not starting with a dash"
+        )))
+    }
+}
+
+pub fn validate_name(name: &str) -> ApiResult<()> {
+    if name.trim().is_empty() || name.len() > 200 {
+        return Err(ApiError::BadRequest(
+            "`name` must be 1-200 characters".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// `POST /orgs`: creates an org; the creating user becomes its owner.
+pub async fn create(
+    State(state): State<AppState>,
+    Authenticated(principal): Authenticated,
+    meta: RequestMeta,
+    ApiJson(body): ApiJson<CreateOrg>,
+) -> ApiResult<(StatusCode, Json<OrgView>)> {
+    let user = principal.require_user()?;
+    if principal.scopes.is_some() {
+        return Err(ApiError::Forbidden(
+            "a narrowed token cannot create orgs".into(),
+        ));
+    }
+    validate_slug(&body.slug)?;
+    validate_name(&body.name)?;
+    let mut tx = state.pool.begin().await.map_err(StorageError::from)?;
+    let org = orgs::create(&mut tx, &body.slug, &body.name)
+        .await
+        .map_err(|err| match err {
+            StorageError::Conflict(_) => {
+                ApiError::Conflict(format!("the slug `{}` is taken", body.slug))
+            }
+            other => other.into(),
+        })?;
+    memberships::add(&mut tx, org.id, user, Role::Owner).await?;
+    audit::record(
+        &mut tx,
+        Some(&principal),
+        &meta,
+        Change {
+            org: Some(org.id),
+            action: "org.create",
+            resource_type: "org",
+            resource_id: Some(org.id.to_string()),
+            diff: json!({"slug": {"before": null, "after": org.slug}, "name": {"before": null, "after": org.name}}),
+        },
+    )
+    .await?;
+    tx.commit().await.map_err(StorageError::from)?;
+    Ok((
+        StatusCode::CREATED,
+        Json(OrgView::new(org, Some(Role::Owner))),
+    ))
+}
+
+pub async fn get(
+    State(state): State<AppState>,
+    auth: Authorized<perm::OrgRead>,
+    Path(org_id): Path<String>,
+) -> ApiResult<Json<OrgView>> {
+    let org_id: OrgId = parse_id(&org_id, "org")?;
+    auth.require(&state, org_id).await?;
+    let mut conn = state.pool.acquire().await.map_err(StorageError::from)?;
+    let org = orgs::get(&mut conn, &Scope::Org(org_id), org_id).await?;
+    let role = auth.principal.roles.get(&org_id).copied();
+    Ok(Json(OrgView::new(org, role)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateOrg {
+    name: Option<String>,
+}
+
+pub async fn update(
+    State(state): State<AppState>,
+    auth: Authorized<perm::OrgManage>,
+    meta: RequestMeta,
+    Path(org_id): Path<String>,
+    ApiJson(body): ApiJson<UpdateOrg>,
+) -> ApiResult<Json<OrgView>> {
+    let org_id: OrgId = parse_id(&org_id, "org")?;
+    auth.require(&state, org_id).await?;
+    let mut tx = state.pool.begin().await.map_err(StorageError::from)?;
+    let before = orgs::get(&mut tx, &Scope::Org(org_id), org_id).await?;
+    if let Some(name) = &body.name {
+        validate_name(name)?;
+        orgs::rename(&mut tx, org_id, name).await?;
+    }
+    let after = orgs::get(&mut tx, &Scope::Org(org_id), org_id).await?;
+    audit::record(
+        &mut tx,
+        Some(&auth.principal),
+        &meta,
+        Change {
+            org: Some(org_id),
+            action: "org.update",
+            resource_type: "org",
+            resource_id: Some(org_id.to_string()),
+            diff: audit::diff(&json!({"name": before.name}), &json!({"name": after.name})),
+        },
+    )
+    .await?;
+    tx.commit().await.map_err(StorageError::from)?;
+    let role = auth.principal.roles.get(&org_id).copied();
+    Ok(Json(OrgView::new(after, role)))
+}
+
+pub async fn delete(
+    State(state): State<AppState>,
+    auth: Authorized<perm::OrgDelete>,
+    meta: RequestMeta,
+    Path(org_id): Path<String>,
+) -> ApiResult<StatusCode> {
+    let org_id: OrgId = parse_id(&org_id, "org")?;
+    auth.require(&state, org_id).await?;
+    let mut tx = state.pool.begin().await.map_err(StorageError::from)?;
+    let org = orgs::get(&mut tx, &Scope::Org(org_id), org_id).await?;
+    orgs::delete(&mut tx, org_id).await?;
+    audit::record(
+        &mut tx,
+        Some(&auth.principal),
+        &meta,
+        Change {
+            org: Some(org_id),
+            action: "org.delete",
+            resource_type: "org",
+            resource_id: Some(org_id.to_string()),
+            diff: json!({"slug": {"before": org.slug, "after": null}}),
+        },
+    )
+    .await?;
+    tx.commit().await.map_err(StorageError::from)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub fn role_json(role: Option<Role>) -> Value {
+    role.map(|role| json!(role)).unwrap_or(Value::Null)
+}

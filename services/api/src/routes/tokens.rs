@@ -1,0 +1,276 @@
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use cadenza_domain::{OrgId, Permission, Role, TokenId};
+use cadenza_storage::StorageError;
+use cadenza_storage::tokens::{self, NewToken, TokenOwner};
+use serde::Deserialize;
+use serde_json::json;
+use time::OffsetDateTime;
+
+use crate::audit::{self, Change, RequestMeta};
+use crate::auth::{Authenticated, Authorized, Principal, perm};
+use crate::error::{ApiError, ApiResult};
+use crate::extract::{ApiJson, parse_id};
+use crate::routes::wire::{Page, TokenView};
+use crate::state::AppState;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateToken {
+    name: String,
+    /// Narrow the token to these permissions.
+    scopes: Option<Vec<String>>,
+    /// Role of an org service token (default `member`).
+    role: Option<String>,
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    expires_at: Option<OffsetDateTime>,
+}
+
+fn parse_scopes(raw: Option<Vec<String>>) -> ApiResult<Option<Vec<Permission>>> {
+    raw.map(|scopes| {
+        scopes
+            .iter()
+            .map(|scope| scope.parse::<Permission>().map_err(ApiError::BadRequest))
+            .collect()
+    })
+    .transpose()
+}
+
+fn validate(body: &CreateToken) -> ApiResult<()> {
+    if body.name.trim().is_empty() || body.name.len() > 200 {
+        return Err(ApiError::BadRequest(
+            "`name` must be 1-200 characters".into(),
+        ));
+    }
+    if let Some(expires_at) = body.expires_at
+        && expires_at <= OffsetDateTime::now_utc()
+    {
+        return Err(ApiError::BadRequest(
+            "`expires_at` must be in the future".into(),
+        ));
+    }
+    Ok(())
+}
+
+async fn create(
+    state: &AppState,
+    principal: &Principal,
+    meta: &RequestMeta,
+    owner: TokenOwner,
+    body: CreateToken,
+    scopes: Option<Vec<Permission>>,
+) -> ApiResult<(StatusCode, Json<TokenView>)> {
+    let org = match &owner {
+        TokenOwner::Service { org, .. } => Some(*org),
+        TokenOwner::User(_) => None,
+    };
+    let mut tx = state.pool.begin().await.map_err(StorageError::from)?;
+    let (record, secret) = tokens::create(
+        &mut tx,
+        NewToken {
+            name: &body.name,
+            owner,
+            scopes: scopes.as_deref(),
+            expires_at: body.expires_at,
+            created_by: principal.user_id(),
+        },
+    )
+    .await?;
+    audit::record(
+        &mut tx,
+        Some(principal),
+        meta,
+        Change {
+            org,
+            action: "token.create",
+            resource_type: "token",
+            resource_id: Some(record.id.to_string()),
+            diff: json!({"name": {"before": null, "after": record.name}, "scopes": {"before": null, "after": scopes}}),
+        },
+    )
+    .await?;
+    tx.commit().await.map_err(StorageError::from)?;
+    Ok((
+        StatusCode::CREATED,
+        Json(TokenView::new(record, Some(secret))),
+    ))
+}
+
+async fn revoke(
+    state: &AppState,
+    principal: &Principal,
+    meta: &RequestMeta,
+    owner: TokenOwner,
+    raw_id: &str,
+) -> ApiResult<StatusCode> {
+    let id: TokenId = parse_id(raw_id, "token")?;
+    let org = match &owner {
+        TokenOwner::Service { org, .. } => Some(*org),
+        TokenOwner::User(_) => None,
+    };
+    let mut tx = state.pool.begin().await.map_err(StorageError::from)?;
+    tokens::revoke(&mut tx, &owner, id)
+        .await
+        .map_err(|err| match err {
+            StorageError::NotFound(_) => ApiError::not_found("token", id),
+            other => other.into(),
+        })?;
+    audit::record(
+        &mut tx,
+        Some(principal),
+        meta,
+        Change {
+            org,
+            action: "token.revoke",
+            resource_type: "token",
+            resource_id: Some(id.to_string()),
+            diff: json!({"revoked": {"before": false, "after": true}}),
+        },
+    )
+    .await?;
+    tx.commit().await.map_err(StorageError::from)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub async fn list_personal(
+    State(state): State<AppState>,
+    Authenticated(principal): Authenticated,
+) -> ApiResult<Json<Page<TokenView>>> {
+    let user = principal.require_user()?;
+    let mut conn = state.pool.acquire().await.map_err(StorageError::from)?;
+    let records = tokens::list(&mut conn, &TokenOwner::User(user)).await?;
+    Ok(Json(Page {
+        items: records
+            .into_iter()
+            .map(|record| TokenView::new(record, None))
+            .collect(),
+        next_cursor: None,
+    }))
+}
+
+/// `POST /tokens`: a personal token acting as the caller, optionally narrowed. A narrowed token
+/// can only make tokens narrowed at least as much.
+pub async fn create_personal(
+    State(state): State<AppState>,
+    Authenticated(principal): Authenticated,
+    meta: RequestMeta,
+    ApiJson(body): ApiJson<CreateToken>,
+) -> ApiResult<(StatusCode, Json<TokenView>)> {
+    let user = principal.require_user()?;
+    validate(&body)?;
+    if body.role.is_some() {
+        return Err(ApiError::BadRequest(
+            "personal tokens act as their user and take no `role`".into(),
+        ));
+    }
+    let mut scopes = parse_scopes(body.scopes.clone())?;
+    if let Some(own) = &principal.scopes {
+        let requested = scopes.clone().unwrap_or_else(|| own.clone());
+        if requested.iter().any(|scope| !own.contains(scope)) {
+            return Err(ApiError::Forbidden(
+                "a narrowed token cannot create a broader one".into(),
+            ));
+        }
+        scopes = Some(requested);
+    }
+    create(
+        &state,
+        &principal,
+        &meta,
+        TokenOwner::User(user),
+        body,
+        scopes,
+    )
+    .await
+}
+
+pub async fn revoke_personal(
+    State(state): State<AppState>,
+    Authenticated(principal): Authenticated,
+    meta: RequestMeta,
+    Path(token_id): Path<String>,
+) -> ApiResult<StatusCode> {
+    let user = principal.require_user()?;
+    revoke(&state, &principal, &meta, TokenOwner::User(user), &token_id).await
+}
+
+pub async fn list_service(
+    State(state): State<AppState>,
+    auth: Authorized<perm::TokensManage>,
+    Path(org_id): Path<String>,
+) -> ApiResult<Json<Page<TokenView>>> {
+    let org_id: OrgId = parse_id(&org_id, "org")?;
+    auth.require(&state, org_id).await?;
+    let mut conn = state.pool.acquire().await.map_err(StorageError::from)?;
+    let owner = TokenOwner::Service {
+        org: org_id,
+        role: Role::Viewer,
+    };
+    let records = tokens::list(&mut conn, &owner).await?;
+    Ok(Json(Page {
+        items: records
+            .into_iter()
+            .map(|record| TokenView::new(record, None))
+            .collect(),
+        next_cursor: None,
+    }))
+}
+
+/// `POST /orgs/{org}/tokens`: a service token of the org with a role no higher than the caller's.
+pub async fn create_service(
+    State(state): State<AppState>,
+    auth: Authorized<perm::TokensManage>,
+    meta: RequestMeta,
+    Path(org_id): Path<String>,
+    ApiJson(body): ApiJson<CreateToken>,
+) -> ApiResult<(StatusCode, Json<TokenView>)> {
+    let org_id: OrgId = parse_id(&org_id, "org")?;
+    auth.require(&state, org_id).await?;
+    validate(&body)?;
+    let role: Role = body
+        .role
+        .as_deref()
+        .unwrap_or("member")
+        .parse()
+        .map_err(ApiError::BadRequest)?;
+    let caller_role = if auth.principal.instance_admin {
+        Role::Owner
+    } else {
+        auth.principal
+            .roles
+            .get(&org_id)
+            .copied()
+            .unwrap_or(Role::Viewer)
+    };
+    if role > caller_role {
+        return Err(ApiError::Forbidden(format!(
+            "a `{caller_role}` cannot create a token with the `{role}` role"
+        )));
+    }
+    let scopes = parse_scopes(body.scopes.clone())?;
+    create(
+        &state,
+        &auth.principal,
+        &meta,
+        TokenOwner::Service { org: org_id, role },
+        body,
+        scopes,
+    )
+    .await
+}
+
+pub async fn revoke_service(
+    State(state): State<AppState>,
+    auth: Authorized<perm::TokensManage>,
+    meta: RequestMeta,
+    Path((org_id, token_id)): Path<(String, String)>,
+) -> ApiResult<StatusCode> {
+    let org_id: OrgId = parse_id(&org_id, "org")?;
+    auth.require(&state, org_id).await?;
+    let owner = TokenOwner::Service {
+        org: org_id,
+        role: Role::Viewer,
+    };
+    revoke(&state, &auth.principal, &meta, owner, &token_id).await
+}

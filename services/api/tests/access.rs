@@ -1,0 +1,630 @@
+//! Authorization, tenant isolation, audit and rate limits, against the real router with real
+//! Postgres, NATS and Redis (requests go through `tower::ServiceExt::oneshot`).
+//!
+//! The matrix enumerates every route of the route table the router is built from, so a new
+//! route is checked against every kind of caller as soon as it exists; a route cannot be added
+//! without declaring its access, and a mutating route without an example body here fails the
+//! test.
+
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Method, Request, StatusCode};
+use cadenza_api::routes::{Access, RouteSpec, route_specs};
+use cadenza_domain::{AgentSettings, OrgId, Permission, Repository, Role, RunId};
+use cadenza_storage::runs::{NewRun, Submitted};
+use cadenza_storage::{diffs, orgs, projects, runs};
+use cadenza_testkit::fixtures::{service_token, user_with_token};
+use cadenza_testkit::infra::{TestDatabase, nats_url, redis_url, unique_name};
+use http_body_util::BodyExt;
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
+
+struct App {
+    router: Router,
+    db: TestDatabase,
+    _shutdown: tokio_util::sync::DropGuard,
+}
+
+async fn app(extra: Value) -> App {
+    let db = TestDatabase::create().await.expect("db");
+    let mut settings = json!({
+        "database_url": db.url,
+        "nats_url": nats_url(),
+        "redis_url": redis_url(),
+        "bus_prefix": unique_name("t"),
+        "migrate_on_start": false,
+    });
+    if let (Some(target), Some(extra)) = (settings.as_object_mut(), extra.as_object()) {
+        target.extend(extra.clone());
+    }
+    let config: cadenza_api::ApiConfig = serde_json::from_value(settings).expect("config");
+    let shutdown = CancellationToken::new();
+    let api = cadenza_api::build(&config, shutdown.clone())
+        .await
+        .expect("api builds");
+    App {
+        router: api.router(),
+        db,
+        _shutdown: shutdown.drop_guard(),
+    }
+}
+
+/// One org with everything a route can point at.
+struct OrgFixture {
+    org: OrgId,
+    project: String,
+    run: RunId,
+    target_member: String,
+    service_token_id: String,
+}
+
+async fn org_fixture(app: &App, slug: &str) -> OrgFixture {
+    let mut conn = app.db.pool.acquire().await.expect("conn");
+    let org = orgs::create(&mut conn, &unique_name(slug), slug)
+        .await
+        .expect("org");
+    let project = projects::create(
+        &mut conn,
+        org.id,
+        "p",
+        "p",
+        &AgentSettings::with_image("img"),
+        &Repository::default(),
+    )
+    .await
+    .expect("project");
+    let Submitted::Created(run) = runs::submit(
+        &mut conn,
+        NewRun {
+            org_id: org.id,
+            project_id: project.id,
+            prompt: "$ true",
+            idempotency_key: None,
+        },
+    )
+    .await
+    .expect("run") else {
+        panic!("new run");
+    };
+    diffs::upsert(&mut conn, run.id, org.id, None, "diff --git a/x b/x\n")
+        .await
+        .expect("diff");
+    let (target, _) = user_with_token(
+        &mut conn,
+        &format!("{}@example.com", unique_name("target-")),
+        &[(org.id, Role::Viewer)],
+        false,
+        None,
+    )
+    .await
+    .expect("target");
+    service_token(&mut conn, org.id, Role::Member, None)
+        .await
+        .expect("service token");
+    let tokens = cadenza_storage::tokens::list(
+        &mut conn,
+        &cadenza_storage::tokens::TokenOwner::Service {
+            org: org.id,
+            role: Role::Member,
+        },
+    )
+    .await
+    .expect("tokens");
+    OrgFixture {
+        org: org.id,
+        project: project.id.to_string(),
+        run: run.id,
+        target_member: target.to_string(),
+        service_token_id: tokens[0].id.to_string(),
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Caller {
+    Anonymous,
+    Viewer,
+    Member,
+    Admin,
+    Owner,
+    OwnerOfAnotherOrg,
+    InstanceAdmin,
+    /// An owner's personal token narrowed to reading.
+    Narrowed,
+}
+
+const CALLERS: [Caller; 8] = [
+    Caller::Anonymous,
+    Caller::Viewer,
+    Caller::Member,
+    Caller::Admin,
+    Caller::Owner,
+    Caller::OwnerOfAnotherOrg,
+    Caller::InstanceAdmin,
+    Caller::Narrowed,
+];
+
+const NARROWED_SCOPES: [Permission; 3] = [
+    Permission::OrgRead,
+    Permission::ProjectsRead,
+    Permission::RunsRead,
+];
+
+/// Roles, instance administration and token scopes of a kind of caller.
+type CallerSetup = (Vec<(OrgId, Role)>, bool, Option<&'static [Permission]>);
+
+async fn token_for(app: &App, caller: Caller, a: OrgId, b: OrgId) -> Option<String> {
+    let mut conn = app.db.pool.acquire().await.expect("conn");
+    let email = format!("{}@example.com", unique_name("caller-"));
+    let (roles, admin, scopes): CallerSetup = match caller {
+        Caller::Anonymous => return None,
+        Caller::Viewer => (vec![(a, Role::Viewer)], false, None),
+        Caller::Member => (vec![(a, Role::Member)], false, None),
+        Caller::Admin => (vec![(a, Role::Admin)], false, None),
+        Caller::Owner => (vec![(a, Role::Owner)], false, None),
+        Caller::OwnerOfAnotherOrg => (vec![(b, Role::Owner)], false, None),
+        Caller::InstanceAdmin => (vec![], true, None),
+        Caller::Narrowed => (vec![(a, Role::Owner)], false, Some(&NARROWED_SCOPES)),
+    };
+    let (_, token) = user_with_token(&mut conn, &email, &roles, admin, scopes)
+        .await
+        .expect("caller");
+    Some(token)
+}
+
+/// A valid body for each mutating route, so an allowed caller gets a success.
+fn example_body(spec: &RouteSpec) -> Option<Value> {
+    let body = match (spec.method.as_str(), spec.path) {
+        ("POST", "/orgs") => json!({"slug": unique_name("o-"), "name": "New org"}),
+        ("PATCH", "/orgs/{org_id}") => json!({"name": "Renamed"}),
+        ("PATCH", "/orgs/{org_id}/members/{user_id}") => json!({"role": "member"}),
+        ("POST", "/orgs/{org_id}/projects") => {
+            json!({"slug": unique_name("p-"), "name": "New project"})
+        }
+        ("POST", "/orgs/{org_id}/tokens") => json!({"name": "ci", "role": "viewer"}),
+        ("PATCH", "/projects/{project_id}") => {
+            json!({"name": "Renamed", "agent": {"max_iterations": 7}})
+        }
+        ("POST", "/projects/{project_id}/runs") => json!({"prompt": "$ true"}),
+        ("POST", "/tokens") => json!({"name": "mine"}),
+        ("DELETE", _) => return None,
+        ("GET", _) => return None,
+        (method, path) => panic!("no example body for {method} {path}: add one to this test"),
+    };
+    Some(body)
+}
+
+fn fill(path: &str, fixture: &OrgFixture) -> String {
+    path.replace("{org_id}", &fixture.org.to_string())
+        .replace("{project_id}", &fixture.project)
+        .replace("{run_id}", &fixture.run.to_string())
+        .replace("{user_id}", &fixture.target_member)
+        .replace("{token_id}", &fixture.service_token_id)
+}
+
+async fn call(
+    router: &Router,
+    method: Method,
+    uri: &str,
+    token: Option<&str>,
+    body: Option<Value>,
+) -> (StatusCode, Value) {
+    let mut request = Request::builder()
+        .method(method)
+        .uri(format!("/api/v1{uri}"));
+    if let Some(token) = token {
+        request = request.header("authorization", format!("Bearer {token}"));
+    }
+    let request = match body {
+        Some(body) => request
+            .header("content-type", "application/json")
+            .body(Body::from(body.to_string())),
+        None => request.body(Body::empty()),
+    }
+    .expect("request");
+    let response = router.clone().oneshot(request).await.expect("response");
+    let status = response.status();
+    let is_stream = response
+        .headers()
+        .get("content-type")
+        .is_some_and(|value| value.as_bytes().starts_with(b"text/event-stream"));
+    if is_stream {
+        return (status, Value::Null);
+    }
+    let bytes = tokio::time::timeout(Duration::from_secs(10), response.into_body().collect())
+        .await
+        .expect("body within 10 s")
+        .expect("body")
+        .to_bytes();
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
+}
+
+fn role_of(caller: Caller) -> Option<Role> {
+    match caller {
+        Caller::Viewer => Some(Role::Viewer),
+        Caller::Member => Some(Role::Member),
+        Caller::Admin => Some(Role::Admin),
+        Caller::Owner | Caller::Narrowed => Some(Role::Owner),
+        _ => None,
+    }
+}
+
+/// What a caller should get on a route pointing at org A's resources.
+fn expected(spec: &RouteSpec, caller: Caller) -> &'static str {
+    if caller == Caller::Anonymous {
+        return match spec.access {
+            Access::Public => "allowed",
+            _ => "401",
+        };
+    }
+    let has_ids = spec.path.contains('{');
+    match spec.access {
+        Access::Public | Access::Authenticated => "not-401",
+        Access::Instance => match caller {
+            Caller::InstanceAdmin => "allowed",
+            _ => "403",
+        },
+        Access::Org(_) if !has_ids => "allowed",
+        Access::Org(permission) => match caller {
+            Caller::OwnerOfAnotherOrg => "404",
+            Caller::InstanceAdmin => "allowed",
+            Caller::Narrowed if !NARROWED_SCOPES.contains(&permission) => "403",
+            caller => {
+                let role = role_of(caller).expect("a member of org A");
+                if role.grants(permission) {
+                    "allowed"
+                } else {
+                    "403"
+                }
+            }
+        },
+    }
+}
+
+#[tokio::test]
+async fn every_route_answers_every_kind_of_caller_as_declared() {
+    let app = app(json!({"rate_limit_per_caller": 0, "rate_limit_per_org": 0})).await;
+    let specs = route_specs();
+    assert!(specs.len() >= 25, "the route table lists every route");
+    let mut failures = Vec::new();
+    for spec in &specs {
+        for caller in CALLERS {
+            // Fresh orgs per check: successful mutations (deletes included) must not leak into the
+            // next caller's check.
+            let a = org_fixture(&app, "a-").await;
+            let b = org_fixture(&app, "b-").await;
+            let token = token_for(&app, caller, a.org, b.org).await;
+            let uri = fill(spec.path, &a);
+            let (status, body) = call(
+                &app.router,
+                spec.method.clone(),
+                &uri,
+                token.as_deref(),
+                example_body(spec),
+            )
+            .await;
+            let ok = match expected(spec, caller) {
+                "allowed" => status.is_success(),
+                "not-401" => status != StatusCode::UNAUTHORIZED && !status.is_server_error(),
+                "401" => status == StatusCode::UNAUTHORIZED,
+                "403" => status == StatusCode::FORBIDDEN,
+                "404" => status == StatusCode::NOT_FOUND,
+                other => panic!("unknown expectation {other}"),
+            };
+            if !ok {
+                failures.push(format!(
+                    "{} {} as {caller:?}: expected {}, got {status} {body}",
+                    spec.method,
+                    spec.path,
+                    expected(spec, caller)
+                ));
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} mismatches:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+#[tokio::test]
+async fn every_mutating_route_writes_exactly_one_audit_entry_with_its_actor() {
+    let app = app(json!({})).await;
+    for spec in route_specs()
+        .iter()
+        .filter(|spec| spec.method != Method::GET)
+    {
+        let a = org_fixture(&app, "a-").await;
+        let b = org_fixture(&app, "b-").await;
+        let mut conn = app.db.pool.acquire().await.expect("conn");
+        let email = format!("{}@example.com", unique_name("owner-"));
+        let (owner, token) = user_with_token(
+            &mut conn,
+            &email,
+            &[(a.org, Role::Owner)],
+            spec.access == Access::Instance,
+            None,
+        )
+        .await
+        .expect("owner");
+        let _ = b;
+        let before: i64 = sqlx::query_scalar("select count(*) from audit_log")
+            .fetch_one(&mut *conn)
+            .await
+            .expect("count");
+        let mut uri = fill(spec.path, &a);
+        if spec.path == "/tokens/{token_id}" {
+            // A personal token route points at one of the caller's own tokens.
+            let own = cadenza_storage::tokens::list(
+                &mut conn,
+                &cadenza_storage::tokens::TokenOwner::User(owner),
+            )
+            .await
+            .expect("own tokens");
+            uri = format!("/tokens/{}", own[0].id);
+        }
+        let (status, body) = call(
+            &app.router,
+            spec.method.clone(),
+            &uri,
+            Some(&token),
+            example_body(spec),
+        )
+        .await;
+        assert!(
+            status.is_success(),
+            "{} {}: {status} {body}",
+            spec.method,
+            spec.path
+        );
+        let rows: Vec<(Option<uuid::Uuid>, String)> =
+            sqlx::query_as("select actor_id, action from audit_log order by id offset $1")
+                .bind(before)
+                .fetch_all(&mut *conn)
+                .await
+                .expect("audit rows");
+        assert_eq!(
+            rows.len(),
+            1,
+            "{} {} wrote {rows:?}",
+            spec.method,
+            spec.path
+        );
+        assert_eq!(
+            rows[0].0,
+            Some(owner.as_uuid()),
+            "{} {}",
+            spec.method,
+            spec.path
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_application_cannot_rewrite_or_erase_the_audit_log() {
+    let app = app(json!({})).await;
+    let mut conn = app.db.pool.acquire().await.expect("conn");
+    sqlx::query("insert into audit_log (actor_type, action, resource_type) values ('system', 'test', 'org')")
+        .execute(&mut *conn)
+        .await
+        .expect("insert is allowed");
+    for statement in [
+        "update audit_log set action = 'forged'",
+        "delete from audit_log",
+        "truncate audit_log",
+    ] {
+        let result = sqlx::query(statement).execute(&mut *conn).await;
+        assert!(result.is_err(), "`{statement}` succeeded");
+    }
+}
+
+#[tokio::test]
+async fn lists_never_show_another_orgs_data() {
+    let app = app(json!({})).await;
+    let a = org_fixture(&app, "a-").await;
+    let b = org_fixture(&app, "b-").await;
+    let token_b = token_for(&app, Caller::OwnerOfAnotherOrg, a.org, b.org)
+        .await
+        .expect("token");
+    for path in ["/orgs", "/projects", "/runs"] {
+        let (status, body) = call(&app.router, Method::GET, path, Some(&token_b), None).await;
+        assert_eq!(status, StatusCode::OK);
+        let text = body.to_string();
+        assert!(
+            !text.contains(&a.org.to_string()),
+            "{path} leaks org A: {text}"
+        );
+        assert!(
+            !text.contains(&a.project),
+            "{path} leaks org A's project: {text}"
+        );
+        assert!(
+            !text.contains(&a.run.to_string()),
+            "{path} leaks org A's run: {text}"
+        );
+        assert!(
+            text.contains(&b.org.to_string()) || path != "/orgs",
+            "{path} shows org B: {text}"
+        );
+    }
+    let (_, runs) = call(&app.router, Method::GET, "/runs", Some(&token_b), None).await;
+    assert_eq!(runs["items"].as_array().map(Vec::len), Some(1));
+}
+
+#[tokio::test]
+async fn tokens_are_never_stored_in_plain_text_and_revocation_and_expiry_take_effect() {
+    let app = app(json!({})).await;
+    let a = org_fixture(&app, "a-").await;
+    let b = org_fixture(&app, "b-").await;
+    let owner = token_for(&app, Caller::Owner, a.org, b.org)
+        .await
+        .expect("token");
+    let expires = (time::OffsetDateTime::now_utc() + Duration::from_secs(2))
+        .format(&time::format_description::well_known::Rfc3339)
+        .expect("time");
+    let (status, created) = call(
+        &app.router,
+        Method::POST,
+        "/tokens",
+        Some(&owner),
+        Some(json!({"name": "short", "expires_at": expires})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let secret = created["token"].as_str().expect("shown once").to_owned();
+    let (status, created) = call(
+        &app.router,
+        Method::POST,
+        &format!("/orgs/{}/tokens", a.org),
+        Some(&owner),
+        Some(json!({"name": "svc"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let service_secret = created["token"].as_str().expect("secret").to_owned();
+    let service_id = created["id"].as_str().expect("id").to_owned();
+
+    // No column of any table holds either secret.
+    let mut conn = app.db.pool.acquire().await.expect("conn");
+    let tables: Vec<String> =
+        sqlx::query_scalar("select tablename::text from pg_tables where schemaname = 'public'")
+            .fetch_all(&mut *conn)
+            .await
+            .expect("tables");
+    for table in tables {
+        for needle in [&secret, &service_secret] {
+            let hits: i64 = sqlx::query_scalar(&format!(
+                "select count(*) from \"{table}\" t where t::text like '%' || $1 || '%'"
+            ))
+            .bind(needle.as_str())
+            .fetch_one(&mut *conn)
+            .await
+            .expect("scan");
+            assert_eq!(hits, 0, "table {table} holds a token secret");
+        }
+    }
+    // Listing shows only a prefix.
+    let (_, list) = call(&app.router, Method::GET, "/tokens", Some(&owner), None).await;
+    assert!(!list.to_string().contains(&secret));
+
+    // Revocation is effective on the next request.
+    let (status, _) = call(&app.router, Method::GET, "/me", Some(&service_secret), None).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = call(
+        &app.router,
+        Method::DELETE,
+        &format!("/orgs/{}/tokens/{service_id}", a.org),
+        Some(&owner),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, _) = call(&app.router, Method::GET, "/me", Some(&service_secret), None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+
+    // Expiry too.
+    let (status, _) = call(&app.router, Method::GET, "/me", Some(&secret), None).await;
+    assert_eq!(status, StatusCode::OK);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let (status, _) = call(&app.router, Method::GET, "/me", Some(&secret), None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn the_last_owner_can_be_neither_removed_nor_demoted() {
+    let app = app(json!({})).await;
+    let a = org_fixture(&app, "a-").await;
+    let mut conn = app.db.pool.acquire().await.expect("conn");
+    let (owner, token) = user_with_token(
+        &mut conn,
+        &format!("{}@example.com", unique_name("o-")),
+        &[(a.org, Role::Owner)],
+        false,
+        None,
+    )
+    .await
+    .expect("owner");
+    let path = format!("/orgs/{}/members/{owner}", a.org);
+    let (status, body) = call(
+        &app.router,
+        Method::PATCH,
+        &path,
+        Some(&token),
+        Some(json!({"role": "admin"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    let (status, _) = call(&app.router, Method::DELETE, &path, Some(&token), None).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    // With a second owner, the first may step down.
+    let (status, _) = call(
+        &app.router,
+        Method::PATCH,
+        &format!("/orgs/{}/members/{}", a.org, a.target_member),
+        Some(&token),
+        Some(json!({"role": "owner"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = call(
+        &app.router,
+        Method::PATCH,
+        &path,
+        Some(&token),
+        Some(json!({"role": "admin"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_noisy_org_is_limited_while_another_org_goes_on() {
+    let app = app(json!({"rate_limit_per_org": 5, "rate_limit_per_caller": 1000})).await;
+    let a = org_fixture(&app, "a-").await;
+    let b = org_fixture(&app, "b-").await;
+    let token_a = token_for(&app, Caller::Owner, a.org, b.org)
+        .await
+        .expect("a");
+    let token_b = token_for(&app, Caller::OwnerOfAnotherOrg, a.org, b.org)
+        .await
+        .expect("b");
+    let path_a = format!("/projects/{}", a.project);
+    let mut limited = None;
+    for _ in 0..10 {
+        let request = Request::builder()
+            .uri(format!("/api/v1{path_a}"))
+            .header("authorization", format!("Bearer {token_a}"))
+            .body(Body::empty())
+            .expect("request");
+        let response = app.router.clone().oneshot(request).await.expect("response");
+        if response.status() == StatusCode::TOO_MANY_REQUESTS {
+            limited = Some(response);
+            break;
+        }
+    }
+    let limited = limited.expect("org A is limited after 5 requests");
+    let retry_after: u64 = limited.headers()["retry-after"]
+        .to_str()
+        .expect("header")
+        .parse()
+        .expect("seconds");
+    assert!((1..=60).contains(&retry_after));
+    assert_eq!(limited.headers()["ratelimit-limit"], "5");
+    assert_eq!(limited.headers()["ratelimit-remaining"], "0");
+    let (status, _) = call(
+        &app.router,
+        Method::GET,
+        &format!("/projects/{}", b.project),
+        Some(&token_b),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "org B is not slowed by org A");
+}
