@@ -5,7 +5,9 @@
 
 pub mod audit;
 pub mod diffs;
+pub mod domain_rules;
 pub mod error;
+pub mod invitations;
 pub mod journal;
 pub mod memberships;
 pub mod orgs;

@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod audit_log;
 pub mod events;
+pub mod invitations;
 pub mod me;
 pub mod members;
 pub mod orgs;
@@ -95,6 +96,48 @@ fn table() -> Table {
         "/orgs/{org_id}/members/{user_id}",
         Org(P::MembersManage),
         members::remove,
+    )
+    .add(
+        M::GET,
+        "/orgs/{org_id}/invitations",
+        Org(P::MembersManage),
+        invitations::list,
+    )
+    .add(
+        M::POST,
+        "/orgs/{org_id}/invitations",
+        Org(P::MembersManage),
+        invitations::create,
+    )
+    .add(
+        M::DELETE,
+        "/orgs/{org_id}/invitations/{invitation_id}",
+        Org(P::MembersManage),
+        invitations::revoke,
+    )
+    .add(
+        M::POST,
+        "/invitations/{token}/accept",
+        Authenticated,
+        invitations::accept,
+    )
+    .add(
+        M::GET,
+        "/orgs/{org_id}/domains",
+        Org(P::MembersManage),
+        invitations::list_domains,
+    )
+    .add(
+        M::PUT,
+        "/orgs/{org_id}/domains/{domain}",
+        Org(P::MembersManage),
+        invitations::put_domain,
+    )
+    .add(
+        M::DELETE,
+        "/orgs/{org_id}/domains/{domain}",
+        Org(P::MembersManage),
+        invitations::delete_domain,
     )
     .add(
         M::GET,

@@ -1,0 +1,338 @@
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use cadenza_domain::{InvitationId, OrgId, Role};
+use cadenza_storage::invitations::{self, AcceptError, Invitation};
+use cadenza_storage::{StorageError, domain_rules, users};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use crate::audit::{self, Change, RequestMeta};
+use crate::auth::{Authenticated, Authorized, perm};
+use crate::error::{ApiError, ApiResult};
+use crate::extract::{ApiJson, parse_id};
+use crate::state::AppState;
+
+fn view(invitation: &Invitation) -> Value {
+    let status = if invitation.accepted_at.is_some() {
+        "accepted"
+    } else if invitation.revoked_at.is_some() {
+        "revoked"
+    } else if invitation.expires_at < OffsetDateTime::now_utc() {
+        "expired"
+    } else {
+        "pending"
+    };
+    json!({
+        "id": invitation.id.to_string(),
+        "org_id": invitation.org_id.to_string(),
+        "email": invitation.email,
+        "role": invitation.role,
+        "status": status,
+        "created_at": invitation.created_at.format(&Rfc3339).unwrap_or_default(),
+        "expires_at": invitation.expires_at.format(&Rfc3339).unwrap_or_default(),
+    })
+}
+
+fn owner_only(auth: &Authorized<perm::MembersManage>, org: OrgId, role: Role) -> ApiResult<()> {
+    let caller_is_owner =
+        auth.principal.instance_admin || auth.principal.roles.get(&org) == Some(&Role::Owner);
+    if role == Role::Owner && !caller_is_owner {
+        return Err(ApiError::Forbidden(
+            "only an owner can grant the owner role".into(),
+        ));
+    }
+    Ok(())
+}
+
+fn valid_email(email: &str) -> bool {
+    let Some((local, domain)) = email.split_once('@') else {
+        return false;
+    };
+    !local.is_empty()
+        && domain.contains('.')
+        && !domain.starts_with('.')
+        && email.len() <= 320
+        && !email.contains(char::is_whitespace)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateInvitation {
+    email: String,
+    role: Option<String>,
+    /// Lifetime in hours (default 168, at most 720).
+    expires_in_hours: Option<u32>,
+}
+
+/// `POST /orgs/{org}/invitations`: an invitation bound to an email; the token is in this answer
+/// only.
+pub async fn create(
+    State(state): State<AppState>,
+    auth: Authorized<perm::MembersManage>,
+    meta: RequestMeta,
+    Path(org_id): Path<String>,
+    ApiJson(body): ApiJson<CreateInvitation>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let org_id: OrgId = parse_id(&org_id, "org")?;
+    auth.require(&state, org_id).await?;
+    if !valid_email(&body.email) {
+        return Err(ApiError::BadRequest(format!(
+            "`{}` is not an email address",
+            body.email
+        )));
+    }
+    let role: Role = body
+        .role
+        .as_deref()
+        .unwrap_or("member")
+        .parse()
+        .map_err(ApiError::BadRequest)?;
+    owner_only(&auth, org_id, role)?;
+    let hours = body.expires_in_hours.unwrap_or(168);
+    if !(1..=720).contains(&hours) {
+        return Err(ApiError::BadRequest(
+            "`expires_in_hours` must be 1-720".into(),
+        ));
+    }
+    let expires_at = OffsetDateTime::now_utc() + time::Duration::hours(i64::from(hours));
+    let mut tx = state.pool.begin().await.map_err(StorageError::from)?;
+    let (invitation, secret) = invitations::create(
+        &mut tx,
+        org_id,
+        &body.email,
+        role,
+        expires_at,
+        auth.principal.user_id(),
+    )
+    .await?;
+    audit::record(
+        &mut tx,
+        Some(&auth.principal),
+        &meta,
+        Change {
+            org: Some(org_id),
+            action: "invitation.create",
+            resource_type: "invitation",
+            resource_id: Some(invitation.id.to_string()),
+            diff: json!({"email": {"before": null, "after": invitation.email}, "role": {"before": null, "after": role}}),
+        },
+    )
+    .await?;
+    tx.commit().await.map_err(StorageError::from)?;
+    let mut answer = view(&invitation);
+    answer["token"] = json!(secret);
+    answer["accept_path"] = json!(format!("/api/v1/invitations/{secret}/accept"));
+    Ok((StatusCode::CREATED, Json(answer)))
+}
+
+pub async fn list(
+    State(state): State<AppState>,
+    auth: Authorized<perm::MembersManage>,
+    Path(org_id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let org_id: OrgId = parse_id(&org_id, "org")?;
+    auth.require(&state, org_id).await?;
+    let mut conn = state.pool.acquire().await.map_err(StorageError::from)?;
+    let items: Vec<Value> = invitations::list(&mut conn, org_id)
+        .await?
+        .iter()
+        .map(view)
+        .collect();
+    Ok(Json(json!({"items": items, "next_cursor": null})))
+}
+
+pub async fn revoke(
+    State(state): State<AppState>,
+    auth: Authorized<perm::MembersManage>,
+    meta: RequestMeta,
+    Path((org_id, invitation_id)): Path<(String, String)>,
+) -> ApiResult<StatusCode> {
+    let org_id: OrgId = parse_id(&org_id, "org")?;
+    auth.require(&state, org_id).await?;
+    let id: InvitationId = parse_id(&invitation_id, "invitation")?;
+    let mut tx = state.pool.begin().await.map_err(StorageError::from)?;
+    invitations::revoke(&mut tx, org_id, id)
+        .await
+        .map_err(|err| match err {
+            StorageError::NotFound(_) => ApiError::not_found("pending invitation", id),
+            other => other.into(),
+        })?;
+    audit::record(
+        &mut tx,
+        Some(&auth.principal),
+        &meta,
+        Change {
+            org: Some(org_id),
+            action: "invitation.revoke",
+            resource_type: "invitation",
+            resource_id: Some(id.to_string()),
+            diff: json!({"revoked": {"before": false, "after": true}}),
+        },
+    )
+    .await?;
+    tx.commit().await.map_err(StorageError::from)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `POST /invitations/{token}/accept`: the signed-in user joins the org, if the invitation is
+/// pending, unexpired and addressed to the user's email.
+pub async fn accept(
+    State(state): State<AppState>,
+    Authenticated(principal): Authenticated,
+    meta: RequestMeta,
+    Path(token): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let user_id = principal.require_user()?;
+    let mut tx = state.pool.begin().await.map_err(StorageError::from)?;
+    let user = users::get(&mut tx, user_id).await?;
+    let invitation = match invitations::accept(&mut tx, &token, user_id, &user.email).await? {
+        Ok(invitation) => invitation,
+        Err(AcceptError::Unknown) => return Err(ApiError::NotFound("no such invitation".into())),
+        Err(AcceptError::AlreadyUsed) => {
+            return Err(ApiError::Conflict(
+                "this invitation was already accepted".into(),
+            ));
+        }
+        Err(AcceptError::Revoked) => {
+            return Err(ApiError::Conflict("this invitation was revoked".into()));
+        }
+        Err(AcceptError::Expired) => {
+            return Err(ApiError::Conflict("this invitation has expired".into()));
+        }
+        Err(AcceptError::WrongEmail) => {
+            return Err(ApiError::Forbidden(
+                "this invitation is addressed to another email".into(),
+            ));
+        }
+    };
+    audit::record(
+        &mut tx,
+        Some(&principal),
+        &meta,
+        Change {
+            org: Some(invitation.org_id),
+            action: "invitation.accept",
+            resource_type: "member",
+            resource_id: Some(user_id.to_string()),
+            diff: json!({"role": {"before": null, "after": invitation.role}}),
+        },
+    )
+    .await?;
+    tx.commit().await.map_err(StorageError::from)?;
+    Ok(Json(
+        json!({"org_id": invitation.org_id.to_string(), "role": invitation.role}),
+    ))
+}
+
+fn normalize_domain(raw: &str) -> ApiResult<String> {
+    let domain = raw.trim().to_ascii_lowercase();
+    let valid = domain.contains('.')
+        && domain.len() <= 253
+        && domain
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-')
+        && !domain.starts_with('.')
+        && !domain.ends_with('.');
+    if valid {
+        Ok(domain)
+    } else {
+        Err(ApiError::BadRequest(format!(
+            "`{raw}` is not a domain name"
+        )))
+    }
+}
+
+pub async fn list_domains(
+    State(state): State<AppState>,
+    auth: Authorized<perm::MembersManage>,
+    Path(org_id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let org_id: OrgId = parse_id(&org_id, "org")?;
+    auth.require(&state, org_id).await?;
+    let mut conn = state.pool.acquire().await.map_err(StorageError::from)?;
+    let items: Vec<Value> = domain_rules::list(&mut conn, org_id)
+        .await?
+        .into_iter()
+        .map(|rule| json!({"domain": rule.domain, "role": rule.role}))
+        .collect();
+    Ok(Json(json!({"items": items, "next_cursor": null})))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PutDomain {
+    role: String,
+}
+
+/// `PUT /orgs/{org}/domains/{domain}`: users whose verified email is in the domain join the org
+/// with `role` (not owner) when they log in.
+pub async fn put_domain(
+    State(state): State<AppState>,
+    auth: Authorized<perm::MembersManage>,
+    meta: RequestMeta,
+    Path((org_id, domain)): Path<(String, String)>,
+    ApiJson(body): ApiJson<PutDomain>,
+) -> ApiResult<Json<Value>> {
+    let org_id: OrgId = parse_id(&org_id, "org")?;
+    auth.require(&state, org_id).await?;
+    let domain = normalize_domain(&domain)?;
+    let role: Role = body.role.parse().map_err(ApiError::BadRequest)?;
+    if role == Role::Owner {
+        return Err(ApiError::BadRequest(
+            "a domain rule cannot grant the owner role".into(),
+        ));
+    }
+    let mut tx = state.pool.begin().await.map_err(StorageError::from)?;
+    let previous = domain_rules::put(&mut tx, org_id, &domain, role).await?;
+    audit::record(
+        &mut tx,
+        Some(&auth.principal),
+        &meta,
+        Change {
+            org: Some(org_id),
+            action: "domain_rule.put",
+            resource_type: "domain_rule",
+            resource_id: Some(domain.clone()),
+            diff: audit::diff(&json!({"role": previous}), &json!({"role": role})),
+        },
+    )
+    .await?;
+    tx.commit().await.map_err(StorageError::from)?;
+    Ok(Json(json!({"domain": domain, "role": role})))
+}
+
+pub async fn delete_domain(
+    State(state): State<AppState>,
+    auth: Authorized<perm::MembersManage>,
+    meta: RequestMeta,
+    Path((org_id, domain)): Path<(String, String)>,
+) -> ApiResult<StatusCode> {
+    let org_id: OrgId = parse_id(&org_id, "org")?;
+    auth.require(&state, org_id).await?;
+    let domain = normalize_domain(&domain)?;
+    let mut tx = state.pool.begin().await.map_err(StorageError::from)?;
+    let previous = domain_rules::delete(&mut tx, org_id, &domain)
+        .await
+        .map_err(|err| match err {
+            StorageError::NotFound(_) => ApiError::NotFound(format!("no rule for `{domain}`")),
+            other => other.into(),
+        })?;
+    audit::record(
+        &mut tx,
+        Some(&auth.principal),
+        &meta,
+        Change {
+            org: Some(org_id),
+            action: "domain_rule.delete",
+            resource_type: "domain_rule",
+            resource_id: Some(domain),
+            diff: json!({"role": {"before": previous, "after": null}}),
+        },
+    )
+    .await?;
+    tx.commit().await.map_err(StorageError::from)?;
+    Ok(StatusCode::NO_CONTENT)
+}
