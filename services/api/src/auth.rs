@@ -136,9 +136,31 @@ fn bearer(parts: &Parts) -> Result<Option<&str>, ApiError> {
     Ok(Some(secret))
 }
 
-/// Resolves the caller from a bearer token. Sessions join here once browser login exists.
+/// Resolves the caller from a bearer token or, without one, from the session cookie.
 pub async fn authenticate(parts: &Parts, state: &AppState) -> Result<Principal, ApiError> {
-    let secret = bearer(parts)?.ok_or(ApiError::Unauthenticated)?;
+    let Some(secret) = bearer(parts)? else {
+        let (user_id, _) = crate::session::authenticate_cookie(state, &parts.headers)
+            .await?
+            .ok_or(ApiError::Unauthenticated)?;
+        let mut conn = state.pool.acquire().await.map_err(StorageError::from)?;
+        let user = users::get(&mut conn, user_id)
+            .await
+            .map_err(|err| match err {
+                StorageError::NotFound(_) => ApiError::Unauthenticated,
+                other => other.into(),
+            })?;
+        let roles = memberships::roles_of(&mut conn, user_id).await?;
+        return Ok(Principal {
+            actor: Actor::User {
+                id: user.id,
+                email: user.email,
+            },
+            token_id: None,
+            instance_admin: user.is_instance_admin,
+            roles: roles.into_iter().collect(),
+            scopes: None,
+        });
+    };
     let mut conn = state.pool.acquire().await.map_err(StorageError::from)?;
     let token = tokens::authenticate(&mut conn, secret)
         .await?

@@ -30,8 +30,61 @@ pub struct ApiConfig {
     /// Login attempts per minute per client address (0: unlimited).
     #[serde(default = "default_login_limit")]
     pub rate_limit_logins_per_ip: u64,
+    /// OpenID Connect provider for browser login (unset: no browser login).
+    #[serde(default)]
+    pub oidc_issuer: Option<url::Url>,
+    #[serde(default)]
+    pub oidc_client_id: Option<String>,
+    #[serde(default)]
+    pub oidc_client_secret: Option<SecretString>,
+    /// The callback URL registered with the provider (`https://<host>/api/v1/auth/callback`).
+    #[serde(default)]
+    pub oidc_redirect_url: Option<url::Url>,
+    /// A JSON list of `{kid, private_key_pem}` (Ed25519, PKCS#8); the first signs, all verify.
+    #[serde(default)]
+    pub session_keys_file: Option<String>,
+    /// Session token lifetime (refreshed while in use) and absolute session lifetime.
+    #[serde(default = "default_session_ttl", with = "humantime_serde")]
+    pub session_token_ttl: std::time::Duration,
+    #[serde(default = "default_session_max", with = "humantime_serde")]
+    pub session_max_lifetime: std::time::Duration,
+    /// Local development over plain HTTP: session cookies without `Secure`.
+    #[serde(default)]
+    pub dev_mode: bool,
     #[serde(default)]
     pub log_json: bool,
+}
+
+fn default_session_ttl() -> std::time::Duration {
+    std::time::Duration::from_secs(15 * 60)
+}
+
+fn default_session_max() -> std::time::Duration {
+    std::time::Duration::from_secs(12 * 3600)
+}
+
+impl ApiConfig {
+    /// The OIDC settings when browser login is configured; an error names what is missing.
+    pub fn oidc(&self) -> anyhow::Result<Option<cadenza_identity::OidcConfig>> {
+        let Some(issuer) = &self.oidc_issuer else {
+            return Ok(None);
+        };
+        let client_id = self.oidc_client_id.clone().ok_or_else(|| {
+            anyhow::anyhow!("CADENZA_OIDC_CLIENT_ID is required with CADENZA_OIDC_ISSUER")
+        })?;
+        let client_secret = self.oidc_client_secret.clone().ok_or_else(|| {
+            anyhow::anyhow!("CADENZA_OIDC_CLIENT_SECRET is required with CADENZA_OIDC_ISSUER")
+        })?;
+        let redirect_url = self.oidc_redirect_url.clone().ok_or_else(|| {
+            anyhow::anyhow!("CADENZA_OIDC_REDIRECT_URL is required with CADENZA_OIDC_ISSUER")
+        })?;
+        Ok(Some(cadenza_identity::OidcConfig::new(
+            issuer.clone(),
+            client_id,
+            client_secret,
+            redirect_url,
+        )))
+    }
 }
 
 fn default_caller_limit() -> u64 {

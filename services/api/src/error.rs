@@ -12,6 +12,8 @@ pub enum ApiError {
     BadRequest(String),
     #[error("authentication required")]
     Unauthenticated,
+    #[error("login failed: {0}")]
+    LoginFailed(String),
     #[error("{0}")]
     Forbidden(String),
     #[error("{0}")]
@@ -55,6 +57,7 @@ impl ApiError {
                 "unauthenticated",
                 "Authentication required",
             ),
+            ApiError::LoginFailed(_) => (StatusCode::UNAUTHORIZED, "login_failed", "Login failed"),
             ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden", "Forbidden"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found", "Not found"),
             ApiError::RateLimited { .. } => (

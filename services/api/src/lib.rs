@@ -8,6 +8,7 @@ pub mod error;
 pub mod extract;
 pub mod ratelimit;
 pub mod routes;
+pub mod session;
 pub mod state;
 
 use std::sync::Arc;
@@ -62,6 +63,15 @@ pub async fn build(config: &ApiConfig, shutdown: CancellationToken) -> anyhow::R
     .await
     .context("connecting to Redis (CADENZA_REDIS_URL) timed out")?
     .context("connecting to Redis (CADENZA_REDIS_URL)")?;
+    let sessions = session::Sessions::new(
+        session::load_keys(config.session_keys_file.as_deref())?,
+        cadenza_identity::SessionLifetime {
+            token_ttl: config.session_token_ttl,
+            max_lifetime: config.session_max_lifetime,
+        },
+        config.dev_mode,
+        config.oidc()?,
+    );
     let (relay, relay_handle) =
         cadenza_outbox_relay::spawn(pool.clone(), bus.clone(), shutdown.clone());
     Ok(Api {
@@ -78,6 +88,7 @@ pub async fn build(config: &ApiConfig, shutdown: CancellationToken) -> anyhow::R
                 logins_per_ip_per_minute: config.rate_limit_logins_per_ip,
                 redis_prefix: config.bus_prefix.clone(),
             }),
+            sessions,
         },
         relay: relay_handle,
         shutdown,
@@ -107,8 +118,12 @@ pub fn router(state: AppState) -> Router {
         let state = probe_state.clone();
         Box::pin(async move { readiness(&state).await })
     });
+    let api = routes::api_routes().layer(axum::middleware::from_fn_with_state(
+        state.clone(),
+        session::refresh_sessions,
+    ));
     Router::new()
-        .nest("/api/v1", routes::api_routes())
+        .nest("/api/v1", api)
         .fallback(|| async { error::ApiError::NotFound("no such route".into()) })
         .with_state(state)
         .merge(health_routes(probe))

@@ -11,6 +11,7 @@ pub struct AppState {
     pub redis: redis::aio::ConnectionManager,
     pub relay: RelayNudge,
     pub limits: Arc<Limits>,
+    pub sessions: Arc<crate::session::Sessions>,
 }
 
 /// Bounds on what one request, caller or org may ask for.

@@ -66,13 +66,27 @@ impl Table {
 }
 
 fn table() -> Table {
-    use Access::{Authenticated, Instance, Org};
+    use Access::{Authenticated, Instance, Org, Public};
     use Method as M;
     use Permission as P;
     Table {
         router: Router::new(),
         specs: Vec::new(),
     }
+    .add(M::GET, "/auth/login", Public, crate::session::login)
+    .add(M::GET, "/auth/callback", Public, crate::session::callback)
+    .add(
+        M::POST,
+        "/auth/logout",
+        Authenticated,
+        crate::session::logout,
+    )
+    .add(
+        M::GET,
+        "/.well-known/jwks.json",
+        Public,
+        crate::session::jwks,
+    )
     .add(M::GET, "/me", Authenticated, me::get)
     .add(M::GET, "/orgs", Authenticated, orgs::list)
     .add(M::POST, "/orgs", Authenticated, orgs::create)
