@@ -770,3 +770,88 @@ async fn an_invitation_is_bound_to_its_email_expires_and_works_once() {
             .is_none()
     );
 }
+
+#[tokio::test]
+async fn the_audit_log_filters_and_exports_as_json_lines() {
+    let app = app(json!({})).await;
+    let a = org_fixture(&app, "a-").await;
+    let b = org_fixture(&app, "b-").await;
+    let owner = token_for(&app, Caller::Owner, a.org, b.org)
+        .await
+        .expect("owner");
+    let viewer = token_for(&app, Caller::Viewer, a.org, b.org)
+        .await
+        .expect("viewer");
+    for name in ["One", "Two"] {
+        let (status, _) = call(
+            &app.router,
+            Method::PATCH,
+            &format!("/orgs/{}", a.org),
+            Some(&owner),
+            Some(json!({"name": name})),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    let (status, _) = call(
+        &app.router,
+        Method::POST,
+        &format!("/orgs/{}/projects", a.org),
+        Some(&owner),
+        Some(json!({"slug": "x", "name": "X"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED);
+
+    let (status, page) = call(
+        &app.router,
+        Method::GET,
+        &format!("/orgs/{}/audit?action=org.update", a.org),
+        Some(&owner),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let items = page["items"].as_array().expect("items");
+    assert_eq!(items.len(), 2);
+    assert_eq!(
+        items[0]["diff"]["name"],
+        json!({"before": "One", "after": "Two"}),
+        "newest first, with the diff"
+    );
+    assert_eq!(items[0]["actor"]["type"], "user");
+
+    let (status, _) = call(
+        &app.router,
+        Method::GET,
+        &format!("/orgs/{}/audit", a.org),
+        Some(&viewer),
+        None,
+    )
+    .await;
+    assert_eq!(
+        status,
+        StatusCode::FORBIDDEN,
+        "viewers do not read the audit log"
+    );
+
+    let request = Request::builder()
+        .uri(format!("/api/v1/orgs/{}/audit?format=jsonl", a.org))
+        .header("authorization", format!("Bearer {owner}"))
+        .body(Body::empty())
+        .expect("request");
+    let response = app.router.clone().oneshot(request).await.expect("response");
+    assert_eq!(response.headers()["content-type"], "application/x-ndjson");
+    let bytes = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
+    let lines: Vec<Value> = String::from_utf8_lossy(&bytes)
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("each line is JSON"))
+        .collect();
+    assert_eq!(lines.len(), 3);
+    assert!(lines.iter().all(|line| line["org_id"] == a.org.to_string()));
+}
