@@ -312,3 +312,71 @@ async fn a_run_whose_image_is_missing_fails_with_a_reason() {
         containers_with_label("io.cadenza.run", run["id"].as_str().unwrap_or_default()).is_empty()
     );
 }
+
+#[tokio::test]
+async fn cancelling_a_long_run_ends_it_within_ten_seconds_and_removes_its_container() {
+    let stack = Stack::start().await.expect("stack starts");
+    let api = Api::new(&stack.api_url, &stack.token);
+    let (_, run) = api
+        .submit_run(&stack.project.id.to_string(), "$ sleep 120\nnever", None)
+        .await
+        .expect("submit");
+    let run_id = run["id"].as_str().expect("id").to_owned();
+    api.wait_for_run(&run_id, RUN_BUDGET, |run| run["state"] == "running")
+        .await
+        .expect("the run starts");
+    // Let the agent reach the long command.
+    api.wait_for_run(&run_id, RUN_BUDGET, |run| {
+        run["last_event_seq"].as_i64() >= Some(8)
+    })
+    .await
+    .expect("the agent works");
+    assert!(!containers_with_label("io.cadenza.run", &run_id).is_empty());
+
+    let started = Instant::now();
+    let response = api
+        .http
+        .post(api.url(&format!("/runs/{run_id}/cancel")))
+        .bearer_auth(&api.token)
+        .send()
+        .await
+        .expect("cancel");
+    assert_eq!(response.status(), 202);
+    let receipt: Value = response.json().await.expect("receipt");
+    assert_eq!(receipt["action"], "cancel");
+    let correlation = receipt["correlation_id"]
+        .as_str()
+        .expect("correlation id")
+        .to_owned();
+
+    let ended = api
+        .wait_for_end(&run_id, Duration::from_secs(10))
+        .await
+        .expect("the run ends within 10 s");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert_eq!(ended["state"], "cancelled", "{ended}");
+    assert_eq!(ended["terminal_reason"]["code"], "cancelled");
+    assert!(
+        containers_with_label("io.cadenza.run", &run_id).is_empty(),
+        "the container is gone"
+    );
+
+    let events = api.all_events(&run_id, 100).await.expect("events");
+    let last = events.last().expect("events");
+    assert_eq!(last["payload"]["to"], "cancelled");
+    assert_eq!(
+        last["payload"]["correlation_id"],
+        correlation.as_str(),
+        "the event names the request"
+    );
+
+    // Cancelling again is a conflict: the run has ended.
+    let again = api
+        .http
+        .post(api.url(&format!("/runs/{run_id}/cancel")))
+        .bearer_auth(&api.token)
+        .send()
+        .await
+        .expect("cancel again");
+    assert_eq!(again.status(), 409);
+}

@@ -221,6 +221,20 @@ pub async fn transition(
     actor: Actor,
     lease: Option<Lease>,
 ) -> StorageResult<Transitioned> {
+    transition_correlated(conn, run_id, expected, event, actor, lease, None).await
+}
+
+/// `transition`, with the correlation id of the request that caused it recorded on the journal
+/// entry (e.g. the cancel request behind a `cancelled`).
+pub async fn transition_correlated(
+    conn: &mut PgConnection,
+    run_id: RunId,
+    expected: RunState,
+    event: &RunEvent,
+    actor: Actor,
+    lease: Option<Lease>,
+    correlation_id: Option<Uuid>,
+) -> StorageResult<Transitioned> {
     let next = apply(expected, event).map_err(|err| StorageError::Conflict(err.to_string()))?;
     let reason = event.reason();
     let lease_holder_guard = match actor {
@@ -276,12 +290,15 @@ pub async fn transition(
         )));
     };
     let mut run = Run::try_from(row)?;
-    let entry = journal::append(
-        &mut *conn,
-        NewJournalEvent::run_state(&run, Some(expected), next, reason),
-    )
-    .await?
-    .ok_or_else(|| StorageError::Conflict(format!("run {run_id} vanished during a transition")))?;
+    let mut journal_entry = NewJournalEvent::run_state(&run, Some(expected), next, reason);
+    if let Some(correlation_id) = correlation_id {
+        journal_entry.payload["correlation_id"] = serde_json::json!(correlation_id.to_string());
+    }
+    let entry = journal::append(&mut *conn, journal_entry)
+        .await?
+        .ok_or_else(|| {
+            StorageError::Conflict(format!("run {run_id} vanished during a transition"))
+        })?;
     run.last_event_seq = entry.seq;
     Ok(Transitioned { run, entry })
 }
@@ -404,4 +421,57 @@ pub async fn held_by(conn: &mut PgConnection, worker: WorkerId) -> StorageResult
     .fetch_all(conn)
     .await?;
     rows.into_iter().map(Run::try_from).collect()
+}
+
+/// Records a cancellation request, once: a second request returns the first one's correlation
+/// id. Returns the correlation id in effect.
+pub async fn request_cancel(
+    conn: &mut PgConnection,
+    run_id: RunId,
+    correlation_id: Uuid,
+) -> StorageResult<Uuid> {
+    let row = sqlx::query!(
+        r#"update runs set cancel_requested_at = coalesce(cancel_requested_at, now()),
+                           cancel_correlation_id = coalesce(cancel_correlation_id, $2),
+                           updated_at = now()
+           where id = $1
+           returning cancel_correlation_id as "correlation_id!""#,
+        run_id.as_uuid(),
+        correlation_id
+    )
+    .fetch_optional(conn)
+    .await?
+    .ok_or(StorageError::NotFound("run"))?;
+    Ok(row.correlation_id)
+}
+
+/// Runs held by `worker` that someone asked to cancel, with the request's correlation id.
+pub async fn cancel_requests_for(
+    conn: &mut PgConnection,
+    worker: WorkerId,
+) -> StorageResult<Vec<(RunId, Uuid)>> {
+    let rows = sqlx::query!(
+        r#"select id, cancel_correlation_id as "correlation_id!" from runs
+           where lease_holder = $1 and cancel_requested_at is not null
+             and cancel_correlation_id is not null
+             and state in ('scheduled', 'provisioning', 'running')"#,
+        worker.as_uuid()
+    )
+    .fetch_all(conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|row| (RunId::from(row.id), row.correlation_id))
+        .collect())
+}
+
+/// The pending cancellation of one run, if any.
+pub async fn cancel_request(conn: &mut PgConnection, run_id: RunId) -> StorageResult<Option<Uuid>> {
+    let row = sqlx::query!(
+        "select cancel_correlation_id from runs where id = $1 and cancel_requested_at is not null",
+        run_id.as_uuid()
+    )
+    .fetch_optional(conn)
+    .await?;
+    Ok(row.and_then(|row| row.cancel_correlation_id))
 }

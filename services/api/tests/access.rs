@@ -210,6 +210,7 @@ fn example_body(spec: &RouteSpec) -> Option<Value> {
         ("PUT", "/orgs/{org_id}/domains/{domain}") => json!({"role": "member"}),
         ("POST", "/invitations/{token}/accept") => return None,
         ("POST", "/auth/logout") => return None,
+        ("POST", "/runs/{run_id}/cancel") => return None,
         ("DELETE", _) => return None,
         ("GET", _) => return None,
         (method, path) => panic!("no example body for {method} {path}: add one to this test"),

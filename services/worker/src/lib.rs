@@ -34,6 +34,9 @@ pub(crate) struct Core {
     pub(crate) docker: DockerRuntime,
     pub(crate) config: WorkerConfig,
     pub(crate) worker: Worker,
+    /// The stop handles of the runs this worker is executing.
+    pub(crate) active:
+        std::sync::Mutex<std::collections::HashMap<cadenza_domain::RunId, supervisor::Stop>>,
 }
 
 pub struct WorkerService {
@@ -68,6 +71,7 @@ pub async fn build(
             docker,
             config,
             worker,
+            active: Default::default(),
         }),
         shutdown,
     })
@@ -152,8 +156,39 @@ async fn heartbeat_loop(core: Arc<Core>, shutdown: CancellationToken) {
         if let Err(err) = result {
             tracing::warn!(error = %err, "heartbeat failed");
         }
+        deliver_cancellations(&core).await;
         if shutdown.is_cancelled() {
             tokio::time::sleep(core.config.heartbeat_interval).await;
+        }
+    }
+}
+
+/// Cancellation requests are recorded on the run; the worker picks them up at each heartbeat and
+/// stops the runs it is executing.
+async fn deliver_cancellations(core: &Core) {
+    let requests = async {
+        let mut conn = core.pool.acquire().await?;
+        runs::cancel_requests_for(&mut conn, core.worker.id).await
+    }
+    .await;
+    let requests = match requests {
+        Ok(requests) => requests,
+        Err(err) => {
+            tracing::warn!(error = %err, "reading cancellation requests failed");
+            return;
+        }
+    };
+    let active = match core.active.lock() {
+        Ok(active) => active,
+        Err(poisoned) => poisoned.into_inner(),
+    };
+    for (run_id, correlation) in requests {
+        if let Some(stop) = active.get(&run_id)
+            && !stop.user.is_cancelled()
+        {
+            let _ = stop.correlation.set(correlation);
+            stop.user.cancel();
+            tracing::info!(%run_id, %correlation, "cancelling run on request");
         }
     }
 }
@@ -343,6 +378,25 @@ async fn accept_lease(
         tracing::debug!(%run_id, state = %run.state, "lease offer no longer applies");
         return Ok(());
     }
+    // Cancelled before it started: nothing to stop, just record it.
+    if let Some(correlation) = runs::cancel_request(&mut tx, run_id).await? {
+        let done = runs::transition_correlated(
+            &mut tx,
+            run_id,
+            RunState::Scheduled,
+            &RunEvent::Cancelled(TerminalReason::new(
+                TerminalCode::Cancelled,
+                format!("cancelled on request (correlation id {correlation})"),
+            )),
+            Actor::LeaseHolder(core.worker.id),
+            None,
+            Some(correlation),
+        )
+        .await?;
+        tx.commit().await?;
+        core.bus.publish_journal_event(&done.entry).await;
+        return Ok(());
+    }
     let done = runs::transition(
         &mut tx,
         run_id,
@@ -354,10 +408,19 @@ async fn accept_lease(
     .await?;
     tx.commit().await?;
     core.bus.publish_journal_event(&done.entry).await;
+    let stop = supervisor::Stop {
+        shutdown: runs_cancel.child_token(),
+        ..Default::default()
+    };
+    if let Ok(mut active) = core.active.lock() {
+        active.insert(run_id, stop.clone());
+    }
     let core = core.clone();
-    let cancel = runs_cancel.child_token();
     tasks.spawn(async move {
-        supervisor::supervise(core, done.run, cancel).await;
+        supervisor::supervise(core.clone(), done.run, stop).await;
+        if let Ok(mut active) = core.active.lock() {
+            active.remove(&run_id);
+        }
         drop(permit);
     });
     Ok(())

@@ -33,8 +33,39 @@ const MAX_RECONNECTS: u32 = 10;
 /// How long a terminal status seen on the socket may take to show up over REST.
 const CONFIRM_BUDGET: Duration = Duration::from_secs(30);
 
+/// Why a run should stop early: the worker is shutting down, or someone cancelled the run.
+#[derive(Clone, Default)]
+pub(crate) struct Stop {
+    pub(crate) shutdown: CancellationToken,
+    pub(crate) user: CancellationToken,
+    /// The cancel request's correlation id, set before `user` is cancelled.
+    pub(crate) correlation: Arc<std::sync::OnceLock<uuid::Uuid>>,
+}
+
+impl Stop {
+    /// Resolves when a stop is requested, with the reason to record.
+    async fn requested(&self) -> TerminalReason {
+        tokio::select! {
+            _ = self.user.cancelled() => cancelled_reason(self.correlation.get().copied()),
+            _ = self.shutdown.cancelled() => shutdown_reason(),
+        }
+    }
+
+    fn any(&self) -> bool {
+        self.user.is_cancelled() || self.shutdown.is_cancelled()
+    }
+}
+
+fn cancelled_reason(correlation: Option<uuid::Uuid>) -> TerminalReason {
+    let message = match correlation {
+        Some(id) => format!("cancelled on request (correlation id {id})"),
+        None => "cancelled on request".to_owned(),
+    };
+    fail(TerminalCode::Cancelled, message)
+}
+
 /// Runs one leased run to its end. `run` is in `provisioning`, held by this worker.
-pub(crate) async fn supervise(core: Arc<Core>, run: Run, cancel: CancellationToken) {
+pub(crate) async fn supervise(core: Arc<Core>, run: Run, cancel: Stop) {
     let span = tracing::info_span!(
         "run",
         run_id = %run.id,
@@ -46,6 +77,7 @@ pub(crate) async fn supervise(core: Arc<Core>, run: Run, cancel: CancellationTok
         let container = format!("cadenza-run-{}-{}", run.id, run.attempt);
         let mut state = RunState::Provisioning;
         let outcome = execute(&core, &run, &container, &cancel, &mut state).await;
+        let correlation = cancel.correlation.get().copied();
         // The container goes before the end state is written, so a client that sees the end
         // also sees the resources released.
         core.docker.remove_workspace(&container, &container).await;
@@ -61,24 +93,34 @@ pub(crate) async fn supervise(core: Arc<Core>, run: Run, cancel: CancellationTok
             Err(reason) if reason.code == TerminalCode::Cancelled => RunEvent::Cancelled(reason),
             Err(reason) => RunEvent::Failed(reason),
         };
-        finish(&core, &run, state, &event).await;
+        finish(&core, &run, state, &event, correlation).await;
     }
     .instrument(span)
     .await
 }
 
-async fn finish(core: &Core, run: &Run, state: RunState, event: &RunEvent) {
+async fn finish(
+    core: &Core,
+    run: &Run,
+    state: RunState,
+    event: &RunEvent,
+    correlation: Option<uuid::Uuid>,
+) {
     // A transient database failure must not leave the run hanging until its lease expires.
     for attempt in 0..5u32 {
         let result = async {
             let mut tx = core.pool.begin().await?;
-            let done = runs::transition(
+            let correlation = matches!(event, RunEvent::Cancelled(_))
+                .then_some(correlation)
+                .flatten();
+            let done = runs::transition_correlated(
                 &mut tx,
                 run.id,
                 state,
                 event,
                 Actor::LeaseHolder(core.worker.id),
                 None,
+                correlation,
             )
             .await?;
             tx.commit().await?;
@@ -123,7 +165,7 @@ async fn execute(
     core: &Core,
     run: &Run,
     container: &str,
-    cancel: &CancellationToken,
+    cancel: &Stop,
     state: &mut RunState,
 ) -> Result<String, TerminalReason> {
     let deadline = Instant::now() + core.config.run_timeout;
@@ -142,7 +184,7 @@ async fn execute(
     let session_key = random_key();
     let spec = workspace_spec(core, run, &project, container, &session_key);
     let workspace = tokio::select! {
-        _ = cancel.cancelled() => return Err(shutdown_reason()),
+        reason = cancel.requested() => return Err(reason),
         started = core.docker.start_workspace(&spec, core.config.image_pull_timeout) => {
             started.map_err(|err| fail(TerminalCode::ContainerFailed, err.to_string()))?
         }
@@ -349,7 +391,7 @@ async fn wait_healthy(
     core: &Core,
     client: &AgentServerClient,
     container: &str,
-    cancel: &CancellationToken,
+    cancel: &Stop,
 ) -> Result<(), TerminalReason> {
     let deadline = Instant::now() + core.config.agent_start_timeout;
     let mut pause = Duration::from_millis(50);
@@ -377,7 +419,7 @@ async fn wait_healthy(
             ));
         }
         tokio::select! {
-            _ = cancel.cancelled() => return Err(shutdown_reason()),
+            reason = cancel.requested() => return Err(reason),
             _ = tokio::time::sleep(pause) => {}
         }
         pause = (pause * 2).min(Duration::from_millis(500));
@@ -385,7 +427,7 @@ async fn wait_healthy(
 }
 
 /// Retries an idempotent agent-server call on transport failures, a few times.
-async fn with_retries<T, F, Fut>(cancel: &CancellationToken, mut call: F) -> Result<T, AgentError>
+async fn with_retries<T, F, Fut>(cancel: &Stop, mut call: F) -> Result<T, AgentError>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, AgentError>>,
@@ -396,7 +438,7 @@ where
         attempts += 1;
         match call().await {
             Ok(value) => return Ok(value),
-            Err(err) if err.is_retryable() && attempts < 5 && !cancel.is_cancelled() => {
+            Err(err) if err.is_retryable() && attempts < 5 && !cancel.any() => {
                 tracing::debug!(error = %err, attempts, "agent-server call failed; retrying");
                 tokio::time::sleep(pause).await;
                 pause *= 2;
@@ -430,15 +472,16 @@ impl Follower<'_> {
     /// Follows the conversation to a confirmed terminal status.
     async fn follow(
         &mut self,
-        cancel: &CancellationToken,
+        cancel: &Stop,
         deadline: Instant,
     ) -> Result<ExecutionStatus, TerminalReason> {
         let mut failures = 0u32;
         loop {
             let step = tokio::select! {
-                _ = cancel.cancelled() => {
+                reason = cancel.requested() => {
+                    // Stop the agent first, so it does nothing more while the container goes.
                     let _ = self.client.interrupt(self.conversation_id).await;
-                    return Err(shutdown_reason());
+                    return Err(reason);
                 }
                 _ = tokio::time::sleep_until(deadline) => {
                     let _ = self.client.interrupt(self.conversation_id).await;

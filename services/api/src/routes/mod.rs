@@ -215,6 +215,12 @@ fn table() -> Table {
         runs::create,
     )
     .add(M::GET, "/runs", Org(P::RunsRead), runs::list)
+    .add(
+        M::POST,
+        "/runs/{run_id}/cancel",
+        Org(P::RunsCancel),
+        runs::cancel,
+    )
     .add(M::GET, "/runs/{run_id}", Org(P::RunsRead), runs::get)
     .add(
         M::GET,

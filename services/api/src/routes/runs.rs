@@ -282,3 +282,73 @@ pub async fn diff(
     }
     Ok(response)
 }
+
+/// `POST /runs/{id}/cancel`: stops a run. A run not yet on a worker is cancelled at once (200);
+/// a run on a worker is cancelled by that worker, which interrupts the agent and removes the
+/// container (202). The receipt's correlation id appears on the `cancelled` journal entry. A
+/// repeated request returns the first one's correlation id.
+pub async fn cancel(
+    State(state): State<AppState>,
+    auth: Authorized<perm::RunsCancel>,
+    meta: RequestMeta,
+    Path(run_id): Path<String>,
+) -> ApiResult<Response> {
+    let run = load_run(&state, &auth, &run_id).await?;
+    if run.state.is_terminal() {
+        return Err(ApiError::Conflict(format!(
+            "run {} already ended (`{}`)",
+            run.id, run.state
+        )));
+    }
+    let mut tx = state.pool.begin().await.map_err(StorageError::from)?;
+    let correlation_id = runs::request_cancel(&mut tx, run.id, uuid::Uuid::now_v7()).await?;
+    let reason = cadenza_domain::TerminalReason::new(
+        cadenza_domain::TerminalCode::Cancelled,
+        format!("cancelled by {}", auth.principal.label()),
+    );
+    let mut entry = None;
+    if matches!(run.state, RunState::Queued | RunState::Retrying) {
+        let done = runs::transition_correlated(
+            &mut tx,
+            run.id,
+            run.state,
+            &cadenza_domain::RunEvent::Cancelled(reason),
+            runs::Actor::Any,
+            None,
+            Some(correlation_id),
+        )
+        .await?;
+        entry = Some(done.entry);
+    }
+    audit::record(
+        &mut tx,
+        Some(&auth.principal),
+        &meta,
+        Change {
+            org: Some(run.org_id),
+            action: "run.cancel",
+            resource_type: "run",
+            resource_id: Some(run.id.to_string()),
+            diff: serde_json::json!({"correlation_id": correlation_id.to_string()}),
+        },
+    )
+    .await?;
+    tx.commit().await.map_err(StorageError::from)?;
+    let status = match &entry {
+        Some(entry) => {
+            state.bus.publish_journal_event(entry).await;
+            StatusCode::OK
+        }
+        None => StatusCode::ACCEPTED,
+    };
+    let receipt = serde_json::json!({
+        "action": "cancel",
+        "run_id": run.id.to_string(),
+        "correlation_id": correlation_id.to_string(),
+        "state": if entry.is_some() { "cancelled" } else { run.state.as_str() },
+        "accepted_at": time::OffsetDateTime::now_utc()
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default(),
+    });
+    Ok((status, Json(receipt)).into_response())
+}
