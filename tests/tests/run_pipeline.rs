@@ -380,3 +380,141 @@ async fn cancelling_a_long_run_ends_it_within_ten_seconds_and_removes_its_contai
         .expect("cancel again");
     assert_eq!(again.status(), 409);
 }
+
+/// A throwaway Git server (the fake agent image has git) removed on drop.
+struct GitServer {
+    name: String,
+}
+
+impl GitServer {
+    fn start() -> Self {
+        let name = cadenza_testkit::infra::unique_name("cadenza-test-git-");
+        let script = "set -e; mkdir -p /tmp/srv; cd /tmp/srv; git init -q --bare repo.git; \
+            git clone -q repo.git /tmp/w 2>/dev/null; cd /tmp/w; git config user.email t@example.com; \
+            git config user.name t; echo base > README.md; git add README.md; git commit -qm base; \
+            git push -q origin HEAD:refs/heads/main; git --git-dir=/tmp/srv/repo.git symbolic-ref HEAD refs/heads/main; \
+            exec git daemon --reuseaddr --export-all --base-path=/tmp/srv --listen=0.0.0.0 --port=9418 /tmp/srv";
+        let status = std::process::Command::new("docker")
+            .args([
+                "run",
+                "-d",
+                "--name",
+                &name,
+                "--label",
+                "io.cadenza.test=git-server",
+                "--entrypoint",
+                "bash",
+            ])
+            .arg(cadenza_testkit::docker::fake_agent_image())
+            .args(["-c", script])
+            .output()
+            .expect("docker run");
+        assert!(
+            status.status.success(),
+            "{}",
+            String::from_utf8_lossy(&status.stderr)
+        );
+        let server = Self { name };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let probe = std::process::Command::new("docker")
+                .args([
+                    "exec",
+                    &server.name,
+                    "git",
+                    "ls-remote",
+                    "git://127.0.0.1/repo.git",
+                ])
+                .output()
+                .expect("docker exec");
+            if probe.status.success() && !probe.stdout.is_empty() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the git server did not start");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        server
+    }
+}
+
+impl Drop for GitServer {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("docker")
+            .args(["rm", "-f", &self.name])
+            .output();
+    }
+}
+
+#[tokio::test]
+async fn a_run_works_on_a_clone_of_the_projects_repository_and_diffs_against_its_base() {
+    let git = GitServer::start();
+    let stack = Stack::start_with(cadenza_testkit::stack::StackOptions {
+        extra_env: vec![("CADENZA_ATTACH_CONTAINERS".into(), git.name.clone())],
+        ..Default::default()
+    })
+    .await
+    .expect("stack starts");
+    let api = Api::new(&stack.api_url, &stack.token);
+    let project_id = stack.project.id.to_string();
+    let patched = api
+        .http
+        .patch(api.url(&format!("/projects/{project_id}")))
+        .bearer_auth(&api.token)
+        .json(&serde_json::json!({"repository": {"url": format!("git://{}/repo.git", git.name), "branch": "main"}}))
+        .send()
+        .await
+        .expect("patch");
+    assert_eq!(patched.status(), 200);
+
+    let (_, run) = api
+        .submit_run(
+            &project_id,
+            "$ echo hello > hello.txt\n$ cat README.md\ndone",
+            None,
+        )
+        .await
+        .expect("submit");
+    let run_id = run["id"].as_str().expect("id").to_owned();
+    let run = api.wait_for_end(&run_id, RUN_BUDGET).await.expect("ends");
+    assert_eq!(run["state"], "succeeded", "{run}\n{}", stack.logs());
+
+    let events = api.all_events(&run_id, 100).await.expect("events");
+    let workspace = events
+        .iter()
+        .find(|event| event["kind"] == "workspace")
+        .expect("workspace event");
+    let base = workspace["payload"]["base_commit"]
+        .as_str()
+        .expect("base commit");
+    assert_eq!(base.len(), 40);
+    assert!(
+        events.iter().any(|event| {
+            event["kind"] == "observation"
+                && event["payload"]["output"].as_str().map(str::trim) == Some("base")
+        }),
+        "the agent read the cloned README"
+    );
+
+    let diff = api
+        .get(&format!("/runs/{run_id}/diff"))
+        .await
+        .expect("diff");
+    assert_eq!(diff.headers()["x-base-commit"], base);
+    let patch = diff.text().await.expect("patch");
+    assert!(patch.contains("b/hello.txt"), "{patch}");
+    assert!(
+        !patch.contains("README.md"),
+        "the diff is relative to the base commit: {patch}"
+    );
+    // The attached git server is on no workspace network once the run is over.
+    let networks = std::process::Command::new("docker")
+        .args([
+            "inspect",
+            "-f",
+            "{{len .NetworkSettings.Networks}}",
+            &git.name,
+        ])
+        .output()
+        .expect("inspect");
+    assert_eq!(String::from_utf8_lossy(&networks.stdout).trim(), "1");
+}

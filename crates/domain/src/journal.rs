@@ -22,6 +22,8 @@ pub enum EventKind {
     Pause,
     Interrupt,
     SystemPrompt,
+    /// The workspace was prepared: repository, branch and base commit (`{"repository","branch","base_commit"}`).
+    Workspace,
     /// An agent-server event kind this version does not know; the raw payload is kept.
     Unknown,
 }
@@ -39,6 +41,7 @@ impl EventKind {
             EventKind::Pause => "pause",
             EventKind::Interrupt => "interrupt",
             EventKind::SystemPrompt => "system_prompt",
+            EventKind::Workspace => "workspace",
             EventKind::Unknown => "unknown",
         }
     }

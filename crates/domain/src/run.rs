@@ -107,6 +107,8 @@ pub enum TerminalCode {
     Cancelled,
     /// The worker shut down before the run could finish.
     WorkerShutdown,
+    /// The project's repository could not be cloned into the workspace.
+    RepositoryUnavailable,
     /// Anything else: a bug or an infrastructure failure; the detail says which.
     Internal,
 }
@@ -122,6 +124,7 @@ impl TerminalCode {
             TerminalCode::LeaseExpired => "lease_expired",
             TerminalCode::Cancelled => "cancelled",
             TerminalCode::WorkerShutdown => "worker_shutdown",
+            TerminalCode::RepositoryUnavailable => "repository_unavailable",
             TerminalCode::Internal => "internal",
         }
     }
@@ -137,7 +140,8 @@ impl FromStr for TerminalCode {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        const ALL: [TerminalCode; 9] = [
+        const ALL: [TerminalCode; 10] = [
+            TerminalCode::RepositoryUnavailable,
             TerminalCode::AgentFinished,
             TerminalCode::AgentError,
             TerminalCode::ContainerFailed,

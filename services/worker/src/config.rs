@@ -40,6 +40,11 @@ pub struct WorkerConfig {
     /// The agent's working directory inside the container.
     #[serde(default = "default_workspace_dir")]
     pub workspace_dir: String,
+    /// Containers (comma-separated names) connected to every workspace network, reachable by
+    /// name from the agent: e.g. an LLM gateway or a Git mirror. Workspaces still cannot reach
+    /// each other.
+    #[serde(default)]
+    pub attach_containers: Option<String>,
     /// The model used when a project names none (the scripted fake ignores it).
     #[serde(default = "default_llm_model")]
     pub default_llm_model: String,
@@ -104,8 +109,20 @@ impl WorkerConfig {
             shutdown_grace: default_shutdown_grace(),
             workspace_dir: default_workspace_dir(),
             default_llm_model: default_llm_model(),
+            attach_containers: None,
             log_json: false,
         }
+    }
+
+    pub fn attached_containers(&self) -> Vec<String> {
+        self.attach_containers
+            .as_deref()
+            .unwrap_or_default()
+            .split(',')
+            .map(str::trim)
+            .filter(|name| !name.is_empty())
+            .map(str::to_owned)
+            .collect()
     }
 
     pub fn resolved_name(&self) -> String {

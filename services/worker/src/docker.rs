@@ -16,7 +16,7 @@ use bollard::container::{
 use bollard::errors::Error as DockerError;
 use bollard::image::CreateImageOptions;
 use bollard::models::{HostConfig, PortBinding};
-use bollard::network::CreateNetworkOptions;
+use bollard::network::{ConnectNetworkOptions, CreateNetworkOptions, DisconnectNetworkOptions};
 use futures::StreamExt;
 
 pub const LABEL_MANAGED: &str = "io.cadenza.managed";
@@ -72,6 +72,8 @@ pub struct WorkspaceSpec {
     pub cpus: f64,
     pub memory_mb: i64,
     pub pids_limit: i64,
+    /// Existing containers to connect to the workspace's network (by name, as their alias).
+    pub attach: Vec<String>,
 }
 
 /// A started workspace container.
@@ -181,6 +183,25 @@ impl DockerRuntime {
             })
             .await
             .map_err(docker_err("create network"))?;
+        for name in &spec.attach {
+            let connected = self
+                .docker
+                .connect_network(
+                    &network,
+                    ConnectNetworkOptions {
+                        container: name.clone(),
+                        endpoint_config: bollard::models::EndpointSettings {
+                            aliases: Some(vec![name.clone()]),
+                            ..Default::default()
+                        },
+                    },
+                )
+                .await;
+            if let Err(err) = connected {
+                self.remove_workspace(&spec.name, &network).await;
+                return Err(docker_err("connect an attached container")(err));
+            }
+        }
         match self.create_and_start(spec, &network, runs_as_root).await {
             Ok(workspace) => Ok(workspace),
             Err(err) => {
@@ -317,6 +338,21 @@ impl DockerRuntime {
             && !is_not_found(&err)
         {
             tracing::warn!(container, error = %err, "removing a workspace container failed");
+        }
+        // Attached service containers must leave the network before it can go.
+        if let Ok(inspect) = self.docker.inspect_network::<String>(network, None).await {
+            for endpoint in inspect.containers.unwrap_or_default().into_keys() {
+                let _ = self
+                    .docker
+                    .disconnect_network(
+                        network,
+                        DisconnectNetworkOptions {
+                            container: endpoint,
+                            force: true,
+                        },
+                    )
+                    .await;
+            }
         }
         if let Err(err) = self.docker.remove_network(network).await
             && !is_not_found(&err)

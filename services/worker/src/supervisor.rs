@@ -204,7 +204,22 @@ async fn execute(
     // 2. Wait for the agent-server, watching the container so a crash fails fast.
     wait_healthy(core, &client, container, cancel).await?;
 
-    // 3. The conversation. Its id is the run's, so a retried create returns the same one.
+    // 3. The repository, when the project names one.
+    let base_commit = match &project.repository.url {
+        Some(url) => Some(
+            prepare_repository(
+                core,
+                run,
+                &client,
+                url,
+                project.repository.branch.as_deref(),
+            )
+            .await?,
+        ),
+        None => None,
+    };
+
+    // 4. The conversation. Its id is the run's, so a retried create returns the same one.
     let conversation_id = run.id.as_uuid();
     let llm = LlmConfig::new(
         project
@@ -306,7 +321,7 @@ async fn execute(
             .map_err(internal)?;
     }
     match client
-        .archive_git_delta(&core.config.workspace_dir, None)
+        .archive_git_delta(&core.config.workspace_dir, base_commit.as_deref())
         .await
     {
         Ok(delta) => {
@@ -384,7 +399,79 @@ fn workspace_spec(
         cpus: project.agent.cpus,
         memory_mb: project.agent.memory_mb,
         pids_limit: project.agent.pids_limit,
+        attach: core.config.attached_containers(),
     }
+}
+
+fn shell_quote(value: &str) -> String {
+    format!("'{}'", value.replace('\'', "'\\''"))
+}
+
+/// Clones the project's repository into the workspace and returns the base commit the run's
+/// diff is taken against.
+async fn prepare_repository(
+    core: &Core,
+    run: &Run,
+    client: &AgentServerClient,
+    url: &str,
+    branch: Option<&str>,
+) -> Result<String, TerminalReason> {
+    let dir = &core.config.workspace_dir;
+    let branch_flag = branch
+        .map(|branch| format!("--branch {} ", shell_quote(branch)))
+        .unwrap_or_default();
+    let clone = format!(
+        "git clone --quiet {branch_flag}-- {} {} 2>&1",
+        shell_quote(url),
+        shell_quote(dir)
+    );
+    let unavailable = |detail: String| fail(TerminalCode::RepositoryUnavailable, detail);
+    let output = client
+        .execute_bash(&clone, None, Duration::from_secs(600))
+        .await
+        .map_err(|err| unavailable(format!("cloning {url} failed: {err}")))?;
+    if output.exit_code != Some(0) {
+        return Err(unavailable(format!(
+            "cloning {url} failed (exit code {:?}): {}",
+            output.exit_code,
+            output.stdout.trim()
+        )));
+    }
+    let head = client
+        .execute_bash(
+            &format!("git -C {} rev-parse HEAD", shell_quote(dir)),
+            None,
+            Duration::from_secs(60),
+        )
+        .await
+        .map_err(|err| unavailable(format!("reading the base commit failed: {err}")))?;
+    let base_commit = head.stdout.trim().to_owned();
+    if head.exit_code != Some(0) || base_commit.len() < 40 {
+        return Err(unavailable(format!(
+            "reading the base commit failed: {}",
+            head.stderr.trim()
+        )));
+    }
+    let entry = NewJournalEvent {
+        run_id: run.id,
+        org_id: run.org_id,
+        kind: cadenza_domain::EventKind::Workspace,
+        payload: serde_json::json!({"repository": url, "branch": branch, "base_commit": base_commit}),
+        raw: None,
+        source_event_id: None,
+        source_seq: None,
+        occurred_at: OffsetDateTime::now_utc(),
+    };
+    let mut conn = core
+        .pool
+        .acquire()
+        .await
+        .map_err(|err| internal(StorageError::from(err)))?;
+    if let Some(entry) = journal::append(&mut conn, entry).await.map_err(internal)? {
+        core.bus.publish_journal_event(&entry).await;
+    }
+    tracing::info!(repository = url, %base_commit, "repository cloned");
+    Ok(base_commit)
 }
 
 async fn wait_healthy(
