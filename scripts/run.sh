@@ -26,7 +26,9 @@ mkdir -p "$state/logs" "$state/pids"
 log() { printf '[run] %s\n' "$*" >&2; }
 
 scripts/infra.sh up
-scripts/build-images.sh >/dev/null
+# The demo project uses the scripted fake agent; the real agent-server image (a five-minute
+# build) is only built when asked for.
+CADENZA_SKIP_REAL_AGENT_IMAGE=${CADENZA_SKIP_REAL_AGENT_IMAGE:-1} scripts/build-images.sh >/dev/null
 agent_image=${CADENZA_DEMO_AGENT_IMAGE:-cadenza/fake-agent-server:dev}
 
 log "building the services (profile $CADENZA_PROFILE)"

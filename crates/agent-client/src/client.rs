@@ -589,6 +589,15 @@ pub(crate) fn session_socket_url(base_url: &Url, id: Uuid, after_seq: Option<i64
 /// the same variants as a REST answer.
 fn handshake_error(endpoint: &str, error: tungstenite::Error) -> Error {
     match error {
+        // The real server refuses a socket with a wrong key during the handshake (403) rather
+        // than closing it with 4001 afterwards: both mean the key was rejected.
+        tungstenite::Error::Http(response) if response.status() == StatusCode::FORBIDDEN => {
+            let body = response.body().as_deref().unwrap_or_default();
+            Error::Unauthorized {
+                endpoint: endpoint.to_owned(),
+                detail: String::from_utf8_lossy(body).into_owned(),
+            }
+        }
         tungstenite::Error::Http(response) => {
             let body = response.body().as_deref().unwrap_or_default();
             status_error(endpoint.to_owned(), response.status(), body)

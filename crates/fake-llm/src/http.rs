@@ -104,6 +104,8 @@ async fn chat_completions(body: Bytes) -> Response {
             );
         }
     };
+    // The whole conversation, for debugging a script that takes an unexpected turn.
+    tracing::debug!(%request, "chat completion request");
     let stream = request.get("stream").and_then(Value::as_bool) == Some(true);
     match &reply {
         Reply::Text(text) => tracing::info!(stream, text = %text, "text reply"),

@@ -121,3 +121,8 @@ impl Drop for RunningFakeLlm {
         self.task.abort();
     }
 }
+
+/// Compiles the README's example, so it cannot drift from the API.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -125,16 +125,18 @@ fn text_of(message: &Value) -> String {
     }
 }
 
-/// A short title from the task's first prose line (or first line, for a task of commands only).
+/// A short title naming the task's first command. The server's title request embeds the task
+/// in its own prose, so the command is the one part of it that is reliably recognisable.
 fn title_for(task: &str) -> String {
-    let line = task
+    let Some(command) = task
         .lines()
-        .map(str::trim)
-        .find(|line| !line.is_empty() && !line.starts_with("$ "))
-        .or_else(|| task.lines().map(str::trim).find(|line| !line.is_empty()))
-        .unwrap_or("Scripted task");
-    let mut title: String = line.chars().take(TITLE_MAX_CHARS).collect();
-    if line.chars().count() > TITLE_MAX_CHARS {
+        .find_map(|line| line.trim_start().strip_prefix("$ "))
+    else {
+        return "Scripted task".to_owned();
+    };
+    let mut title = format!("Run {}", command.trim());
+    if title.chars().count() > TITLE_MAX_CHARS {
+        title = title.chars().take(TITLE_MAX_CHARS - 1).collect();
         title.push('…');
     }
     title
@@ -347,21 +349,31 @@ mod tests {
 
     #[test]
     fn a_request_without_tools_is_the_title_request_and_gets_a_short_title() {
+        // The shape of the SDK's title request: the task embedded in instructions.
         let title_request = json!({
             "model": "fake-model",
             "messages": [
-                {"role": "system", "content": "Generate a concise title."},
-                {"role": "user", "content": "$ echo hello > hello.txt\n$ cat hello.txt\nCreate the hello file and show it to me, then say what you did in detail"}
+                {"role": "system", "content": "You are a helpful assistant that generates titles."},
+                {"role": "user", "content": "Generate a title (maximum 50 characters) for a conversation that starts with this message:\n\n$ echo hello > hello.txt\n$ cat hello.txt\ndone.Also make sure to include ONE most relevant emoji at the start of the title."}
             ]
         });
-        let Reply::Text(title) = next_reply(&title_request).unwrap() else {
+        assert_eq!(
+            next_reply(&title_request).unwrap(),
+            Reply::Text("Run echo hello > hello.txt".into())
+        );
+
+        let long = json!({"messages": [user(&format!("$ echo {}", "x".repeat(80)))]});
+        let Reply::Text(title) = next_reply(&long).unwrap() else {
             panic!("a title request gets text");
         };
-        assert!(title.starts_with("Create the hello file"), "{title}");
-        assert!(title.chars().count() <= TITLE_MAX_CHARS + 1, "{title}");
+        assert_eq!(title.chars().count(), TITLE_MAX_CHARS);
+        assert!(title.ends_with('…'));
 
-        let empty_tools = json!({"messages": [user(TASK)], "tools": []});
-        assert!(matches!(next_reply(&empty_tools).unwrap(), Reply::Text(_)));
+        let prose = json!({"messages": [user("Fix the login page")], "tools": []});
+        assert_eq!(
+            next_reply(&prose).unwrap(),
+            Reply::Text("Scripted task".into())
+        );
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //!
 //! ```sh
 //! docker rm -f $(docker ps -aq --filter label=io.cadenza.test=agent-client-conformance)
-//! docker network prune --filter label=io.cadenza.test=agent-client-conformance
+//! docker network prune -f --filter label=io.cadenza.test=agent-client-conformance
 //! ```
 
 use std::net::SocketAddr;
@@ -79,7 +79,18 @@ impl Container {
         mapping
             .lines()
             .find_map(|line| line.trim().parse().ok())
-            .unwrap_or_else(|| panic!("no IPv4 mapping for port {port} of {}: {mapping}", self.name))
+            .unwrap_or_else(|| {
+                panic!(
+                    "no IPv4 mapping for port {port} of {}: {mapping}",
+                    self.name
+                )
+            })
+    }
+
+    pub fn is_running(&self) -> bool {
+        docker(&["inspect", "--format", "{{.State.Running}}", &self.name])
+            .stdout
+            .starts_with(b"true")
     }
 
     /// The container's output so far, for failure messages.
