@@ -1,5 +1,6 @@
 //! Helpers for the cross-service tests under `tests/tests/`: a small API client and an SSE reader.
 
+pub mod services;
 pub mod sse;
 
 use std::time::{Duration, Instant};

@@ -381,73 +381,9 @@ async fn cancelling_a_long_run_ends_it_within_ten_seconds_and_removes_its_contai
     assert_eq!(again.status(), 409);
 }
 
-/// A throwaway Git server (the fake agent image has git) removed on drop.
-struct GitServer {
-    name: String,
-}
-
-impl GitServer {
-    fn start() -> Self {
-        let name = cadenza_testkit::infra::unique_name("cadenza-test-git-");
-        let script = "set -e; mkdir -p /tmp/srv; cd /tmp/srv; git init -q --bare repo.git; \
-            git clone -q repo.git /tmp/w 2>/dev/null; cd /tmp/w; git config user.email t@example.com; \
-            git config user.name t; echo base > README.md; git add README.md; git commit -qm base; \
-            git push -q origin HEAD:refs/heads/main; git --git-dir=/tmp/srv/repo.git symbolic-ref HEAD refs/heads/main; \
-            exec git daemon --reuseaddr --export-all --base-path=/tmp/srv --listen=0.0.0.0 --port=9418 /tmp/srv";
-        let status = std::process::Command::new("docker")
-            .args([
-                "run",
-                "-d",
-                "--name",
-                &name,
-                "--label",
-                "io.cadenza.test=git-server",
-                "--entrypoint",
-                "bash",
-            ])
-            .arg(cadenza_testkit::docker::fake_agent_image())
-            .args(["-c", script])
-            .output()
-            .expect("docker run");
-        assert!(
-            status.status.success(),
-            "{}",
-            String::from_utf8_lossy(&status.stderr)
-        );
-        let server = Self { name };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let probe = std::process::Command::new("docker")
-                .args([
-                    "exec",
-                    &server.name,
-                    "git",
-                    "ls-remote",
-                    "git://127.0.0.1/repo.git",
-                ])
-                .output()
-                .expect("docker exec");
-            if probe.status.success() && !probe.stdout.is_empty() {
-                break;
-            }
-            assert!(Instant::now() < deadline, "the git server did not start");
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        server
-    }
-}
-
-impl Drop for GitServer {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("docker")
-            .args(["rm", "-f", &self.name])
-            .output();
-    }
-}
-
 #[tokio::test]
 async fn a_run_works_on_a_clone_of_the_projects_repository_and_diffs_against_its_base() {
-    let git = GitServer::start();
+    let git = cadenza_e2e::services::GitServer::start();
     let stack = Stack::start_with(cadenza_testkit::stack::StackOptions {
         extra_env: vec![("CADENZA_ATTACH_CONTAINERS".into(), git.name.clone())],
         ..Default::default()

@@ -48,6 +48,15 @@ pub struct WorkerConfig {
     /// The model used when a project names none (the scripted fake ignores it).
     #[serde(default = "default_llm_model")]
     pub default_llm_model: String,
+    /// The LLM endpoint used when a project names none (an OpenAI-compatible base URL).
+    #[serde(default)]
+    pub default_llm_base_url: Option<String>,
+    /// The instance-wide LLM API key, until projects name their own secret.
+    #[serde(default)]
+    pub default_llm_api_key: Option<SecretString>,
+    /// `chat` for OpenAI-compatible gateways that serve only chat completions.
+    #[serde(default)]
+    pub llm_api_mode: Option<String>,
     #[serde(default)]
     pub log_json: bool,
 }
@@ -109,6 +118,9 @@ impl WorkerConfig {
             shutdown_grace: default_shutdown_grace(),
             workspace_dir: default_workspace_dir(),
             default_llm_model: default_llm_model(),
+            default_llm_base_url: None,
+            default_llm_api_key: None,
+            llm_api_mode: None,
             attach_containers: None,
             log_json: false,
         }

@@ -221,17 +221,28 @@ async fn execute(
 
     // 4. The conversation. Its id is the run's, so a retried create returns the same one.
     let conversation_id = run.id.as_uuid();
-    let llm = LlmConfig::new(
+    let mut llm = LlmConfig::new(
         project
             .agent
             .llm_model
             .clone()
             .unwrap_or_else(|| core.config.default_llm_model.clone()),
-    );
-    let llm = match &project.agent.llm_base_url {
-        Some(url) => llm.with_base_url(url.clone()),
-        None => llm,
-    };
+    )
+    .with_usage_id("agent");
+    if let Some(url) = project
+        .agent
+        .llm_base_url
+        .clone()
+        .or_else(|| core.config.default_llm_base_url.clone())
+    {
+        llm = llm.with_base_url(url);
+    }
+    if let Some(key) = &core.config.default_llm_api_key {
+        llm = llm.with_api_key(key.clone());
+    }
+    if let Some(mode) = &core.config.llm_api_mode {
+        llm.extra.insert("api_mode".into(), serde_json::json!(mode));
+    }
     let request = StartConversationRequest::new(
         core.config.workspace_dir.clone(),
         AgentSpec::with_standard_tools(llm),

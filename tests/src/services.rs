@@ -1,0 +1,113 @@
+//! Throwaway service containers for cross-service tests, removed on drop. The worker reaches
+//! them by name through `CADENZA_ATTACH_CONTAINERS`.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// A throwaway Git server (the fake agent image has git) removed on drop.
+pub struct GitServer {
+    pub name: String,
+}
+
+impl GitServer {
+    pub fn start() -> Self {
+        let name = cadenza_testkit::infra::unique_name("cadenza-test-git-");
+        let script = "set -e; mkdir -p /tmp/srv; cd /tmp/srv; git init -q --bare repo.git; \
+            git clone -q repo.git /tmp/w 2>/dev/null; cd /tmp/w; git config user.email t@example.com; \
+            git config user.name t; echo base > README.md; git add README.md; git commit -qm base; \
+            git push -q origin HEAD:refs/heads/main; git --git-dir=/tmp/srv/repo.git symbolic-ref HEAD refs/heads/main; \
+            exec git daemon --reuseaddr --export-all --base-path=/tmp/srv --listen=0.0.0.0 --port=9418 /tmp/srv";
+        let status = Command::new("docker")
+            .args([
+                "run",
+                "-d",
+                "--name",
+                &name,
+                "--label",
+                "io.cadenza.test=git-server",
+                "--entrypoint",
+                "bash",
+            ])
+            .arg(cadenza_testkit::docker::fake_agent_image())
+            .args(["-c", script])
+            .output()
+            .expect("docker run");
+        assert!(
+            status.status.success(),
+            "{}",
+            String::from_utf8_lossy(&status.stderr)
+        );
+        let server = Self { name };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let probe = Command::new("docker")
+                .args([
+                    "exec",
+                    &server.name,
+                    "git",
+                    "ls-remote",
+                    "git://127.0.0.1/repo.git",
+                ])
+                .output()
+                .expect("docker exec");
+            if probe.status.success() && !probe.stdout.is_empty() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the git server did not start");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        server
+    }
+}
+
+impl Drop for GitServer {
+    fn drop(&mut self) {
+        let _ = Command::new("docker")
+            .args(["rm", "-f", &self.name])
+            .output();
+    }
+}
+
+/// The scripted OpenAI-compatible LLM (`cadenza/fake-llm:dev`), listening on port 8080.
+pub struct FakeLlm {
+    pub name: String,
+}
+
+impl FakeLlm {
+    pub fn start() -> Self {
+        let name = cadenza_testkit::infra::unique_name("cadenza-test-llm-");
+        let image = std::env::var("CADENZA_TEST_FAKE_LLM_IMAGE")
+            .unwrap_or_else(|_| "cadenza/fake-llm:dev".to_owned());
+        let output = Command::new("docker")
+            .args([
+                "run",
+                "-d",
+                "--name",
+                &name,
+                "--label",
+                "io.cadenza.test=fake-llm",
+                &image,
+            ])
+            .output()
+            .expect("docker run");
+        assert!(
+            output.status.success(),
+            "starting {image} failed (run scripts/build-images.sh): {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        Self { name }
+    }
+
+    /// The base URL agents use to reach it.
+    pub fn base_url(&self) -> String {
+        format!("http://{}:8080/v1", self.name)
+    }
+}
+
+impl Drop for FakeLlm {
+    fn drop(&mut self) {
+        let _ = Command::new("docker")
+            .args(["rm", "-f", &self.name])
+            .output();
+    }
+}

@@ -1,0 +1,107 @@
+//! End to end through all four services with the real OpenHands agent-server image, driven by the
+//! scripted LLM: the run clones a test repository, executes the task, succeeds, and its diff
+//! adds the new file relative to the recorded base commit.
+
+use std::time::Duration;
+
+use cadenza_e2e::Api;
+use cadenza_e2e::services::{FakeLlm, GitServer};
+use cadenza_testkit::docker::containers_with_label;
+use cadenza_testkit::stack::{Stack, StackOptions};
+use serde_json::json;
+
+const REAL_IMAGE: &str = "cadenza/openhands-agent-server:1.58.0";
+
+#[tokio::test]
+async fn the_real_agent_server_runs_a_task_on_a_cloned_repository() {
+    let git = GitServer::start();
+    let llm = FakeLlm::start();
+    let stack = Stack::start_with(StackOptions {
+        extra_env: vec![
+            (
+                "CADENZA_ATTACH_CONTAINERS".into(),
+                format!("{},{}", git.name, llm.name),
+            ),
+            (
+                "CADENZA_DEFAULT_LLM_MODEL".into(),
+                "openai/fake-model".into(),
+            ),
+            ("CADENZA_DEFAULT_LLM_BASE_URL".into(), llm.base_url()),
+            ("CADENZA_DEFAULT_LLM_API_KEY".into(), "sk-fake".into()),
+            ("CADENZA_LLM_API_MODE".into(), "chat".into()),
+        ],
+        ..Default::default()
+    })
+    .await
+    .expect("stack starts");
+    let api = Api::new(&stack.api_url, &stack.token);
+    let project_id = stack.project.id.to_string();
+    let patched = api
+        .http
+        .patch(api.url(&format!("/projects/{project_id}")))
+        .bearer_auth(&api.token)
+        .json(&json!({
+            "agent": {"image": REAL_IMAGE, "memory_mb": 2048, "cpus": 2.0},
+            "repository": {"url": format!("git://{}/repo.git", git.name), "branch": "main"},
+        }))
+        .send()
+        .await
+        .expect("patch");
+    assert_eq!(patched.status(), 200);
+
+    let (status, run) = api
+        .submit_run(
+            &project_id,
+            "$ echo hello > hello.txt\n$ cat hello.txt\ndone",
+            None,
+        )
+        .await
+        .expect("submit");
+    assert_eq!(status, 201);
+    let run_id = run["id"].as_str().expect("id").to_owned();
+    let run = api
+        .wait_for_end(&run_id, Duration::from_secs(300))
+        .await
+        .expect("the run ends");
+    assert_eq!(run["state"], "succeeded", "{run}\n{}", stack.logs());
+    assert_eq!(run["final_message"], "done");
+
+    let events = api.all_events(&run_id, 200).await.expect("events");
+    let base = events
+        .iter()
+        .find(|event| event["kind"] == "workspace")
+        .and_then(|event| event["payload"]["base_commit"].as_str())
+        .expect("base commit")
+        .to_owned();
+    assert!(
+        events.iter().any(|event| {
+            event["kind"] == "observation"
+                && event["payload"]["tool_name"] == "terminal"
+                && event["payload"]["output"]
+                    .as_str()
+                    .is_some_and(|output| output.contains("hello"))
+        }),
+        "the terminal observation of `cat hello.txt`"
+    );
+    assert!(
+        events
+            .iter()
+            .any(|event| event["raw"]["kind"] == "SystemPromptEvent"),
+        "real agent events are kept raw"
+    );
+
+    let diff = api
+        .get(&format!("/runs/{run_id}/diff"))
+        .await
+        .expect("diff");
+    let patch = diff.text().await.expect("patch");
+    assert!(
+        patch.contains("b/hello.txt") && patch.contains("+hello"),
+        "{patch}"
+    );
+    assert!(
+        !patch.contains("README.md"),
+        "relative to the base commit {base}: {patch}"
+    );
+    assert!(containers_with_label("io.cadenza.run", &run_id).is_empty());
+}
