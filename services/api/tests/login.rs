@@ -25,6 +25,10 @@ struct Login {
 }
 
 async fn setup(email: &str) -> Login {
+    setup_with(email, json!({})).await
+}
+
+async fn setup_with(email: &str, extra: Value) -> Login {
     let provider = cadenza_fake_oidc::spawn(FakeOidcConfig::new(
         FakeClient::new(CLIENT_ID, CLIENT_SECRET, REDIRECT),
         FakeUser::new("user-1", email).with_name("Ada"),
@@ -32,7 +36,7 @@ async fn setup(email: &str) -> Login {
     .await
     .expect("fake provider");
     let db = TestDatabase::create().await.expect("db");
-    let config: cadenza_api::ApiConfig = serde_json::from_value(json!({
+    let mut settings = json!({
         "database_url": db.url,
         "nats_url": nats_url(),
         "redis_url": redis_url(),
@@ -43,8 +47,11 @@ async fn setup(email: &str) -> Login {
         "oidc_client_secret": CLIENT_SECRET,
         "oidc_redirect_url": REDIRECT,
         "dev_mode": true,
-    }))
-    .expect("config");
+    });
+    if let (Some(target), Some(extra)) = (settings.as_object_mut(), extra.as_object()) {
+        target.extend(extra.clone());
+    }
+    let config: cadenza_api::ApiConfig = serde_json::from_value(settings).expect("config");
     let shutdown = CancellationToken::new();
     let api = cadenza_api::build(&config, shutdown.clone())
         .await
@@ -308,4 +315,53 @@ async fn a_verified_email_domain_joins_the_org_of_its_rule() {
     assert_eq!(me["orgs"][0]["org_id"], org.id.to_string());
     assert_eq!(me["orgs"][0]["role"], "member");
     let _ = Duration::from_secs(0);
+}
+
+#[tokio::test]
+async fn login_attempts_are_rate_limited_per_address() {
+    let login = setup_with("dan@example.com", json!({"rate_limit_logins_per_ip": 3})).await;
+    let mut statuses = Vec::new();
+    for _ in 0..5 {
+        statuses.push(
+            send(&login.router, "GET", "/api/v1/auth/login", None)
+                .await
+                .status(),
+        );
+    }
+    assert_eq!(&statuses[..3], &[StatusCode::FOUND; 3]);
+    assert_eq!(statuses[3], StatusCode::TOO_MANY_REQUESTS);
+}
+
+#[tokio::test]
+async fn an_active_session_is_refreshed_on_the_way() {
+    // Tokens live 4 s (times have one-second resolution): past half of that, a request gets a
+    // fresh cookie.
+    let login = setup_with("fay@example.com", json!({"session_token_ttl": "4s"})).await;
+    let (code, state) = authorize(&login).await;
+    let cookie = session_cookie(&callback(&login, &code, &state).await);
+    let early = send(&login.router, "GET", "/api/v1/me", Some(&cookie)).await;
+    assert_eq!(early.status(), StatusCode::OK);
+    assert!(
+        early.headers().get("set-cookie").is_none(),
+        "a fresh token is not refreshed"
+    );
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let later = send(&login.router, "GET", "/api/v1/me", Some(&cookie)).await;
+    assert_eq!(later.status(), StatusCode::OK);
+    let refreshed = session_cookie(&later);
+    assert_ne!(refreshed, cookie);
+    // The old token expires; the refreshed one goes on working.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(
+        send(&login.router, "GET", "/api/v1/me", Some(&cookie))
+            .await
+            .status(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        send(&login.router, "GET", "/api/v1/me", Some(&refreshed))
+            .await
+            .status(),
+        StatusCode::OK
+    );
 }
