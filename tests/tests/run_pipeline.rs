@@ -454,3 +454,38 @@ async fn a_run_works_on_a_clone_of_the_projects_repository_and_diffs_against_its
         .expect("inspect");
     assert_eq!(String::from_utf8_lossy(&networks.stdout).trim(), "1");
 }
+
+#[tokio::test]
+async fn an_event_kind_the_client_does_not_know_is_kept_raw_and_the_run_goes_on() {
+    let stack = Stack::start().await.expect("stack starts");
+    let api = Api::new(&stack.api_url, &stack.token);
+    let project_id = stack.project.id.to_string();
+    // The fake agent-server emits an event of this kind when told to through its environment.
+    let patched = api
+        .http
+        .patch(api.url(&format!("/projects/{project_id}")))
+        .bearer_auth(&api.token)
+        .json(&serde_json::json!({"agent": {"env": {"CADENZA_FAKE_EXTRA_EVENT_KIND": "FutureInsightEvent"}}}))
+        .send()
+        .await
+        .expect("patch");
+    assert_eq!(patched.status(), 200);
+    let (_, run) = api
+        .submit_run(&project_id, HELLO, None)
+        .await
+        .expect("submit");
+    let run_id = run["id"].as_str().expect("id").to_owned();
+    let run = api.wait_for_end(&run_id, RUN_BUDGET).await.expect("ends");
+    assert_eq!(run["state"], "succeeded", "{run}");
+    let events = api.all_events(&run_id, 100).await.expect("events");
+    let unknown = events
+        .iter()
+        .find(|event| event["kind"] == "unknown")
+        .expect("the unknown event is journaled");
+    assert_eq!(unknown["payload"]["agent_kind"], "FutureInsightEvent");
+    assert_eq!(unknown["raw"]["kind"], "FutureInsightEvent");
+    assert_eq!(
+        unknown["raw"]["payload"]["answer"], 42,
+        "the raw event is kept whole"
+    );
+}

@@ -56,6 +56,13 @@ pub(crate) fn send_user_message(conversation: &Conversation, content: &[Value]) 
     if !state.system_prompt_sent {
         state.system_prompt_sent = true;
         state.append(events::system_prompt_event());
+        // A test knob: newer agent-servers emit kinds older clients do not know, and clients
+        // must keep them and carry on.
+        if let Ok(kind) = std::env::var(events::EXTRA_EVENT_KIND_VARIABLE)
+            && !kind.trim().is_empty()
+        {
+            state.append(events::unknown_kind_event(kind.trim()));
+        }
     }
     if matches!(state.execution_status, ExecutionStatus::Finished) {
         state.set_status(ExecutionStatus::Idle);

@@ -101,6 +101,17 @@ fn finish_tool_definition() -> Value {
     })
 }
 
+/// When set in the fake's environment, the first run of each conversation also emits an event of
+/// this kind (one no client knows), to test that clients keep unknown kinds and carry on.
+pub const EXTRA_EVENT_KIND_VARIABLE: &str = "CADENZA_FAKE_EXTRA_EVENT_KIND";
+
+pub(crate) fn unknown_kind_event(kind: &str) -> Value {
+    with_fields(
+        envelope(kind, "environment"),
+        json!({ "detail": "an event kind from a newer agent-server", "payload": {"answer": 42} }),
+    )
+}
+
 pub(crate) fn system_prompt_event() -> Value {
     with_fields(
         envelope("SystemPromptEvent", "agent"),
