@@ -81,3 +81,23 @@ pub fn page_limit(requested: Option<i64>, default: i64, max: i64) -> Result<i64,
         ))),
     }
 }
+
+/// Parses a list cursor (the id of the last item of the previous page).
+pub fn parse_cursor<T: std::str::FromStr>(raw: Option<&str>) -> Result<Option<T>, ApiError> {
+    raw.map(|raw| {
+        raw.parse::<T>()
+            .map_err(|_| ApiError::BadRequest(format!("invalid cursor `{raw}`")))
+    })
+    .transpose()
+}
+
+/// The cursor of the next page: the last item's id when the page is full, `None` at the end.
+pub fn next_cursor<T, Id: std::fmt::Display>(
+    items: &[T],
+    limit: i64,
+    id: impl Fn(&T) -> Id,
+) -> Option<String> {
+    (items.len() as i64 == limit)
+        .then(|| items.last().map(|item| id(item).to_string()))
+        .flatten()
+}

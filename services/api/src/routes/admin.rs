@@ -5,8 +5,8 @@ use cadenza_storage::{StorageError, orgs, users};
 use serde::Deserialize;
 
 use crate::auth::{Authorized, perm};
-use crate::error::{ApiError, ApiResult};
-use crate::extract::{ApiQuery, page_limit};
+use crate::error::ApiResult;
+use crate::extract::{ApiQuery, next_cursor, page_limit, parse_cursor};
 use crate::routes::wire::{OrgView, Page, UserView};
 use crate::state::AppState;
 
@@ -14,14 +14,6 @@ use crate::state::AppState;
 pub struct ListQuery {
     cursor: Option<String>,
     limit: Option<i64>,
-}
-
-fn cursor<T: std::str::FromStr>(raw: Option<&str>) -> ApiResult<Option<T>> {
-    raw.map(|raw| {
-        raw.parse::<T>()
-            .map_err(|_| ApiError::BadRequest(format!("invalid cursor `{raw}`")))
-    })
-    .transpose()
 }
 
 /// `GET /admin/orgs`: every org (instance administrators only).
@@ -35,12 +27,10 @@ pub async fn orgs(
         state.limits.default_page,
         state.limits.max_page,
     )?;
-    let before: Option<OrgId> = cursor(query.cursor.as_deref())?;
+    let before: Option<OrgId> = parse_cursor(query.cursor.as_deref())?;
     let mut conn = state.pool.acquire().await.map_err(StorageError::from)?;
     let items = orgs::list(&mut conn, &Scope::Instance, before, limit).await?;
-    let next_cursor = (items.len() as i64 == limit)
-        .then(|| items.last().map(|org| org.id.to_string()))
-        .flatten();
+    let next_cursor = next_cursor(&items, limit, |org| org.id);
     Ok(Json(Page {
         items: items
             .into_iter()
@@ -61,12 +51,10 @@ pub async fn users(
         state.limits.default_page,
         state.limits.max_page,
     )?;
-    let before: Option<UserId> = cursor(query.cursor.as_deref())?;
+    let before: Option<UserId> = parse_cursor(query.cursor.as_deref())?;
     let mut conn = state.pool.acquire().await.map_err(StorageError::from)?;
     let items = users::list(&mut conn, before, limit).await?;
-    let next_cursor = (items.len() as i64 == limit)
-        .then(|| items.last().map(|user| user.id.to_string()))
-        .flatten();
+    let next_cursor = next_cursor(&items, limit, |user| user.id);
     Ok(Json(Page {
         items: items.into_iter().map(UserView::from).collect(),
         next_cursor,

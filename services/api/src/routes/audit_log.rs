@@ -11,7 +11,7 @@ use time::OffsetDateTime;
 
 use crate::auth::{Authorized, perm};
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{ApiQuery, page_limit, parse_id};
+use crate::extract::{ApiQuery, next_cursor, page_limit, parse_cursor, parse_id};
 use crate::state::AppState;
 
 #[derive(Deserialize)]
@@ -72,14 +72,7 @@ pub async fn list(
                 .map_err(|_| ApiError::BadRequest(format!("invalid `actor` `{raw}`")))
         })
         .transpose()?;
-    let before = query
-        .cursor
-        .as_deref()
-        .map(|raw| {
-            raw.parse::<i64>()
-                .map_err(|_| ApiError::BadRequest(format!("invalid cursor `{raw}`")))
-        })
-        .transpose()?;
+    let before = parse_cursor::<i64>(query.cursor.as_deref())?;
     let limit = if export {
         10_000
     } else {
@@ -114,9 +107,7 @@ pub async fn list(
         );
         return Ok(response);
     }
-    let next_cursor = (records.len() as i64 == limit)
-        .then(|| records.last().map(|record| record.id.to_string()))
-        .flatten();
+    let next_cursor = next_cursor(&records, limit, |record| record.id);
     let items: Vec<Value> = records.into_iter().map(view).collect();
     Ok(Json(json!({"items": items, "next_cursor": next_cursor})).into_response())
 }

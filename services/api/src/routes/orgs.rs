@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use crate::audit::{self, Change, RequestMeta};
 use crate::auth::{Authenticated, Authorized, perm};
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{ApiJson, ApiQuery, page_limit, parse_id};
+use crate::extract::{ApiJson, ApiQuery, next_cursor, page_limit, parse_cursor, parse_id};
 use crate::routes::wire::{OrgView, Page};
 use crate::state::AppState;
 
@@ -30,14 +30,7 @@ pub async fn list(
         state.limits.default_page,
         state.limits.max_page,
     )?;
-    let before = query
-        .cursor
-        .as_deref()
-        .map(|raw| {
-            raw.parse::<OrgId>()
-                .map_err(|_| ApiError::BadRequest(format!("invalid cursor `{raw}`")))
-        })
-        .transpose()?;
+    let before = parse_cursor::<OrgId>(query.cursor.as_deref())?;
     let scope = if principal.instance_admin {
         Scope::Instance
     } else {
@@ -45,9 +38,7 @@ pub async fn list(
     };
     let mut conn = state.pool.acquire().await.map_err(StorageError::from)?;
     let items = orgs::list(&mut conn, &scope, before, limit).await?;
-    let next_cursor = (items.len() as i64 == limit)
-        .then(|| items.last().map(|org| org.id.to_string()))
-        .flatten();
+    let next_cursor = next_cursor(&items, limit, |org| org.id);
     Ok(Json(Page {
         items: items
             .into_iter()

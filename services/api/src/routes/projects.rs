@@ -11,7 +11,7 @@ use serde_json::json;
 use crate::audit::{self, Change, RequestMeta};
 use crate::auth::{Authorized, perm};
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{ApiJson, ApiQuery, page_limit, parse_id};
+use crate::extract::{ApiJson, ApiQuery, next_cursor, page_limit, parse_cursor, parse_id};
 use crate::routes::orgs::validate_name;
 use crate::routes::wire::{Page, ProjectView};
 use crate::state::AppState;
@@ -32,20 +32,10 @@ async fn list_scoped(
         state.limits.default_page,
         state.limits.max_page,
     )?;
-    let before = query
-        .cursor
-        .as_deref()
-        .map(|cursor| {
-            cursor
-                .parse::<ProjectId>()
-                .map_err(|_| ApiError::BadRequest(format!("invalid cursor `{cursor}`")))
-        })
-        .transpose()?;
+    let before = parse_cursor::<ProjectId>(query.cursor.as_deref())?;
     let mut conn = state.pool.acquire().await.map_err(StorageError::from)?;
     let items = projects::list(&mut conn, scope, before, limit).await?;
-    let next_cursor = (items.len() as i64 == limit)
-        .then(|| items.last().map(|project| project.id.to_string()))
-        .flatten();
+    let next_cursor = next_cursor(&items, limit, |project| project.id);
     Ok(Json(Page {
         items: items.into_iter().map(ProjectView::from).collect(),
         next_cursor,

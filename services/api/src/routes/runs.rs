@@ -13,7 +13,7 @@ use serde::Deserialize;
 use crate::audit::{self, Change, RequestMeta};
 use crate::auth::{Authorized, RequiredPermission, perm};
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{ApiJson, ApiQuery, page_limit, parse_id};
+use crate::extract::{ApiJson, ApiQuery, next_cursor, page_limit, parse_cursor, parse_id};
 use crate::routes::wire::{Page, RunView};
 use crate::state::AppState;
 
@@ -191,14 +191,7 @@ pub async fn list(
             })
         })
         .transpose()?;
-    let before = query
-        .cursor
-        .as_deref()
-        .map(|raw| {
-            raw.parse::<RunId>()
-                .map_err(|_| ApiError::BadRequest(format!("invalid cursor `{raw}`")))
-        })
-        .transpose()?;
+    let before = parse_cursor::<RunId>(query.cursor.as_deref())?;
     let mut conn = state.pool.acquire().await.map_err(StorageError::from)?;
     let items = runs::list(
         &mut conn,
@@ -211,9 +204,7 @@ pub async fn list(
         },
     )
     .await?;
-    let next_cursor = (items.len() as i64 == limit)
-        .then(|| items.last().map(|run| run.id.to_string()))
-        .flatten();
+    let next_cursor = next_cursor(&items, limit, |run| run.id);
     Ok(Json(Page {
         items: items.into_iter().map(RunView::from).collect(),
         next_cursor,
