@@ -36,6 +36,19 @@ cargo build --quiet --profile "$CADENZA_PROFILE" --bins \
   -p cadenza-api -p cadenza-scheduler -p cadenza-worker -p cadenza-linear-sync
 target_dir=target/$([ "$CADENZA_PROFILE" = dev ] && echo debug || echo "$CADENZA_PROFILE")
 
+# Secrets are sealed with a key-encryption key. Without one configured, a local key file is
+# made once and kept (losing it loses the secrets stored with it).
+if [ -z "${CADENZA_SECRET_KEKS:-}" ] && [ -z "${CADENZA_SECRET_KEKS_FILE:-}" ]; then
+  CADENZA_SECRET_KEKS_FILE="$state/keks.json"
+  if [ ! -s "$CADENZA_SECRET_KEKS_FILE" ]; then
+    kek=$("$target_dir/cadenza-api" secrets generate-kek)
+    (umask 077; printf '{"active": "%s", "keys": [{"id": "%s", "key": "%s"}]}\n' \
+      "${kek%%:*}" "${kek%%:*}" "${kek#*:}" >"$CADENZA_SECRET_KEKS_FILE")
+    log "made a local key-encryption key in $CADENZA_SECRET_KEKS_FILE"
+  fi
+  export CADENZA_SECRET_KEKS_FILE
+fi
+
 scripts/stop.sh services >/dev/null 2>&1 || true
 "$target_dir/cadenza-api" migrate
 

@@ -109,6 +109,8 @@ pub enum TerminalCode {
     WorkerShutdown,
     /// The project's repository could not be cloned into the workspace.
     RepositoryUnavailable,
+    /// A secret the project refers to is missing or cannot be decrypted.
+    SecretUnavailable,
     /// Anything else: a bug or an infrastructure failure; the detail says which.
     Internal,
 }
@@ -125,6 +127,7 @@ impl TerminalCode {
             TerminalCode::Cancelled => "cancelled",
             TerminalCode::WorkerShutdown => "worker_shutdown",
             TerminalCode::RepositoryUnavailable => "repository_unavailable",
+            TerminalCode::SecretUnavailable => "secret_unavailable",
             TerminalCode::Internal => "internal",
         }
     }
@@ -140,8 +143,9 @@ impl FromStr for TerminalCode {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        const ALL: [TerminalCode; 10] = [
+        const ALL: [TerminalCode; 11] = [
             TerminalCode::RepositoryUnavailable,
+            TerminalCode::SecretUnavailable,
             TerminalCode::AgentFinished,
             TerminalCode::AgentError,
             TerminalCode::ContainerFailed,

@@ -14,6 +14,9 @@ pub enum StorageError {
     Corrupt(String),
     #[error("database error")]
     Database(#[source] sqlx::Error),
+    /// Sealing, opening or re-wrapping a secret failed; the message never holds a value.
+    #[error("secret cryptography failed: {0}")]
+    Crypto(#[source] cadenza_crypto::Error),
     #[error("migration failed")]
     Migration(#[source] sqlx::migrate::MigrateError),
 }

@@ -14,6 +14,7 @@ pub mod orgs;
 pub mod outbox;
 pub mod projects;
 pub mod runs;
+pub mod secrets;
 pub mod tokens;
 pub mod users;
 pub mod workers;

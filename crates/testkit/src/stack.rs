@@ -211,6 +211,8 @@ pub struct Stack {
     pub project: Project,
     pub bus_prefix: String,
     pub worker_name: String,
+    /// The services' key ring (`CADENZA_SECRET_KEKS`), one fresh key per stack.
+    pub keyring: cadenza_crypto::KeyRing,
     pub services: Vec<ServiceProcess>,
     // Field order matters: services stop before containers are swept and the database dropped.
     _sweeper: ContainerSweeper,
@@ -252,8 +254,12 @@ impl Stack {
         .await?;
         drop(conn);
 
+        let (kek_id, kek) = cadenza_crypto::KeyRing::generate_key()?;
+        let kek_spec = format!("{kek_id}:{}", secrecy::ExposeSecret::expose_secret(&kek));
+        let keyring = cadenza_crypto::KeyRing::from_spec(&kek_spec)?;
         let ports = [free_port()?, free_port()?, free_port()?, free_port()?];
         let mut env: Vec<(String, String)> = vec![
+            ("CADENZA_SECRET_KEKS".into(), kek_spec),
             ("CADENZA_DATABASE_URL".into(), db.url.clone()),
             ("CADENZA_NATS_URL".into(), nats_url()),
             ("CADENZA_REDIS_URL".into(), redis_url()),
@@ -316,6 +322,7 @@ impl Stack {
             project,
             bus_prefix,
             worker_name,
+            keyring,
             services,
             _sweeper: sweeper,
             db,

@@ -48,6 +48,12 @@ pub struct ApiConfig {
     pub session_token_ttl: std::time::Duration,
     #[serde(default = "default_session_max", with = "humantime_serde")]
     pub session_max_lifetime: std::time::Duration,
+    /// The key ring that seals secrets, as a key spec (`id:base64key,...`, first is active).
+    #[serde(default)]
+    pub secret_keks: Option<SecretString>,
+    /// The key ring as a JSON key file (preferred over `secret_keks`; see docs/SECURITY.md).
+    #[serde(default)]
+    pub secret_keks_file: Option<String>,
     /// Local development over plain HTTP: session cookies without `Secure`.
     #[serde(default)]
     pub dev_mode: bool,
@@ -64,6 +70,13 @@ fn default_session_max() -> std::time::Duration {
 }
 
 impl ApiConfig {
+    pub fn keyring(&self) -> anyhow::Result<cadenza_crypto::KeyRing> {
+        cadenza_service_runtime::load_keyring(
+            self.secret_keks.as_ref(),
+            self.secret_keks_file.as_deref(),
+        )
+    }
+
     /// The OIDC settings when browser login is configured; an error names what is missing.
     pub fn oidc(&self) -> anyhow::Result<Option<cadenza_identity::OidcConfig>> {
         let Some(issuer) = &self.oidc_issuer else {

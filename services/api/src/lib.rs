@@ -51,6 +51,8 @@ pub async fn build(config: &ApiConfig, shutdown: CancellationToken) -> anyhow::R
             .await
             .context("applying migrations")?;
     }
+    let keyring = config.keyring()?;
+    check_keyring(&pool, &keyring).await?;
     let bus = Bus::connect(&config.nats_url, &config.bus_prefix)
         .await
         .context("connecting to NATS (CADENZA_NATS_URL)")?;
@@ -89,10 +91,23 @@ pub async fn build(config: &ApiConfig, shutdown: CancellationToken) -> anyhow::R
                 redis_prefix: config.bus_prefix.clone(),
             }),
             sessions,
+            keyring: Arc::new(keyring),
         },
         relay: relay_handle,
         shutdown,
     })
+}
+
+/// Refuses to start when a stored secret names a key-encryption key the ring lacks: the error
+/// names the missing key ids (docs/SECURITY.md, rotation step 4).
+pub async fn check_keyring(
+    pool: &cadenza_storage::PgPool,
+    keyring: &cadenza_crypto::KeyRing,
+) -> anyhow::Result<()> {
+    let mut conn = pool.acquire().await.context("checking the key ring")?;
+    cadenza_storage::secrets::check_keyring(&mut conn, keyring)
+        .await
+        .context("refusing to start: the configured key ring cannot open every stored secret")
 }
 
 impl Api {

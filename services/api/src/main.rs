@@ -34,6 +34,26 @@ enum Command {
         #[command(subcommand)]
         command: AdminCommand,
     },
+    /// Key-encryption keys for secrets.
+    Secrets {
+        #[command(subcommand)]
+        command: SecretsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum SecretsCommand {
+    /// Print a new key-encryption key as `id:base64key` (needs no configuration).
+    GenerateKek,
+    /// Re-wrap every secret's data key with the active key-encryption key, in batches, online.
+    /// Safe to interrupt (Ctrl-C stops after the current batch) and to run again: it continues
+    /// where it stopped. Exits non-zero while any secret is not re-wrapped.
+    Rewrap {
+        #[arg(long, default_value_t = 100)]
+        batch_size: i64,
+    },
+    /// How many secrets each key-encryption key wraps.
+    Keys,
 }
 
 #[derive(Subcommand)]
@@ -47,6 +67,17 @@ enum AdminCommand {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Some(Command::Secrets {
+        command: SecretsCommand::GenerateKek,
+    }) = &cli.command
+    {
+        let (id, key) = cadenza_crypto::KeyRing::generate_key()?;
+        #[expect(clippy::print_stdout, reason = "the key is the command's output")]
+        {
+            println!("{id}:{}", key.expose_secret());
+        }
+        return Ok(());
+    }
     let config: ApiConfig = cadenza_service_runtime::load_config(figment_from_environment())?;
     cadenza_service_runtime::init_tracing("api", config.log_json);
     match cli.command.unwrap_or(Command::Serve) {
@@ -76,6 +107,7 @@ async fn main() -> anyhow::Result<()> {
             tracing::info!(%email, instance_admin = grant, "instance administration updated");
             Ok(())
         }
+        Command::Secrets { command } => secrets_command(&config, command).await,
         Command::Bootstrap {
             org,
             project,
@@ -99,6 +131,93 @@ async fn main() -> anyhow::Result<()> {
             {
                 println!("{}", serde_json::to_string_pretty(&done)?);
             }
+            Ok(())
+        }
+    }
+}
+
+async fn secrets_command(config: &ApiConfig, command: SecretsCommand) -> anyhow::Result<()> {
+    let pool = cadenza_storage::connect(config.database_url.expose_secret(), 2).await?;
+    let keyring = config.keyring()?;
+    match command {
+        SecretsCommand::GenerateKek => Ok(()),
+        SecretsCommand::Keys => {
+            let mut conn = pool.acquire().await?;
+            for (kek_id, count) in cadenza_storage::secrets::count_by_kek(&mut conn).await? {
+                let state = if kek_id == keyring.active_id() {
+                    "active"
+                } else if keyring.contains(&kek_id) {
+                    "decrypt-only"
+                } else {
+                    "NOT CONFIGURED"
+                };
+                tracing::info!(%kek_id, secrets = count, state, "key");
+            }
+            Ok(())
+        }
+        SecretsCommand::Rewrap { batch_size } => {
+            let stop = cadenza_service_runtime::shutdown_on_signal();
+            tracing::info!(
+                active = keyring.active_id(),
+                batch_size,
+                "re-wrapping data keys"
+            );
+            let report = cadenza_storage::secrets::rewrap_all(
+                &pool,
+                &keyring,
+                batch_size,
+                |progress| {
+                    tracing::info!(
+                        batches = progress.batches,
+                        rewrapped = progress.rewrapped,
+                        failed = progress.failed,
+                        "progress"
+                    );
+                },
+                || stop.is_cancelled(),
+            )
+            .await?;
+            let mut conn = pool.acquire().await?;
+            cadenza_storage::audit::record(
+                &mut conn,
+                &cadenza_storage::audit::AuditEntry {
+                    org_id: None,
+                    actor_type: "system".into(),
+                    actor_id: None,
+                    actor_label: Some("cadenza-api secrets rewrap".into()),
+                    action: "secrets.rewrapped".into(),
+                    resource_type: "key_ring".into(),
+                    resource_id: Some(keyring.active_id().to_owned()),
+                    diff: serde_json::json!({
+                        "rewrapped": report.progress.rewrapped,
+                        "failed": report.failed.len(),
+                        "complete": !report.interrupted && report.failed.is_empty(),
+                    }),
+                    request_id: None,
+                    ip: None,
+                    user_agent: None,
+                },
+            )
+            .await?;
+            for (id, why) in &report.failed {
+                tracing::error!(secret_id = %id, error = %why, "could not re-wrap");
+            }
+            for (kek_id, count) in &report.by_kek {
+                tracing::info!(%kek_id, secrets = count, "secrets per key");
+            }
+            if report.interrupted {
+                anyhow::bail!(
+                    "interrupted after {} secrets; run again to continue",
+                    report.progress.rewrapped
+                );
+            }
+            if !report.failed.is_empty() {
+                anyhow::bail!("{} secrets could not be re-wrapped", report.failed.len());
+            }
+            tracing::info!(
+                rewrapped = report.progress.rewrapped,
+                "every data key is wrapped by the active key"
+            );
             Ok(())
         }
     }

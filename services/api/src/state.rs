@@ -12,6 +12,8 @@ pub struct AppState {
     pub relay: RelayNudge,
     pub limits: Arc<Limits>,
     pub sessions: Arc<crate::session::Sessions>,
+    /// Seals secret values; the API never opens them.
+    pub keyring: Arc<cadenza_crypto::KeyRing>,
 }
 
 /// Bounds on what one request, caller or org may ask for.

@@ -14,10 +14,12 @@ use axum::http::{Method, Request, StatusCode};
 use cadenza_api::routes::{Access, RouteSpec, route_specs};
 use cadenza_domain::{AgentSettings, OrgId, Permission, Repository, Role, RunId};
 use cadenza_storage::runs::{NewRun, Submitted};
+use cadenza_storage::secrets::{self, SecretScope};
 use cadenza_storage::{diffs, orgs, projects, runs};
 use cadenza_testkit::fixtures::{service_token, user_with_token};
 use cadenza_testkit::infra::{TestDatabase, nats_url, redis_url, unique_name};
 use http_body_util::BodyExt;
+use secrecy::ExposeSecret;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
@@ -25,12 +27,17 @@ use tower::ServiceExt;
 struct App {
     router: Router,
     db: TestDatabase,
+    /// The API's key ring, for fixtures that store secrets.
+    keyring: cadenza_crypto::KeyRing,
     _shutdown: tokio_util::sync::DropGuard,
 }
 
 async fn app(extra: Value) -> App {
     let db = TestDatabase::create().await.expect("db");
+    let (kek_id, kek) = cadenza_crypto::KeyRing::generate_key().expect("kek");
+    let kek_spec = format!("{kek_id}:{}", kek.expose_secret());
     let mut settings = json!({
+        "secret_keks": kek_spec,
         "database_url": db.url,
         "nats_url": nats_url(),
         "redis_url": redis_url(),
@@ -40,6 +47,9 @@ async fn app(extra: Value) -> App {
     if let (Some(target), Some(extra)) = (settings.as_object_mut(), extra.as_object()) {
         target.extend(extra.clone());
     }
+    let keyring =
+        cadenza_crypto::KeyRing::from_spec(settings["secret_keks"].as_str().unwrap_or(&kek_spec))
+            .expect("key ring");
     let config: cadenza_api::ApiConfig = serde_json::from_value(settings).expect("config");
     let shutdown = CancellationToken::new();
     let api = cadenza_api::build(&config, shutdown.clone())
@@ -48,6 +58,7 @@ async fn app(extra: Value) -> App {
     App {
         router: api.router(),
         db,
+        keyring,
         _shutdown: shutdown.drop_guard(),
     }
 }
@@ -127,6 +138,21 @@ async fn org_fixture(app: &App, slug: &str) -> OrgFixture {
     cadenza_storage::domain_rules::put(&mut conn, org.id, "example.org", Role::Viewer)
         .await
         .expect("domain rule");
+    for scope in [
+        SecretScope::Org(org.id),
+        SecretScope::Project(org.id, project.id),
+    ] {
+        secrets::put(
+            &mut conn,
+            &app.keyring,
+            scope,
+            "FIXTURE_SECRET",
+            &secrecy::SecretString::from("fixture-secret-value"),
+            "fixture",
+        )
+        .await
+        .expect("secret");
+    }
     OrgFixture {
         invitation_id: invitation.id.to_string(),
         org: org.id,
@@ -208,6 +234,10 @@ fn example_body(spec: &RouteSpec) -> Option<Value> {
             json!({"email": "new@example.com", "role": "viewer"})
         }
         ("PUT", "/orgs/{org_id}/domains/{domain}") => json!({"role": "member"}),
+        ("PUT", "/orgs/{org_id}/secrets/{name}" | "/projects/{project_id}/secrets/{name}") => {
+            json!({"value": "example-secret-value"})
+        }
+        ("POST", "/admin/secrets/rewrap") => return None,
         ("POST", "/invitations/{token}/accept") => return None,
         ("POST", "/auth/logout") => return None,
         ("POST", "/runs/{run_id}/cancel") => return None,
@@ -226,6 +256,7 @@ fn fill(path: &str, fixture: &OrgFixture) -> String {
         .replace("{token_id}", &fixture.service_token_id)
         .replace("{invitation_id}", &fixture.invitation_id)
         .replace("{domain}", "example.org")
+        .replace("{name}", "FIXTURE_SECRET")
         .replace("{token}", "cdzi_unknown")
 }
 
@@ -855,4 +886,262 @@ async fn the_audit_log_filters_and_exports_as_json_lines() {
         .collect();
     assert_eq!(lines.len(), 3);
     assert!(lines.iter().all(|line| line["org_id"] == a.org.to_string()));
+}
+
+#[tokio::test]
+async fn secret_values_are_write_only_and_never_echoed_or_audited() {
+    let app = app(json!({})).await;
+    let a = org_fixture(&app, "sec-").await;
+    let b = org_fixture(&app, "sec-other-").await;
+    let mut conn = app.db.pool.acquire().await.expect("conn");
+    let (_, owner) = user_with_token(
+        &mut conn,
+        &format!("{}@example.com", unique_name("sec-owner-")),
+        &[(a.org, Role::Owner)],
+        false,
+        None,
+    )
+    .await
+    .expect("owner");
+    let canary = "cdz-canary-5c1d0e9b7a";
+    let org_path = format!("/orgs/{}/secrets/CANARY", a.org);
+    let project_path = format!("/projects/{}/secrets/CANARY", a.project);
+
+    let (status, created) = call(
+        &app.router,
+        Method::PUT,
+        &org_path,
+        Some(&owner),
+        Some(json!({"value": canary})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    assert_eq!(created["version"], 1);
+    assert_eq!(created["scope"], "org");
+    let (status, updated) = call(
+        &app.router,
+        Method::PUT,
+        &org_path,
+        Some(&owner),
+        Some(json!({"value": format!("{canary}-v2")})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{updated}");
+    assert_eq!(updated["version"], 2);
+    let (status, _) = call(
+        &app.router,
+        Method::PUT,
+        &project_path,
+        Some(&owner),
+        Some(json!({"value": canary})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED);
+
+    // Everything readable about it, as the owner, holds no value.
+    let mut seen = Vec::new();
+    for path in [
+        org_path.clone(),
+        project_path.clone(),
+        format!("/orgs/{}/secrets", a.org),
+        format!("/projects/{}/secrets", a.project),
+        format!("/orgs/{}/audit", a.org),
+    ] {
+        let (status, body) = call(&app.router, Method::GET, &path, Some(&owner), None).await;
+        assert_eq!(status, StatusCode::OK, "{path}: {body}");
+        seen.push(body.to_string());
+    }
+    let listed: Value = serde_json::from_str(&seen[2]).expect("json");
+    let names: Vec<&str> = listed["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter_map(|item| item["name"].as_str())
+        .collect();
+    assert_eq!(names, ["CANARY", "FIXTURE_SECRET"]);
+    for body in &seen {
+        assert!(!body.contains(canary), "a value came back: {body}");
+        assert!(!body.contains("\"value\""), "{body}");
+    }
+    let audit_rows: Vec<String> = sqlx::query_scalar(
+        "select row_to_json(a)::text from audit_log a where action like 'secret.%'",
+    )
+    .fetch_all(&mut *conn)
+    .await
+    .expect("audit");
+    assert_eq!(audit_rows.len(), 3, "one entry per write");
+    assert!(audit_rows.iter().all(|row| !row.contains(canary)));
+
+    // Another org's owner cannot see or touch it; a member cannot write.
+    let (_, stranger) = user_with_token(
+        &mut conn,
+        &format!("{}@example.com", unique_name("stranger-")),
+        &[(b.org, Role::Owner)],
+        false,
+        None,
+    )
+    .await
+    .expect("stranger");
+    let (status, _) = call(&app.router, Method::GET, &org_path, Some(&stranger), None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (_, member) = user_with_token(
+        &mut conn,
+        &format!("{}@example.com", unique_name("member-")),
+        &[(a.org, Role::Member)],
+        false,
+        None,
+    )
+    .await
+    .expect("member");
+    let (status, _) = call(
+        &app.router,
+        Method::PUT,
+        &org_path,
+        Some(&member),
+        Some(json!({"value": "member-overwrite"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+
+    // Bad input: a clear 400 that never repeats the value.
+    for (path, body) in [
+        (
+            format!("/orgs/{}/secrets/lower-case", a.org),
+            json!({"value": canary}),
+        ),
+        (org_path.clone(), json!({"value": [canary]})),
+        (org_path.clone(), json!({"value": canary, "note": canary})),
+        (org_path.clone(), json!({"value": "ab"})),
+        (org_path.clone(), json!({"secret": canary})),
+    ] {
+        let (status, problem) =
+            call(&app.router, Method::PUT, &path, Some(&owner), Some(body)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{path}: {problem}");
+        assert!(!problem.to_string().contains(canary), "{problem}");
+    }
+
+    let (status, _) = call(&app.router, Method::DELETE, &org_path, Some(&owner), None).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, problem) = call(&app.router, Method::GET, &org_path, Some(&owner), None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{problem}");
+}
+
+#[tokio::test]
+async fn instance_admins_rewrap_secrets_with_the_active_key() {
+    let (old_id, old_key) = (
+        "kek-old",
+        cadenza_crypto::KeyRing::generate_key().expect("kek").1,
+    );
+    let (new_id, new_key) = (
+        "kek-new",
+        cadenza_crypto::KeyRing::generate_key().expect("kek").1,
+    );
+    let old_ring =
+        cadenza_crypto::KeyRing::from_spec(&format!("{old_id}:{}", old_key.expose_secret()))
+            .expect("old ring");
+    // The API runs with the new key active and the old one decrypt-only (rotation step 2).
+    let app = app(json!({"secret_keks": format!(
+        "{new_id}:{},{old_id}:{}",
+        new_key.expose_secret(),
+        old_key.expose_secret()
+    )}))
+    .await;
+    let a = org_fixture(&app, "rw-").await;
+    let mut conn = app.db.pool.acquire().await.expect("conn");
+    for i in 0..5 {
+        secrets::put(
+            &mut conn,
+            &old_ring,
+            SecretScope::Org(a.org),
+            &format!("OLD_{i}"),
+            &secrecy::SecretString::from(format!("old-value-{i}")),
+            "test",
+        )
+        .await
+        .expect("old secret");
+    }
+    let (_, admin) = user_with_token(
+        &mut conn,
+        &format!("{}@example.com", unique_name("iadmin-")),
+        &[],
+        true,
+        None,
+    )
+    .await
+    .expect("admin");
+    let (status, keys) = call(
+        &app.router,
+        Method::GET,
+        "/admin/secrets/keys",
+        Some(&admin),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{keys}");
+    assert_eq!(keys["active_kek_id"], new_id);
+    assert!(keys["by_kek"].to_string().contains(old_id), "{keys}");
+
+    let (status, report) = call(
+        &app.router,
+        Method::POST,
+        "/admin/secrets/rewrap?batch_size=2",
+        Some(&admin),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    assert_eq!(report["complete"], true, "{report}");
+    assert_eq!(report["rewrapped"], 5, "{report}");
+    assert_eq!(
+        report["by_kek"],
+        json!([{"kek_id": new_id, "secrets": 7}]),
+        "the five old secrets and the two fixture secrets"
+    );
+    let audited: i64 =
+        sqlx::query_scalar("select count(*) from audit_log where action = 'secrets.rewrapped'")
+            .fetch_one(&mut *conn)
+            .await
+            .expect("audit");
+    assert_eq!(audited, 1);
+    // The old key is no longer needed.
+    let new_only =
+        cadenza_crypto::KeyRing::from_spec(&format!("{new_id}:{}", new_key.expose_secret()))
+            .expect("new ring");
+    secrets::check_keyring(&mut conn, &new_only)
+        .await
+        .expect("old key unused");
+
+    let (status, problem) = call(
+        &app.router,
+        Method::POST,
+        "/admin/secrets/rewrap?batch_size=0",
+        Some(&admin),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{problem}");
+}
+
+#[tokio::test]
+async fn the_api_refuses_to_start_without_a_key_it_needs() {
+    let app = app(json!({})).await;
+    let a = org_fixture(&app, "start-").await;
+    let _ = a;
+    // The fixture secrets are wrapped by the app's key; a ring without it must not start.
+    let (id, key) = cadenza_crypto::KeyRing::generate_key().expect("kek");
+    let settings = json!({
+        "database_url": app.db.url,
+        "nats_url": nats_url(),
+        "redis_url": redis_url(),
+        "bus_prefix": unique_name("t"),
+        "migrate_on_start": false,
+        "secret_keks": format!("{id}:{}", key.expose_secret()),
+    });
+    let config: cadenza_api::ApiConfig = serde_json::from_value(settings).expect("config");
+    let err = match cadenza_api::build(&config, CancellationToken::new()).await {
+        Ok(_) => panic!("the API started without the key its secrets need"),
+        Err(err) => format!("{err:#}"),
+    };
+    assert!(err.contains(app.keyring.active_id()), "{err}");
+    assert!(err.contains("refusing to start"), "{err}");
 }

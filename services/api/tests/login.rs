@@ -40,6 +40,7 @@ async fn setup_with(email: &str, extra: Value) -> Login {
         "database_url": db.url,
         "nats_url": nats_url(),
         "redis_url": redis_url(),
+        "secret_keks": test_kek_spec(),
         "bus_prefix": unique_name("t"),
         "migrate_on_start": false,
         "oidc_issuer": provider.issuer().as_str(),
@@ -364,4 +365,10 @@ async fn an_active_session_is_refreshed_on_the_way() {
             .status(),
         StatusCode::OK
     );
+}
+
+fn test_kek_spec() -> String {
+    use secrecy::ExposeSecret;
+    let (id, key) = cadenza_crypto::KeyRing::generate_key().expect("kek");
+    format!("{id}:{}", key.expose_secret())
 }

@@ -57,6 +57,12 @@ pub struct WorkerConfig {
     /// `chat` for OpenAI-compatible gateways that serve only chat completions.
     #[serde(default)]
     pub llm_api_mode: Option<String>,
+    /// The key ring that opens secrets, as a key spec (`id:base64key,...`).
+    #[serde(default)]
+    pub secret_keks: Option<SecretString>,
+    /// The key ring as a JSON key file (see docs/SECURITY.md).
+    #[serde(default)]
+    pub secret_keks_file: Option<String>,
     #[serde(default)]
     pub log_json: bool,
 }
@@ -122,8 +128,17 @@ impl WorkerConfig {
             default_llm_api_key: None,
             llm_api_mode: None,
             attach_containers: None,
+            secret_keks: None,
+            secret_keks_file: None,
             log_json: false,
         }
+    }
+
+    pub fn keyring(&self) -> anyhow::Result<cadenza_crypto::KeyRing> {
+        cadenza_service_runtime::load_keyring(
+            self.secret_keks.as_ref(),
+            self.secret_keks_file.as_deref(),
+        )
     }
 
     pub fn attached_containers(&self) -> Vec<String> {

@@ -297,6 +297,35 @@ impl DockerRuntime {
         ))
     }
 
+    /// The container's output (stdout and stderr, from its start, then as it comes) in the
+    /// chunks the engine sends; ends when the container stops or is removed.
+    pub fn follow_logs(
+        &self,
+        container: &str,
+    ) -> impl futures::Stream<Item = bytes::Bytes> + Send + 'static {
+        self.docker
+            .logs(
+                container,
+                Some(LogsOptions::<String> {
+                    follow: true,
+                    stdout: true,
+                    stderr: true,
+                    ..Default::default()
+                }),
+            )
+            .take_while(|chunk| std::future::ready(chunk.is_ok()))
+            .filter_map(|chunk| {
+                std::future::ready(match chunk {
+                    Ok(
+                        LogOutput::StdOut { message }
+                        | LogOutput::StdErr { message }
+                        | LogOutput::Console { message },
+                    ) => Some(message),
+                    _ => None,
+                })
+            })
+    }
+
     async fn log_tail(&self, container: &str, lines: usize) -> String {
         let mut stream = self.docker.logs(
             container,

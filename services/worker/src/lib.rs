@@ -5,6 +5,7 @@
 pub mod config;
 pub mod docker;
 mod normalize;
+mod secrets;
 mod supervisor;
 
 use std::sync::Arc;
@@ -34,6 +35,7 @@ pub(crate) struct Core {
     pub(crate) docker: DockerRuntime,
     pub(crate) config: WorkerConfig,
     pub(crate) worker: Worker,
+    pub(crate) keyring: cadenza_crypto::KeyRing,
     /// The stop handles of the runs this worker is executing.
     pub(crate) active:
         std::sync::Mutex<std::collections::HashMap<cadenza_domain::RunId, supervisor::Stop>>,
@@ -51,6 +53,15 @@ pub async fn build(
     let pool = cadenza_storage::connect(config.database_url.expose_secret(), 10)
         .await
         .context("connecting to Postgres (CADENZA_DATABASE_URL)")?;
+    let keyring = config.keyring()?;
+    {
+        let mut conn = pool.acquire().await?;
+        cadenza_storage::secrets::check_keyring(&mut conn, &keyring)
+            .await
+            .context(
+                "refusing to start: the configured key ring cannot open every stored secret",
+            )?;
+    }
     let bus = Bus::connect(&config.nats_url, &config.bus_prefix)
         .await
         .context("connecting to NATS (CADENZA_NATS_URL)")?;
@@ -71,6 +82,7 @@ pub async fn build(
             docker,
             config,
             worker,
+            keyring,
             active: Default::default(),
         }),
         shutdown,

@@ -10,12 +10,14 @@ use cadenza_agent_client::{
     AgentEvent, AgentServerClient, AgentSpec, Error as AgentError, ExecutionStatus, LlmConfig,
     SessionFrame, StartConversationRequest, TypedEvent,
 };
+use cadenza_crypto::Redactor;
 use cadenza_domain::{Project, Run, RunEvent, RunState, Scope, TerminalCode, TerminalReason};
 use cadenza_storage::journal::{self, NewJournalEvent};
 use cadenza_storage::runs::{self, Actor};
 use cadenza_storage::{StorageError, diffs, projects};
+use futures::StreamExt;
 use rand::RngCore;
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 use time::OffsetDateTime;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -27,6 +29,7 @@ use crate::docker::{
     LABEL_ATTEMPT, LABEL_MANAGED, LABEL_ORG, LABEL_PROJECT, LABEL_RUN, LABEL_WORKER, WorkspaceSpec,
 };
 use crate::normalize::normalize;
+use crate::secrets::{self, LogLines, RunSecrets};
 
 /// Consecutive failed socket (re)connects before the agent counts as unreachable.
 const MAX_RECONNECTS: u32 = 10;
@@ -76,7 +79,15 @@ pub(crate) async fn supervise(core: Arc<Core>, run: Run, cancel: Stop) {
     async move {
         let container = format!("cadenza-run-{}-{}", run.id, run.attempt);
         let mut state = RunState::Provisioning;
-        let outcome = execute(&core, &run, &container, &cancel, &mut state).await;
+        // Replaced by the run's own once its secrets are decrypted; everything recorded about
+        // the run, its end reason included, passes through it.
+        let mut redactor = Arc::new(Redactor::empty());
+        let outcome = execute(&core, &run, &container, &cancel, &mut state, &mut redactor).await;
+        let outcome = outcome
+            .map(|message| redactor.redact(&message).into_owned())
+            .map_err(|reason| {
+                TerminalReason::new(reason.code, redactor.redact(&reason.message).into_owned())
+            });
         let correlation = cancel.correlation.get().copied();
         // The container goes before the end state is written, so a client that sees the end
         // also sees the resources released.
@@ -167,6 +178,7 @@ async fn execute(
     container: &str,
     cancel: &Stop,
     state: &mut RunState,
+    redactor: &mut Arc<Redactor>,
 ) -> Result<String, TerminalReason> {
     let deadline = Instant::now() + core.config.run_timeout;
     let project = {
@@ -179,6 +191,18 @@ async fn execute(
             .await
             .map_err(internal)?
     };
+    // 0. Secrets, decrypted before anything starts: a missing or unreadable one fails the run
+    // at once, naming it.
+    let secrets = secrets::load(
+        &core.pool,
+        &core.keyring,
+        run,
+        &project,
+        core.config.default_llm_api_key.as_ref(),
+    )
+    .await?;
+    *redactor = secrets.redactor.clone();
+    let redactor: &Redactor = &secrets.redactor;
 
     // 1. The workspace container.
     let session_key = random_key();
@@ -194,6 +218,7 @@ async fn execute(
         host_port = workspace.host_port,
         "workspace container started"
     );
+    forward_container_logs(core, container, &secrets);
 
     let base_url =
         Url::parse(&format!("http://127.0.0.1:{}", workspace.host_port)).map_err(internal)?;
@@ -213,6 +238,8 @@ async fn execute(
                 &client,
                 url,
                 project.repository.branch.as_deref(),
+                secrets.git_credentials.as_ref(),
+                redactor,
             )
             .await?,
         ),
@@ -237,13 +264,13 @@ async fn execute(
     {
         llm = llm.with_base_url(url);
     }
-    if let Some(key) = &core.config.default_llm_api_key {
+    if let Some(key) = &secrets.llm_api_key {
         llm = llm.with_api_key(key.clone());
     }
     if let Some(mode) = &core.config.llm_api_mode {
         llm.extra.insert("api_mode".into(), serde_json::json!(mode));
     }
-    let request = StartConversationRequest::new(
+    let mut request = StartConversationRequest::new(
         core.config.workspace_dir.clone(),
         AgentSpec::with_standard_tools(llm),
     )
@@ -251,6 +278,9 @@ async fn execute(
     .with_initial_message(run.prompt.clone())
     .with_max_iterations(u32::try_from(project.agent.max_iterations).unwrap_or(u32::MAX))
     .with_autotitle(false);
+    for (name, value) in &secrets.shell {
+        request = request.with_secret(name.clone(), value.clone());
+    }
     let created = with_retries(cancel, || client.create_conversation(&request)).await;
     created.map_err(|err| {
         fail(
@@ -293,6 +323,7 @@ async fn execute(
         client: &client,
         conversation_id,
         container,
+        redactor,
         last_seq: -1,
         last_event_id: None,
         last_error: None,
@@ -304,8 +335,9 @@ async fn execute(
         ExecutionStatus::Finished => client
             .agent_final_response(conversation_id)
             .await
+            .map(|message| redactor.redact(&message).into_owned())
             .unwrap_or_else(|err| {
-                tracing::warn!(error = %err, "reading the final response failed");
+                tracing::warn!(error = %redactor.redact(&err.to_string()), "reading the final response failed");
                 String::new()
             }),
         ExecutionStatus::Stuck => {
@@ -336,6 +368,7 @@ async fn execute(
         .await
     {
         Ok(delta) => {
+            let patch = redactor.redact(&delta.patch);
             let mut conn = core
                 .pool
                 .acquire()
@@ -346,13 +379,16 @@ async fn execute(
                 run.id,
                 run.org_id,
                 delta.base_commit.as_deref(),
-                &delta.patch,
+                &patch,
             )
             .await
             .map_err(internal)?;
             tracing::info!(bytes = delta.patch.len(), "diff stored");
         }
-        Err(err) => tracing::warn!(error = %err, "collecting the diff failed; the run has no diff"),
+        Err(err) => tracing::warn!(
+            error = %redactor.redact(&err.to_string()),
+            "collecting the diff failed; the run has no diff"
+        ),
     }
     Ok(final_message)
 }
@@ -418,6 +454,69 @@ fn shell_quote(value: &str) -> String {
     format!("'{}'", value.replace('\'', "'\\''"))
 }
 
+/// The clone command. Credentials (`token`, or `user:token`; the user defaults to
+/// `x-access-token`, which GitHub and Gitea accept, GitLab takes `oauth2`) travel as an HTTP
+/// header given on the command line: never in the URL, so not in `.git/config`, the remote
+/// name or git's error messages. The command itself is never logged or journaled.
+fn clone_command(
+    url: &str,
+    branch: Option<&str>,
+    credentials: Option<&SecretString>,
+    dir: &str,
+) -> String {
+    use base64::Engine;
+    let branch_flag = branch
+        .map(|branch| format!("--branch {} ", shell_quote(branch)))
+        .unwrap_or_default();
+    let auth = credentials
+        .map(|credentials| {
+            let credentials = credentials.expose_secret().trim();
+            let pair = if credentials.contains(':') {
+                credentials.to_owned()
+            } else {
+                format!("x-access-token:{credentials}")
+            };
+            let header = format!(
+                "http.extraHeader=Authorization: Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(pair)
+            );
+            format!("-c credential.helper= -c {} ", shell_quote(&header))
+        })
+        .unwrap_or_default();
+    format!(
+        "GIT_TERMINAL_PROMPT=0 git {auth}clone --quiet {branch_flag}-- {} {} 2>&1",
+        shell_quote(url),
+        shell_quote(dir)
+    )
+}
+
+/// Follows the workspace container's output into this worker's log (at debug level, target
+/// `cadenza_worker::agent_log`), redacted line by line, even when a value is split across the
+/// chunks the engine sends. Ends when the container goes, or with the run's time budget.
+fn forward_container_logs(core: &Core, container: &str, secrets: &RunSecrets) {
+    let logs = core.docker.follow_logs(container);
+    let redactor = secrets.redactor.clone();
+    let budget = core.config.run_timeout + Duration::from_secs(60);
+    tokio::spawn(
+        async move {
+            let mut lines = LogLines::new(&redactor);
+            let follow = async {
+                futures::pin_mut!(logs);
+                while let Some(chunk) = logs.next().await {
+                    for line in lines.push(&chunk) {
+                        tracing::debug!(target: "cadenza_worker::agent_log", "{line}");
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(budget, follow).await;
+            for line in lines.finish() {
+                tracing::debug!(target: "cadenza_worker::agent_log", "{line}");
+            }
+        }
+        .instrument(tracing::Span::current()),
+    );
+}
+
 /// Clones the project's repository into the workspace and returns the base commit the run's
 /// diff is taken against.
 async fn prepare_repository(
@@ -426,16 +525,11 @@ async fn prepare_repository(
     client: &AgentServerClient,
     url: &str,
     branch: Option<&str>,
+    credentials: Option<&SecretString>,
+    redactor: &Redactor,
 ) -> Result<String, TerminalReason> {
     let dir = &core.config.workspace_dir;
-    let branch_flag = branch
-        .map(|branch| format!("--branch {} ", shell_quote(branch)))
-        .unwrap_or_default();
-    let clone = format!(
-        "git clone --quiet {branch_flag}-- {} {} 2>&1",
-        shell_quote(url),
-        shell_quote(dir)
-    );
+    let clone = clone_command(url, branch, credentials, dir);
     let unavailable = |detail: String| fail(TerminalCode::RepositoryUnavailable, detail);
     let output = client
         .execute_bash(&clone, None, Duration::from_secs(600))
@@ -467,7 +561,11 @@ async fn prepare_repository(
         run_id: run.id,
         org_id: run.org_id,
         kind: cadenza_domain::EventKind::Workspace,
-        payload: serde_json::json!({"repository": url, "branch": branch, "base_commit": base_commit}),
+        payload: {
+            let mut payload = serde_json::json!({"repository": url, "branch": branch, "base_commit": base_commit});
+            redactor.redact_json(&mut payload);
+            payload
+        },
         raw: None,
         source_event_id: None,
         source_seq: None,
@@ -552,6 +650,7 @@ struct Follower<'a> {
     client: &'a AgentServerClient,
     conversation_id: uuid::Uuid,
     container: &'a str,
+    redactor: &'a Redactor,
     /// The agent-server seq of the last journaled durable event (-1: none).
     last_seq: i64,
     last_event_id: Option<String>,
@@ -728,13 +827,16 @@ impl Follower<'_> {
         if let TypedEvent::ConversationError(error) = event.typed() {
             self.last_error = Some(format!("{}: {}", error.code, error.detail));
         }
-        let (kind, payload) = normalize(event, seq);
+        let (kind, mut payload) = normalize(event, seq);
+        let mut raw = event.raw.clone();
+        self.redactor.redact_json(&mut payload);
+        self.redactor.redact_json(&mut raw);
         let new_event = || NewJournalEvent {
             run_id: self.run.id,
             org_id: self.run.org_id,
             kind,
             payload: payload.clone(),
-            raw: Some(event.raw.clone()),
+            raw: Some(raw.clone()),
             source_event_id: (!event.id.is_empty()).then(|| event.id.clone()),
             source_seq: seq,
             occurred_at: OffsetDateTime::now_utc(),

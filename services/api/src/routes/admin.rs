@@ -1,11 +1,15 @@
+use std::time::{Duration, Instant};
+
 use axum::Json;
 use axum::extract::State;
 use cadenza_domain::{OrgId, Scope, UserId};
-use cadenza_storage::{StorageError, orgs, users};
+use cadenza_storage::{StorageError, orgs, secrets, users};
 use serde::Deserialize;
+use serde_json::{Value, json};
 
+use crate::audit::{self, Change, RequestMeta};
 use crate::auth::{Authorized, perm};
-use crate::error::ApiResult;
+use crate::error::{ApiError, ApiResult};
 use crate::extract::{ApiQuery, next_cursor, page_limit, parse_cursor};
 use crate::routes::wire::{OrgView, Page, UserView};
 use crate::state::AppState;
@@ -59,4 +63,91 @@ pub async fn users(
         items: items.into_iter().map(UserView::from).collect(),
         next_cursor,
     }))
+}
+
+#[derive(Deserialize)]
+pub struct RewrapQuery {
+    batch_size: Option<i64>,
+    /// Seconds the request may spend before answering with `complete: false`.
+    budget_seconds: Option<u64>,
+}
+
+fn by_kek_json(by_kek: &[(String, i64)]) -> Value {
+    Value::Array(
+        by_kek
+            .iter()
+            .map(|(kek_id, count)| json!({"kek_id": kek_id, "secrets": count}))
+            .collect(),
+    )
+}
+
+/// `GET /admin/secrets/keys`: the active key, the configured ones, and how many secrets each
+/// stored key id wraps (a key may be removed once it wraps none).
+pub async fn secret_keys(
+    State(state): State<AppState>,
+    _admin: Authorized<perm::InstanceAdmin>,
+) -> ApiResult<Json<Value>> {
+    let mut conn = state.pool.acquire().await.map_err(StorageError::from)?;
+    let by_kek = secrets::count_by_kek(&mut conn).await?;
+    Ok(Json(json!({
+        "active_kek_id": state.keyring.active_id(),
+        "configured_kek_ids": state.keyring.ids().collect::<Vec<_>>(),
+        "by_kek": by_kek_json(&by_kek),
+    })))
+}
+
+/// `POST /admin/secrets/rewrap`: re-wraps data keys with the active key, in batches, for at
+/// most `budget_seconds` (default 20, at most 120). Answers `complete: false` when time ran out
+/// or some secrets could not be re-wrapped; calling again continues where it stopped.
+pub async fn rewrap_secrets(
+    State(state): State<AppState>,
+    admin: Authorized<perm::InstanceAdmin>,
+    meta: RequestMeta,
+    ApiQuery(query): ApiQuery<RewrapQuery>,
+) -> ApiResult<Json<Value>> {
+    let batch_size = query.batch_size.unwrap_or(100);
+    if !(1..=10_000).contains(&batch_size) {
+        return Err(ApiError::BadRequest(
+            "`batch_size` must be between 1 and 10000".into(),
+        ));
+    }
+    let budget = Duration::from_secs(query.budget_seconds.unwrap_or(20).clamp(1, 120));
+    let started = Instant::now();
+    let report = secrets::rewrap_all(
+        &state.pool,
+        &state.keyring,
+        batch_size,
+        |_| {},
+        || started.elapsed() >= budget,
+    )
+    .await?;
+    let complete = !report.interrupted && report.failed.is_empty();
+    let mut tx = state.pool.begin().await.map_err(StorageError::from)?;
+    audit::record(
+        &mut tx,
+        Some(&admin.principal),
+        &meta,
+        Change {
+            org: None,
+            action: "secrets.rewrapped",
+            resource_type: "key_ring",
+            resource_id: Some(state.keyring.active_id().to_owned()),
+            diff: json!({
+                "rewrapped": report.progress.rewrapped,
+                "failed": report.failed.len(),
+                "complete": complete,
+                "by_kek": by_kek_json(&report.by_kek),
+            }),
+        },
+    )
+    .await?;
+    tx.commit().await.map_err(StorageError::from)?;
+    Ok(Json(json!({
+        "active_kek_id": state.keyring.active_id(),
+        "rewrapped": report.progress.rewrapped,
+        "batches": report.progress.batches,
+        "failed": report.failed.iter().map(|(id, why)| json!({"secret_id": id, "error": why})).collect::<Vec<_>>(),
+        "by_kek": by_kek_json(&report.by_kek),
+        "complete": complete,
+    })))
 }

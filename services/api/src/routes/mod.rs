@@ -11,6 +11,7 @@ pub mod members;
 pub mod orgs;
 pub mod projects;
 pub mod runs;
+pub mod secrets;
 pub mod tokens;
 pub mod wire;
 
@@ -189,6 +190,54 @@ fn table() -> Table {
         Org(P::AuditRead),
         audit_log::list,
     )
+    .add(
+        M::GET,
+        "/orgs/{org_id}/secrets",
+        Org(P::SecretsManage),
+        secrets::list_org,
+    )
+    .add(
+        M::GET,
+        "/orgs/{org_id}/secrets/{name}",
+        Org(P::SecretsManage),
+        secrets::get_org,
+    )
+    .add(
+        M::PUT,
+        "/orgs/{org_id}/secrets/{name}",
+        Org(P::SecretsManage),
+        secrets::put_org,
+    )
+    .add(
+        M::DELETE,
+        "/orgs/{org_id}/secrets/{name}",
+        Org(P::SecretsManage),
+        secrets::delete_org,
+    )
+    .add(
+        M::GET,
+        "/projects/{project_id}/secrets",
+        Org(P::SecretsManage),
+        secrets::list_project,
+    )
+    .add(
+        M::GET,
+        "/projects/{project_id}/secrets/{name}",
+        Org(P::SecretsManage),
+        secrets::get_project,
+    )
+    .add(
+        M::PUT,
+        "/projects/{project_id}/secrets/{name}",
+        Org(P::SecretsManage),
+        secrets::put_project,
+    )
+    .add(
+        M::DELETE,
+        "/projects/{project_id}/secrets/{name}",
+        Org(P::SecretsManage),
+        secrets::delete_project,
+    )
     .add(M::GET, "/projects", Org(P::ProjectsRead), projects::list)
     .add(
         M::GET,
@@ -245,6 +294,13 @@ fn table() -> Table {
     )
     .add(M::GET, "/admin/orgs", Instance, admin::orgs)
     .add(M::GET, "/admin/users", Instance, admin::users)
+    .add(M::GET, "/admin/secrets/keys", Instance, admin::secret_keys)
+    .add(
+        M::POST,
+        "/admin/secrets/rewrap",
+        Instance,
+        admin::rewrap_secrets,
+    )
 }
 
 pub fn api_routes() -> Router<AppState> {

@@ -1,0 +1,354 @@
+//! Secrets end to end: stored through the API, decrypted by the worker at provisioning, handed
+//! to the agent's shell and the LLM configuration, and redacted from everything Cadenza keeps or
+//! sends (the canary test); and runs whose secret is missing or tampered with fail with a reason.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use base64::Engine;
+use cadenza_e2e::Api;
+use cadenza_e2e::sse::SseReader;
+use cadenza_testkit::infra::nats_url;
+use cadenza_testkit::stack::{Stack, StackOptions};
+use futures::StreamExt;
+use serde_json::{Value, json};
+
+const RUN_BUDGET: Duration = Duration::from_secs(120);
+
+fn random_hex(bytes: usize) -> String {
+    (0..bytes)
+        .map(|_| format!("{:02x}", rand::random::<u8>()))
+        .collect()
+}
+
+/// The value and the encodings the prompt prints, as they would appear unredacted.
+fn forms(value: &str) -> Vec<String> {
+    let hex: String = value.bytes().map(|byte| format!("{byte:02x}")).collect();
+    let spaced: Vec<String> = value.bytes().map(|byte| format!("{byte:02x}")).collect();
+    vec![
+        value.to_owned(),
+        base64::engine::general_purpose::STANDARD.encode(value),
+        base64::engine::general_purpose::STANDARD.encode(format!("{value}\n")),
+        hex,
+        // `od -An -tx1` prints 16 bytes per line; the first line alone is distinctive.
+        spaced[..16].join(" "),
+    ]
+}
+
+async fn put_secret(api: &Api, path: &str, value: &str) {
+    let response = api
+        .http
+        .put(api.url(path))
+        .bearer_auth(&api.token)
+        .json(&json!({"value": value}))
+        .send()
+        .await
+        .expect("put secret");
+    assert!(
+        response.status().is_success(),
+        "{path}: {}",
+        response.status()
+    );
+}
+
+async fn patch_project(api: &Api, project_id: &str, body: Value) {
+    let response = api
+        .http
+        .patch(api.url(&format!("/projects/{project_id}")))
+        .bearer_auth(&api.token)
+        .json(&body)
+        .send()
+        .await
+        .expect("patch");
+    assert_eq!(response.status(), 200, "{:?}", response.text().await);
+}
+
+/// Every row of every table, as text.
+async fn dump_database(pool: &sqlx::PgPool) -> String {
+    let tables: Vec<String> = sqlx::query_scalar(
+        "select table_name::text from information_schema.tables
+         where table_schema = 'public' and table_type = 'BASE TABLE'",
+    )
+    .fetch_all(pool)
+    .await
+    .expect("tables");
+    assert!(tables.iter().any(|table| table == "secrets"));
+    let mut dump = String::new();
+    for table in tables {
+        let rows: Option<String> = sqlx::query_scalar(&format!(
+            "select string_agg(row_to_json(t)::text, E'\\n') from \"{table}\" t"
+        ))
+        .fetch_one(pool)
+        .await
+        .expect("dump table");
+        dump.push_str(&rows.unwrap_or_default());
+        dump.push('\n');
+    }
+    dump
+}
+
+#[tokio::test]
+async fn an_injected_canary_is_usable_by_the_agent_and_appears_nowhere_cadenza_records() {
+    let stack = Stack::start_with(StackOptions {
+        extra_env: vec![(
+            "RUST_LOG".into(),
+            "info,cadenza_worker=debug,cadenza_api=debug,cadenza_scheduler=debug,\
+             cadenza_agent_client=debug,cadenza_storage=debug"
+                .into(),
+        )],
+        ..Default::default()
+    })
+    .await
+    .expect("stack starts");
+    let api = Api::new(&stack.api_url, &stack.token);
+    let project_id = stack.project.id.to_string();
+    let org_id = stack.org.id.to_string();
+
+    // Capture every message on this stack's NATS subjects from before the run exists.
+    let nats = async_nats::connect(nats_url()).await.expect("nats");
+    let mut subscription = nats
+        .subscribe(format!("{}.>", stack.bus_prefix))
+        .await
+        .expect("subscribe");
+    let captured = Arc::new(Mutex::new(Vec::<String>::new()));
+    let collector = {
+        let captured = captured.clone();
+        tokio::spawn(async move {
+            while let Some(message) = subscription.next().await {
+                captured
+                    .lock()
+                    .expect("lock")
+                    .push(String::from_utf8_lossy(&message.payload).into_owned());
+            }
+        })
+    };
+
+    let canary = format!("cdz-canary-{}", random_hex(12));
+    let llm_key = format!("sk-llm-canary-{}", random_hex(12));
+    put_secret(
+        &api,
+        &format!("/orgs/{org_id}/secrets/CANARY"),
+        "org-value-overridden",
+    )
+    .await;
+    put_secret(
+        &api,
+        &format!("/projects/{project_id}/secrets/CANARY"),
+        &canary,
+    )
+    .await;
+    put_secret(&api, &format!("/orgs/{org_id}/secrets/LLM_KEY"), &llm_key).await;
+    patch_project(
+        &api,
+        &project_id,
+        json!({"agent": {"secrets": ["CANARY"], "llm_api_key_secret": "LLM_KEY"}}),
+    )
+    .await;
+
+    let prompt = "$ echo $CANARY\n\
+                  $ echo $CANARY | base64\n\
+                  $ printf %s \"$CANARY\" | od -An -tx1\n\
+                  $ echo \"token=$CANARY\" > leaked.txt\n\
+                  done";
+    let (status, run) = api
+        .submit_run(&project_id, prompt, None)
+        .await
+        .expect("submit");
+    assert_eq!(status, 201, "{run}");
+    let run_id = run["id"].as_str().expect("id").to_owned();
+    // Follow the live stream while the run goes.
+    let mut sse = SseReader::open(
+        &api.http,
+        &api.url(&format!("/runs/{run_id}/events/stream")),
+        &api.token,
+        None,
+    )
+    .await
+    .expect("stream");
+    let mut streamed = String::new();
+    while let Some(event) = sse.next(RUN_BUDGET).await.expect("stream event") {
+        streamed.push_str(&event.data);
+        streamed.push('\n');
+    }
+    let run = api.wait_for_end(&run_id, RUN_BUDGET).await.expect("ends");
+    assert_eq!(run["state"], "succeeded", "{run}\n{}", stack.logs());
+
+    // The agent really had the value: each command's output is there, redacted.
+    let events = api.all_events(&run_id, 50).await.expect("events");
+    let outputs: Vec<String> = events
+        .iter()
+        .filter(|event| event["kind"] == "observation")
+        .filter_map(|event| event["payload"]["output"].as_str().map(str::to_owned))
+        .collect();
+    let redacted = outputs
+        .iter()
+        .filter(|output| output.contains("[REDACTED:CANARY]"))
+        .count();
+    assert!(
+        redacted >= 3,
+        "echo, base64 and od each printed the canary, redacted: {outputs:?}"
+    );
+    assert!(
+        !outputs.iter().any(|output| output.contains("org-value")),
+        "the project secret overrides the org secret: {outputs:?}"
+    );
+    let diff = api
+        .get(&format!("/runs/{run_id}/diff"))
+        .await
+        .expect("diff")
+        .text()
+        .await
+        .expect("patch");
+    assert!(diff.contains("leaked.txt"), "{diff}");
+    assert!(diff.contains("token=[REDACTED:CANARY]"), "{diff}");
+
+    // Let the relay and collectors settle, then look everywhere.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    collector.abort();
+    let nats_messages = captured.lock().expect("lock").join("\n");
+    assert!(
+        nats_messages.contains(&run_id),
+        "the NATS capture saw the run's messages"
+    );
+    let metadata = api
+        .get_json(&format!("/projects/{project_id}/secrets/CANARY"))
+        .await
+        .expect("metadata");
+    assert!(
+        metadata["last_used_at"].is_string(),
+        "the run used it: {metadata}"
+    );
+    let places = [
+        ("events API", serde_json::to_string(&events).expect("json")),
+        ("SSE stream", streamed),
+        ("diff", diff),
+        (
+            "run",
+            api.get_json(&format!("/runs/{run_id}"))
+                .await
+                .expect("run")
+                .to_string(),
+        ),
+        ("database", dump_database(&stack.db.pool).await),
+        ("service logs", stack.logs()),
+        ("NATS messages", nats_messages),
+    ];
+    for (name, secret) in [("CANARY", &canary), ("LLM_KEY", &llm_key)] {
+        for form in forms(secret) {
+            for (place, text) in &places {
+                assert!(
+                    !text.contains(&form),
+                    "{name} ({form}) leaked into the {place}"
+                );
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn runs_whose_secret_is_missing_tampered_or_moved_fail_with_a_reason() {
+    let stack = Stack::start().await.expect("stack starts");
+    let api = Api::new(&stack.api_url, &stack.token);
+    let project_id = stack.project.id.to_string();
+    let org_id = stack.org.id.to_string();
+
+    // Missing: the project refers to a name nobody set.
+    patch_project(
+        &api,
+        &project_id,
+        json!({"agent": {"secrets": ["NOT_SET"]}}),
+    )
+    .await;
+    let (_, run) = api
+        .submit_run(&project_id, "$ true\ndone", None)
+        .await
+        .expect("submit");
+    let run = api
+        .wait_for_end(run["id"].as_str().expect("id"), RUN_BUDGET)
+        .await
+        .expect("ends");
+    assert_eq!(run["state"], "failed", "{run}");
+    assert_eq!(run["terminal_reason"]["code"], "secret_unavailable");
+    assert!(
+        run["terminal_reason"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("NOT_SET"),
+        "{run}"
+    );
+
+    // Tampered: one bit of the stored ciphertext flipped.
+    let value = format!("tamper-{}", random_hex(8));
+    put_secret(&api, &format!("/orgs/{org_id}/secrets/TAMPERED"), &value).await;
+    let (id, mut sealed): (uuid::Uuid, Vec<u8>) =
+        sqlx::query_as("select id, sealed from secrets where name = 'TAMPERED'")
+            .fetch_one(&stack.db.pool)
+            .await
+            .expect("row");
+    let last = sealed.len() - 3;
+    sealed[last] ^= 0x01;
+    sqlx::query("update secrets set sealed = $2 where id = $1")
+        .bind(id)
+        .bind(&sealed)
+        .execute(&stack.db.pool)
+        .await
+        .expect("tamper");
+    patch_project(
+        &api,
+        &project_id,
+        json!({"agent": {"secrets": ["TAMPERED"]}}),
+    )
+    .await;
+    let (_, run) = api
+        .submit_run(&project_id, "$ true\ndone", None)
+        .await
+        .expect("submit");
+    let run = api
+        .wait_for_end(run["id"].as_str().expect("id"), RUN_BUDGET)
+        .await
+        .expect("ends");
+    assert_eq!(run["state"], "failed", "{run}");
+    assert_eq!(run["terminal_reason"]["code"], "secret_unavailable");
+    let message = run["terminal_reason"]["message"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        message.contains("TAMPERED") && message.contains("cannot decrypt"),
+        "{message}"
+    );
+
+    // Moved: a secret row of another org placed into this org under the referenced name.
+    let other = {
+        let mut conn = stack.db.pool.acquire().await.expect("conn");
+        cadenza_storage::orgs::create(&mut conn, &cadenza_testkit::infra::unique_name("o-"), "o")
+            .await
+            .expect("org")
+    };
+    put_secret(
+        &api,
+        &format!("/orgs/{}/secrets/FOREIGN", other.id),
+        "foreign-value",
+    )
+    .await;
+    sqlx::query("update secrets set org_id = $1, name = 'MOVED' where name = 'FOREIGN'")
+        .bind(stack.org.id.as_uuid())
+        .execute(&stack.db.pool)
+        .await
+        .expect("move");
+    patch_project(&api, &project_id, json!({"agent": {"secrets": ["MOVED"]}})).await;
+    let (_, run) = api
+        .submit_run(&project_id, "$ true\ndone", None)
+        .await
+        .expect("submit");
+    let run = api
+        .wait_for_end(run["id"].as_str().expect("id"), RUN_BUDGET)
+        .await
+        .expect("ends");
+    assert_eq!(run["state"], "failed", "{run}");
+    assert_eq!(run["terminal_reason"]["code"], "secret_unavailable");
+    assert!(
+        !stack.logs().contains("panicked"),
+        "no service panicked:\n{}",
+        stack.logs()
+    );
+}
