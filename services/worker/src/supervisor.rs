@@ -579,7 +579,7 @@ async fn prepare_repository(
     if let Some(entry) = journal::append(&mut conn, entry).await.map_err(internal)? {
         core.bus.publish_journal_event(&entry).await;
     }
-    tracing::info!(repository = url, %base_commit, "repository cloned");
+    tracing::info!(repository = %redactor.redact(url), %base_commit, "repository cloned");
     Ok(base_commit)
 }
 
@@ -808,7 +808,10 @@ impl Follower<'_> {
         {
             Ok(events) => events,
             Err(err) => {
-                tracing::warn!(error = %err, "reconciling events over REST failed");
+                tracing::warn!(
+                    error = %self.redactor.redact(&err.to_string()),
+                    "reconciling events over REST failed"
+                );
                 return Ok(());
             }
         };
