@@ -26,10 +26,55 @@ mkdir -p "$state/logs" "$state/pids"
 log() { printf '[run] %s\n' "$*" >&2; }
 
 scripts/infra.sh up
-# The demo project uses the scripted fake agent; the real agent-server image (a five-minute
-# build) is only built when asked for.
-CADENZA_SKIP_REAL_AGENT_IMAGE=${CADENZA_SKIP_REAL_AGENT_IMAGE:-1} scripts/build-images.sh >/dev/null
-agent_image=${CADENZA_DEMO_AGENT_IMAGE:-cadenza/fake-agent-server:dev}
+# The demo project runs the real OpenHands agent-server with the LLM named by CADENZA_LLM_MODEL,
+# CADENZA_LLM_BASE_URL and CADENZA_LLM_API_KEY. The official image is used when a registry can
+# be reached, otherwise the same version is built locally (about five minutes, once).
+# CADENZA_DEMO_AGENT=fake runs the scripted fake agent instead: offline, no LLM, `$ ` lines of the
+# prompt run as shell commands.
+official_image=ghcr.io/openhands/agent-server:1.58.0-python
+local_image=cadenza/openhands-agent-server:1.58.0
+case "${CADENZA_DEMO_AGENT:-real}" in
+  fake)
+    CADENZA_SKIP_REAL_AGENT_IMAGE=1 scripts/build-images.sh >/dev/null
+    agent_image=${CADENZA_DEMO_AGENT_IMAGE:-cadenza/fake-agent-server:dev}
+    agent_kind="the scripted fake agent (no LLM)"
+    demo_prompt='$ echo hello > hello.txt\n$ cat hello.txt\ndone'
+    ;;
+  real)
+    if [ -n "${CADENZA_DEMO_AGENT_IMAGE:-}" ]; then
+      agent_image=$CADENZA_DEMO_AGENT_IMAGE
+    elif docker image inspect "$official_image" >/dev/null 2>&1 \
+      || timeout 60 docker pull --quiet "$official_image" >/dev/null 2>&1; then
+      agent_image=$official_image
+    else
+      log "no registry reachable: building $local_image locally (a few minutes, once)"
+      agent_image=$local_image
+    fi
+    # The fake images are small and tests use them; the real one is built only when used.
+    if [ "$agent_image" = "$local_image" ]; then
+      scripts/build-images.sh >/dev/null
+    else
+      CADENZA_SKIP_REAL_AGENT_IMAGE=1 scripts/build-images.sh >/dev/null
+    fi
+    agent_kind="the OpenHands agent-server"
+    demo_prompt='Create a file hello.txt that contains the word hello.'
+    ;;
+  *)
+    log "CADENZA_DEMO_AGENT must be 'real' or 'fake'"
+    exit 2
+    ;;
+esac
+# The worker's LLM: what the demo project (and any project naming none) uses.
+[ -n "${CADENZA_LLM_MODEL:-}" ] && export CADENZA_DEFAULT_LLM_MODEL=$CADENZA_LLM_MODEL
+[ -n "${CADENZA_LLM_BASE_URL:-}" ] && export CADENZA_DEFAULT_LLM_BASE_URL=$CADENZA_LLM_BASE_URL
+[ -n "${CADENZA_LLM_API_KEY:-}" ] && export CADENZA_DEFAULT_LLM_API_KEY=$CADENZA_LLM_API_KEY
+llm_note="LLM: ${CADENZA_DEFAULT_LLM_MODEL:-none}"
+if [ "${CADENZA_DEMO_AGENT:-real}" = real ] && [ -z "${CADENZA_DEFAULT_LLM_MODEL:-}" ]; then
+  llm_note="LLM: NONE CONFIGURED - runs will fail at once with llm_unconfigured. Set
+               CADENZA_LLM_MODEL (e.g. openai/gpt-4o or anthropic/claude-sonnet-4-5-20250929),
+               CADENZA_LLM_API_KEY and, for a gateway, CADENZA_LLM_BASE_URL, then make run again;
+               or CADENZA_DEMO_AGENT=fake make run for the offline scripted agent"
+fi
 
 log "building the services (profile $CADENZA_PROFILE)"
 cargo build --quiet --profile "$CADENZA_PROFILE" --bins \
@@ -105,12 +150,13 @@ Cadenza is running.
 
   API:         $url/api/v1
   Admin token: $token
-  Demo project $project_id (agent image $agent_image)
+  Demo project $project_id: $agent_kind, image $agent_image
+  $llm_note
 
   Settings for scripts:  .cadenza/dev.env   Logs: .cadenza/logs/   Stop: make stop
 
 Try it:
   curl -s -H "Authorization: Bearer $token" -H 'Content-Type: application/json' \\
-    -d '{"prompt": "\$ echo hello > hello.txt\n\$ cat hello.txt\ndone"}' \\
+    -d '{"prompt": "$demo_prompt"}' \\
     $url/api/v1/projects/$project_id/runs
 EOF

@@ -489,3 +489,109 @@ async fn an_event_kind_the_client_does_not_know_is_kept_raw_and_the_run_goes_on(
         "the raw event is kept whole"
     );
 }
+
+#[tokio::test]
+async fn a_run_of_a_real_agent_without_an_llm_fails_at_once_saying_how_to_configure_one() {
+    let stack = Stack::start().await.expect("stack starts");
+    // Any agent image not labelled as a scripted agent needs an LLM; neither the project nor
+    // the worker names a model. (The fake LLM image stands in: the run must end before its
+    // agent would ever be asked anything.)
+    let project = stack
+        .create_project("no-llm", "cadenza/fake-llm:dev")
+        .await
+        .expect("project");
+    let api = Api::new(&stack.api_url, &stack.token);
+    let started = Instant::now();
+    let (_, run) = api
+        .submit_run(&project.id.to_string(), "Create hello.txt", None)
+        .await
+        .expect("submit");
+    let run_id = run["id"].as_str().expect("id").to_owned();
+    let run = api.wait_for_end(&run_id, RUN_BUDGET).await.expect("ends");
+    assert_eq!(run["state"], "failed", "{run}");
+    assert_eq!(run["terminal_reason"]["code"], "llm_unconfigured", "{run}");
+    let message = run["terminal_reason"]["message"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        message.contains("agent.llm_model") && message.contains("CADENZA_LLM_MODEL"),
+        "{message}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "failed fast: {:?}",
+        started.elapsed()
+    );
+    assert!(containers_with_label("io.cadenza.run", &run_id).is_empty());
+}
+
+#[tokio::test]
+async fn a_message_to_a_running_run_reaches_its_conversation_with_a_correlation_id() {
+    let stack = Stack::start().await.expect("stack starts");
+    let api = Api::new(&stack.api_url, &stack.token);
+    let project_id = stack.project.id.to_string();
+    let (_, run) = api
+        .submit_run(&project_id, "$ sleep 4\nfirst done", None)
+        .await
+        .expect("submit");
+    let run_id = run["id"].as_str().expect("id").to_owned();
+    api.wait_for_run(&run_id, RUN_BUDGET, |run| run["state"] == "running")
+        .await
+        .expect("running");
+
+    let send = |text: &str, key: &str| {
+        api.http
+            .post(api.url(&format!("/runs/{run_id}/messages")))
+            .bearer_auth(&api.token)
+            .json(&serde_json::json!({"text": text, "idempotency_key": key}))
+            .send()
+    };
+    let response = send("$ echo second > second.txt\nboth done", "m-1")
+        .await
+        .expect("message");
+    assert_eq!(response.status(), 202);
+    let receipt: Value = response.json().await.expect("receipt");
+    assert_eq!(receipt["action"], "message");
+    let correlation = receipt["correlation_id"].as_str().expect("id").to_owned();
+    // The same idempotency key: the same receipt, not a second message.
+    let again: Value = send("$ echo second > second.txt\nboth done", "m-1")
+        .await
+        .expect("message")
+        .json()
+        .await
+        .expect("receipt");
+    assert_eq!(again["correlation_id"], correlation.as_str());
+
+    let run = api.wait_for_end(&run_id, RUN_BUDGET).await.expect("ends");
+    assert_eq!(run["state"], "succeeded", "{run}\n{}", stack.logs());
+    assert_eq!(run["final_message"], "both done", "the agent did both");
+    let events = api.all_events(&run_id, 100).await.expect("events");
+    let user_messages: Vec<&Value> = events
+        .iter()
+        .filter(|event| event["kind"] == "message" && event["payload"]["role"] == "user")
+        .collect();
+    assert_eq!(user_messages.len(), 2, "the task and the message, once each");
+    assert_eq!(user_messages[1]["payload"]["correlation_id"], correlation.as_str());
+    assert!(user_messages[0]["payload"].get("correlation_id").is_none());
+    let caused = events
+        .iter()
+        .find(|event| {
+            event["kind"] == "action" && event["payload"]["command"] == "echo second > second.txt"
+        })
+        .expect("the message's command ran");
+    assert_eq!(caused["payload"]["correlation_id"], correlation.as_str());
+    let patch = api
+        .get(&format!("/runs/{run_id}/diff"))
+        .await
+        .expect("diff")
+        .text()
+        .await
+        .expect("patch");
+    assert!(patch.contains("second.txt"), "{patch}");
+
+    // The run is over: nothing is left to talk to.
+    let late = send("anything else?", "m-2").await.expect("message");
+    assert_eq!(late.status(), 409);
+    let empty = send("   ", "m-3").await.expect("message");
+    assert_eq!(empty.status(), 400);
+}

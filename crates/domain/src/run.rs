@@ -111,6 +111,8 @@ pub enum TerminalCode {
     RepositoryUnavailable,
     /// A secret the project refers to is missing or cannot be decrypted.
     SecretUnavailable,
+    /// Neither the project nor the worker names an LLM model for an agent that needs one.
+    LlmUnconfigured,
     /// Anything else: a bug or an infrastructure failure; the detail says which.
     Internal,
 }
@@ -128,6 +130,7 @@ impl TerminalCode {
             TerminalCode::WorkerShutdown => "worker_shutdown",
             TerminalCode::RepositoryUnavailable => "repository_unavailable",
             TerminalCode::SecretUnavailable => "secret_unavailable",
+            TerminalCode::LlmUnconfigured => "llm_unconfigured",
             TerminalCode::Internal => "internal",
         }
     }
@@ -143,9 +146,10 @@ impl FromStr for TerminalCode {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        const ALL: [TerminalCode; 11] = [
+        const ALL: [TerminalCode; 12] = [
             TerminalCode::RepositoryUnavailable,
             TerminalCode::SecretUnavailable,
+            TerminalCode::LlmUnconfigured,
             TerminalCode::AgentFinished,
             TerminalCode::AgentError,
             TerminalCode::ContainerFailed,

@@ -13,6 +13,7 @@ pub mod memberships;
 pub mod orgs;
 pub mod outbox;
 pub mod projects;
+pub mod run_messages;
 pub mod runs;
 pub mod secrets;
 pub mod tokens;

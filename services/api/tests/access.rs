@@ -241,6 +241,7 @@ fn example_body(spec: &RouteSpec) -> Option<Value> {
         ("POST", "/invitations/{token}/accept") => return None,
         ("POST", "/auth/logout") => return None,
         ("POST", "/runs/{run_id}/cancel") => return None,
+        ("POST", "/runs/{run_id}/messages") => json!({"text": "also add a test"}),
         ("DELETE", _) => return None,
         ("GET", _) => return None,
         (method, path) => panic!("no example body for {method} {path}: add one to this test"),

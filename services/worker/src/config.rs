@@ -45,9 +45,10 @@ pub struct WorkerConfig {
     /// each other.
     #[serde(default)]
     pub attach_containers: Option<String>,
-    /// The model used when a project names none (the scripted fake ignores it).
-    #[serde(default = "default_llm_model")]
-    pub default_llm_model: String,
+    /// The model (a LiteLLM model string) used when a project names none. With neither, runs
+    /// fail at once with `llm_unconfigured`, except on images labelled as scripted agents.
+    #[serde(default)]
+    pub default_llm_model: Option<String>,
     /// The LLM endpoint used when a project names none (an OpenAI-compatible base URL).
     #[serde(default)]
     pub default_llm_base_url: Option<String>,
@@ -97,9 +98,6 @@ fn default_shutdown_grace() -> Duration {
 fn default_workspace_dir() -> String {
     "/workspace/project".to_owned()
 }
-fn default_llm_model() -> String {
-    "openai/unconfigured".to_owned()
-}
 
 impl WorkerConfig {
     /// Settings for tests and embedding: defaults everywhere except the connections and name.
@@ -123,7 +121,7 @@ impl WorkerConfig {
             image_pull_timeout: default_image_pull_timeout(),
             shutdown_grace: default_shutdown_grace(),
             workspace_dir: default_workspace_dir(),
-            default_llm_model: default_llm_model(),
+            default_llm_model: None,
             default_llm_base_url: None,
             default_llm_api_key: None,
             llm_api_mode: None,

@@ -25,6 +25,8 @@ pub const LABEL_PROJECT: &str = "io.cadenza.project";
 pub const LABEL_RUN: &str = "io.cadenza.run";
 pub const LABEL_ATTEMPT: &str = "io.cadenza.attempt";
 pub const LABEL_WORKER: &str = "io.cadenza.worker";
+/// On an agent image: the agent follows a script and needs no LLM (the test kit's fake).
+pub const LABEL_SCRIPTED_AGENT: &str = "io.cadenza.agent.scripted";
 
 /// The port the agent-server listens on inside the container.
 pub const AGENT_PORT: &str = "8000/tcp";
@@ -281,6 +283,19 @@ impl DockerRuntime {
             network: network.to_owned(),
             host_port,
         })
+    }
+
+    /// Whether an image (present on the engine) is labelled as a scripted agent.
+    pub async fn is_scripted_agent(&self, image: &str) -> bool {
+        self.docker
+            .inspect_image(image)
+            .await
+            .ok()
+            .and_then(|inspect| inspect.config)
+            .and_then(|config| config.labels)
+            .is_some_and(|labels| {
+                labels.get(LABEL_SCRIPTED_AGENT).map(String::as_str) == Some("true")
+            })
     }
 
     /// Whether the container is still running, and if not, its exit code and last log lines.

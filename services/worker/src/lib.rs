@@ -169,6 +169,7 @@ async fn heartbeat_loop(core: Arc<Core>, shutdown: CancellationToken) {
             tracing::warn!(error = %err, "heartbeat failed");
         }
         deliver_cancellations(&core).await;
+        deliver_messages(&core).await;
         if shutdown.is_cancelled() {
             tokio::time::sleep(core.config.heartbeat_interval).await;
         }
@@ -201,6 +202,32 @@ async fn deliver_cancellations(core: &Core) {
             let _ = stop.correlation.set(correlation);
             stop.user.cancel();
             tracing::info!(%run_id, %correlation, "cancelling run on request");
+        }
+    }
+}
+
+/// Messages for running runs are recorded in Postgres; the worker hands each to the run's
+/// supervisor, which sends it to the conversation.
+async fn deliver_messages(core: &Core) {
+    let pending = async {
+        let mut conn = core.pool.acquire().await?;
+        cadenza_storage::run_messages::pending_for(&mut conn, core.worker.id).await
+    }
+    .await;
+    let pending = match pending {
+        Ok(pending) => pending,
+        Err(err) => {
+            tracing::warn!(error = %err, "reading pending messages failed");
+            return;
+        }
+    };
+    let active = match core.active.lock() {
+        Ok(active) => active,
+        Err(poisoned) => poisoned.into_inner(),
+    };
+    for message in pending {
+        if let Some(stop) = active.get(&message.run_id) {
+            stop.offer(message);
         }
     }
 }

@@ -13,6 +13,7 @@ use cadenza_agent_client::{
 use cadenza_crypto::Redactor;
 use cadenza_domain::{Project, Run, RunEvent, RunState, Scope, TerminalCode, TerminalReason};
 use cadenza_storage::journal::{self, NewJournalEvent};
+use cadenza_storage::run_messages::{self, RunMessage};
 use cadenza_storage::runs::{self, Actor};
 use cadenza_storage::{StorageError, diffs, projects};
 use futures::StreamExt;
@@ -43,6 +44,16 @@ pub(crate) struct Stop {
     pub(crate) user: CancellationToken,
     /// The cancel request's correlation id, set before `user` is cancelled.
     pub(crate) correlation: Arc<std::sync::OnceLock<uuid::Uuid>>,
+    /// User messages waiting to be sent to the conversation.
+    pub(crate) inbox: Arc<std::sync::Mutex<Inbox>>,
+    pub(crate) inbox_ready: Arc<tokio::sync::Notify>,
+}
+
+#[derive(Default)]
+pub(crate) struct Inbox {
+    queue: std::collections::VecDeque<RunMessage>,
+    /// Messages queued or being sent, so a heartbeat does not offer one twice.
+    taken: std::collections::HashSet<uuid::Uuid>,
 }
 
 impl Stop {
@@ -56,6 +67,31 @@ impl Stop {
 
     fn any(&self) -> bool {
         self.user.is_cancelled() || self.shutdown.is_cancelled()
+    }
+
+    fn inbox(&self) -> std::sync::MutexGuard<'_, Inbox> {
+        match self.inbox.lock() {
+            Ok(inbox) => inbox,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    /// Queues a message for the conversation, once.
+    pub(crate) fn offer(&self, message: RunMessage) {
+        let mut inbox = self.inbox();
+        if inbox.taken.insert(message.id) {
+            inbox.queue.push_back(message);
+            self.inbox_ready.notify_one();
+        }
+    }
+
+    fn take_messages(&self) -> Vec<RunMessage> {
+        self.inbox().queue.drain(..).collect()
+    }
+
+    /// A message that could not be sent: offered again at the next heartbeat.
+    fn release(&self, id: uuid::Uuid) {
+        self.inbox().taken.remove(&id);
     }
 }
 
@@ -220,6 +256,34 @@ async fn execute(
     );
     forward_container_logs(core, container, &secrets);
 
+    // An agent without a model cannot do anything: say so now, not after the first LLM call.
+    let model = project
+        .agent
+        .llm_model
+        .clone()
+        .or_else(|| core.config.default_llm_model.clone())
+        .filter(|model| !model.trim().is_empty());
+    let model = match model {
+        Some(model) => model,
+        None if core.docker.is_scripted_agent(&project.agent.image).await => {
+            "scripted/none".to_owned()
+        }
+        None => {
+            return Err(fail(
+                TerminalCode::LlmUnconfigured,
+                format!(
+                    "no LLM is configured for this run: set the project's agent.llm_model \
+                     (and agent.llm_api_key_secret, agent.llm_base_url as needed) with PATCH \
+                     /api/v1/projects/{}, or the worker's CADENZA_DEFAULT_LLM_MODEL, \
+                     CADENZA_DEFAULT_LLM_API_KEY and CADENZA_DEFAULT_LLM_BASE_URL (for `make \
+                     run`: CADENZA_LLM_MODEL, CADENZA_LLM_API_KEY, CADENZA_LLM_BASE_URL); see \
+                     docs/agent-server.md",
+                    project.id
+                ),
+            ));
+        }
+    };
+
     let base_url =
         Url::parse(&format!("http://127.0.0.1:{}", workspace.host_port)).map_err(internal)?;
     let client = AgentServerClient::builder(base_url, SecretString::from(session_key))
@@ -248,14 +312,7 @@ async fn execute(
 
     // 4. The conversation. Its id is the run's, so a retried create returns the same one.
     let conversation_id = run.id.as_uuid();
-    let mut llm = LlmConfig::new(
-        project
-            .agent
-            .llm_model
-            .clone()
-            .unwrap_or_else(|| core.config.default_llm_model.clone()),
-    )
-    .with_usage_id("agent");
+    let mut llm = LlmConfig::new(model).with_usage_id("agent");
     if let Some(url) = project
         .agent
         .llm_base_url
@@ -324,6 +381,9 @@ async fn execute(
         conversation_id,
         container,
         redactor,
+        stop: cancel,
+        sent: Vec::new(),
+        correlation: None,
         last_seq: -1,
         last_event_id: None,
         last_error: None,
@@ -651,6 +711,12 @@ struct Follower<'a> {
     conversation_id: uuid::Uuid,
     container: &'a str,
     redactor: &'a Redactor,
+    stop: &'a Stop,
+    /// Messages sent to the conversation whose user-message event has not been journaled yet:
+    /// (text, correlation id).
+    sent: Vec<(String, uuid::Uuid)>,
+    /// The correlation id of the last user message journaled: later events are its effects.
+    correlation: Option<uuid::Uuid>,
     /// The agent-server seq of the last journaled durable event (-1: none).
     last_seq: i64,
     last_event_id: Option<String>,
@@ -732,7 +798,16 @@ impl Follower<'_> {
             Err(err) => return Ok(Step::Reconnect(err.to_string())),
         };
         loop {
-            match socket.next_frame().await {
+            // Reading a frame is cancel-safe (the socket keeps what it has not yielded), so a
+            // message to deliver can interrupt the wait without losing an event.
+            let frame = tokio::select! {
+                frame = socket.next_frame() => frame,
+                _ = self.stop.inbox_ready.notified() => {
+                    self.deliver_messages().await;
+                    continue;
+                }
+            };
+            match frame {
                 Ok(SessionFrame::Durable { seq, event }) => {
                     if seq <= self.last_seq {
                         continue;
@@ -769,6 +844,40 @@ impl Follower<'_> {
                         ));
                     }
                     return Ok(Step::Reconnect(err.to_string()));
+                }
+            }
+        }
+    }
+
+    /// Sends queued user messages to the conversation (starting a run of the agent if it is
+    /// idle) and records each as delivered. One that fails is offered again later.
+    async fn deliver_messages(&mut self) {
+        for message in self.stop.take_messages() {
+            match self
+                .client
+                .send_message(self.conversation_id, &message.text, true)
+                .await
+            {
+                // A full server saved the message anyway and runs it when it can.
+                Ok(()) | Err(AgentError::CapacityFull { .. }) => {
+                    self.sent
+                        .push((message.text.clone(), message.correlation_id));
+                    let marked = async {
+                        let mut conn = self.core.pool.acquire().await?;
+                        run_messages::mark_delivered(&mut conn, message.id).await
+                    }
+                    .await;
+                    if let Err(err) = marked {
+                        tracing::warn!(error = %err, "recording a delivered message failed");
+                    }
+                    tracing::info!(correlation_id = %message.correlation_id, "message delivered");
+                }
+                Err(err) => {
+                    tracing::warn!(
+                        error = %self.redactor.redact(&err.to_string()),
+                        "sending a message failed; retrying at the next heartbeat"
+                    );
+                    self.stop.release(message.id);
                 }
             }
         }
@@ -831,6 +940,18 @@ impl Follower<'_> {
             self.last_error = Some(format!("{}: {}", error.code, error.detail));
         }
         let (kind, mut payload) = normalize(event, seq);
+        if kind == cadenza_domain::EventKind::Message && payload["role"] == "user" {
+            let text = payload["text"].as_str().unwrap_or_default();
+            if let Some(index) = self.sent.iter().position(|(sent, _)| sent == text) {
+                self.correlation = Some(self.sent.remove(index).1);
+            }
+        }
+        if let (Some(correlation), Some(fields)) = (self.correlation, payload.as_object_mut()) {
+            fields.insert(
+                "correlation_id".into(),
+                serde_json::json!(correlation.to_string()),
+            );
+        }
         let mut raw = event.raw.clone();
         self.redactor.redact_json(&mut payload);
         self.redactor.redact_json(&mut raw);

@@ -270,6 +270,12 @@ fn table() -> Table {
         Org(P::RunsCancel),
         runs::cancel,
     )
+    .add(
+        M::POST,
+        "/runs/{run_id}/messages",
+        Org(P::RunsCreate),
+        runs::message,
+    )
     .add(M::GET, "/runs/{run_id}", Org(P::RunsRead), runs::get)
     .add(
         M::GET,

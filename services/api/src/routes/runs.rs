@@ -343,3 +343,85 @@ pub async fn cancel(
     });
     Ok((status, Json(receipt)).into_response())
 }
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SendMessage {
+    text: String,
+    idempotency_key: Option<String>,
+}
+
+/// `POST /runs/{id}/messages` `{"text": "..."}`: a user message to the run's conversation. The
+/// worker holding the run delivers it (within one heartbeat once the agent is running); the
+/// receipt's correlation id appears on the journal entries the message causes. A run that has
+/// ended has no workspace left to talk to: `409`.
+pub async fn message(
+    State(state): State<AppState>,
+    auth: Authorized<perm::RunsCreate>,
+    meta: RequestMeta,
+    Path(run_id): Path<String>,
+    ApiJson(body): ApiJson<SendMessage>,
+) -> ApiResult<Response> {
+    let run = load_run(&state, &auth, &run_id).await?;
+    if body.text.trim().is_empty() {
+        return Err(ApiError::BadRequest("`text` must not be empty".into()));
+    }
+    if body.text.len() > cadenza_domain::validation::MAX_PROMPT_BYTES {
+        return Err(ApiError::BadRequest(format!(
+            "`text` is longer than {} bytes",
+            cadenza_domain::validation::MAX_PROMPT_BYTES
+        )));
+    }
+    if let Some(key) = &body.idempotency_key {
+        validate_idempotency_key(key).map_err(|err| ApiError::BadRequest(err.to_string()))?;
+    }
+    if run.state.is_terminal() {
+        return Err(ApiError::Conflict(format!(
+            "run {} already ended (`{}`) and its workspace is gone; start a new run to continue \
+             the work",
+            run.id, run.state
+        )));
+    }
+    let mut tx = state.pool.begin().await.map_err(StorageError::from)?;
+    let (message, created) = cadenza_storage::run_messages::create(
+        &mut tx,
+        run.id,
+        run.org_id,
+        &body.text,
+        body.idempotency_key.as_deref(),
+        &auth.principal.label(),
+    )
+    .await?;
+    if created {
+        audit::record(
+            &mut tx,
+            Some(&auth.principal),
+            &meta,
+            Change {
+                org: Some(run.org_id),
+                action: "run.message",
+                resource_type: "run",
+                resource_id: Some(run.id.to_string()),
+                diff: serde_json::json!({"correlation_id": message.correlation_id.to_string()}),
+            },
+        )
+        .await?;
+    }
+    tx.commit().await.map_err(StorageError::from)?;
+    let receipt = serde_json::json!({
+        "action": "message",
+        "run_id": run.id.to_string(),
+        "correlation_id": message.correlation_id.to_string(),
+        "state": run.state.as_str(),
+        "delivered": message.delivered_at.is_some(),
+        "accepted_at": message.created_at
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default(),
+    });
+    let status = if created {
+        StatusCode::ACCEPTED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(receipt)).into_response())
+}
