@@ -1,6 +1,7 @@
 //! End to end through all four services with the real OpenHands agent-server image, driven by the
 //! scripted LLM: the run clones a test repository, executes the task, succeeds, and its diff
-//! adds the new file relative to the recorded base commit.
+//! adds the new file relative to the recorded base commit; a follow-up message then runs a second
+//! turn on the same workspace and conversation.
 
 use std::time::Duration;
 
@@ -29,6 +30,7 @@ async fn the_real_agent_server_runs_a_task_on_a_cloned_repository() {
             ("CADENZA_DEFAULT_LLM_BASE_URL".into(), llm.base_url()),
             ("CADENZA_DEFAULT_LLM_API_KEY".into(), "sk-fake".into()),
             ("CADENZA_LLM_API_MODE".into(), "chat".into()),
+            ("CADENZA_WORKSPACE_IDLE_TTL".into(), "5m".into()),
         ],
         ..Default::default()
     })
@@ -103,5 +105,60 @@ async fn the_real_agent_server_runs_a_task_on_a_cloned_repository() {
         !patch.contains("README.md"),
         "relative to the base commit {base}: {patch}"
     );
-    assert!(containers_with_label("io.cadenza.run", &run_id).is_empty());
+    assert_eq!(
+        containers_with_label("io.cadenza.run", &run_id).len(),
+        1,
+        "the workspace is kept for a follow-up"
+    );
+
+    // A follow-up message: a second turn in the same container and conversation.
+    let response = api
+        .http
+        .post(api.url(&format!("/runs/{run_id}/messages")))
+        .bearer_auth(&api.token)
+        .json(&json!({"text": "$ cat hello.txt\n$ echo again > again.txt\nsecond turn done"}))
+        .send()
+        .await
+        .expect("message");
+    assert_eq!(response.status(), 201);
+    let receipt: serde_json::Value = response.json().await.expect("receipt");
+    let second_id = receipt["follow_up_run_id"]
+        .as_str()
+        .expect("follow-up run")
+        .to_owned();
+    let second = api
+        .wait_for_end(&second_id, Duration::from_secs(300))
+        .await
+        .expect("the second turn ends");
+    assert_eq!(second["state"], "succeeded", "{second}\n{}", stack.logs());
+    assert_eq!(second["final_message"], "second turn done");
+    let events = api.all_events(&second_id, 200).await.expect("events");
+    assert!(
+        events.iter().any(|event| {
+            event["kind"] == "observation"
+                && event["payload"]["output"]
+                    .as_str()
+                    .is_some_and(|output| output.contains("hello"))
+        }),
+        "the second turn read the first turn's file: {events:?}"
+    );
+    assert!(
+        events.iter().any(|event| {
+            event["kind"] == "message"
+                && event["payload"]["role"] == "user"
+                && event["payload"]["correlation_id"] == receipt["correlation_id"]
+        }),
+        "the message carries the receipt's correlation id"
+    );
+    let patch = api
+        .get(&format!("/runs/{second_id}/diff"))
+        .await
+        .expect("diff")
+        .text()
+        .await
+        .expect("patch");
+    assert!(
+        patch.contains("b/again.txt") && patch.contains("b/hello.txt"),
+        "the second diff is relative to the same base {base}: {patch}"
+    );
 }

@@ -570,8 +570,15 @@ async fn a_message_to_a_running_run_reaches_its_conversation_with_a_correlation_
         .iter()
         .filter(|event| event["kind"] == "message" && event["payload"]["role"] == "user")
         .collect();
-    assert_eq!(user_messages.len(), 2, "the task and the message, once each");
-    assert_eq!(user_messages[1]["payload"]["correlation_id"], correlation.as_str());
+    assert_eq!(
+        user_messages.len(),
+        2,
+        "the task and the message, once each"
+    );
+    assert_eq!(
+        user_messages[1]["payload"]["correlation_id"],
+        correlation.as_str()
+    );
     assert!(user_messages[0]["payload"].get("correlation_id").is_none());
     let caused = events
         .iter()
@@ -594,4 +601,101 @@ async fn a_message_to_a_running_run_reaches_its_conversation_with_a_correlation_
     assert_eq!(late.status(), 409);
     let empty = send("   ", "m-3").await.expect("message");
     assert_eq!(empty.status(), 400);
+}
+
+#[tokio::test]
+async fn a_message_to_a_finished_run_starts_a_follow_up_turn_on_the_same_workspace() {
+    let stack = Stack::start_with(cadenza_testkit::stack::StackOptions {
+        extra_env: vec![("CADENZA_WORKSPACE_IDLE_TTL".into(), "6s".into())],
+        ..Default::default()
+    })
+    .await
+    .expect("stack starts");
+    let api = Api::new(&stack.api_url, &stack.token);
+    let project_id = stack.project.id.to_string();
+    let (_, first) = api
+        .submit_run(&project_id, "$ echo one > one.txt\nfirst turn", None)
+        .await
+        .expect("submit");
+    let first_id = first["id"].as_str().expect("id").to_owned();
+    let first = api.wait_for_end(&first_id, RUN_BUDGET).await.expect("ends");
+    assert_eq!(first["state"], "succeeded", "{first}\n{}", stack.logs());
+    assert_eq!(
+        containers_with_label("io.cadenza.run", &first_id).len(),
+        1,
+        "the workspace is kept for a follow-up"
+    );
+
+    let send = |run_id: &str, text: &str| {
+        api.http
+            .post(api.url(&format!("/runs/{run_id}/messages")))
+            .bearer_auth(&api.token)
+            .json(&serde_json::json!({"text": text}))
+            .send()
+    };
+    let response = send(
+        &first_id,
+        "$ cat one.txt\n$ echo two > two.txt\nsecond turn",
+    )
+    .await
+    .expect("message");
+    assert_eq!(response.status(), 201);
+    let receipt: Value = response.json().await.expect("receipt");
+    let second_id = receipt["follow_up_run_id"]
+        .as_str()
+        .expect("a follow-up run")
+        .to_owned();
+    let correlation = receipt["correlation_id"].as_str().expect("correlation");
+    // The workspace belongs to the follow-up now: a second message to the first run is refused.
+    let again = send(&first_id, "another").await.expect("message");
+    assert_eq!(again.status(), 409);
+
+    let second = api
+        .wait_for_end(&second_id, RUN_BUDGET)
+        .await
+        .expect("ends");
+    assert_eq!(second["state"], "succeeded", "{second}\n{}", stack.logs());
+    assert_eq!(second["final_message"], "second turn");
+    let events = api.all_events(&second_id, 100).await.expect("events");
+    let user_messages: Vec<&Value> = events
+        .iter()
+        .filter(|event| event["kind"] == "message" && event["payload"]["role"] == "user")
+        .collect();
+    assert_eq!(
+        user_messages.len(),
+        1,
+        "only the new message: {user_messages:?}"
+    );
+    assert_eq!(user_messages[0]["payload"]["correlation_id"], correlation);
+    assert!(
+        events.iter().any(|event| {
+            event["kind"] == "observation"
+                && event["payload"]["output"].as_str().map(str::trim) == Some("one")
+        }),
+        "the second turn read the file the first turn wrote"
+    );
+    let patch = api
+        .get(&format!("/runs/{second_id}/diff"))
+        .await
+        .expect("diff")
+        .text()
+        .await
+        .expect("patch");
+    assert!(
+        patch.contains("two.txt") && patch.contains("one.txt"),
+        "{patch}\n{}",
+        stack.logs()
+    );
+
+    // Kept for six seconds after the second turn, then removed; later messages are refused.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !containers_with_label("io.cadenza.run", &first_id).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the idle workspace was not removed"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let late = send(&second_id, "anything else?").await.expect("message");
+    assert_eq!(late.status(), 409);
 }

@@ -113,6 +113,8 @@ pub enum TerminalCode {
     SecretUnavailable,
     /// Neither the project nor the worker names an LLM model for an agent that needs one.
     LlmUnconfigured,
+    /// A follow-up turn's workspace is gone (its worker stopped or removed it).
+    WorkspaceUnavailable,
     /// Anything else: a bug or an infrastructure failure; the detail says which.
     Internal,
 }
@@ -131,6 +133,7 @@ impl TerminalCode {
             TerminalCode::RepositoryUnavailable => "repository_unavailable",
             TerminalCode::SecretUnavailable => "secret_unavailable",
             TerminalCode::LlmUnconfigured => "llm_unconfigured",
+            TerminalCode::WorkspaceUnavailable => "workspace_unavailable",
             TerminalCode::Internal => "internal",
         }
     }
@@ -146,7 +149,8 @@ impl FromStr for TerminalCode {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        const ALL: [TerminalCode; 12] = [
+        const ALL: [TerminalCode; 13] = [
+            TerminalCode::WorkspaceUnavailable,
             TerminalCode::RepositoryUnavailable,
             TerminalCode::SecretUnavailable,
             TerminalCode::LlmUnconfigured,

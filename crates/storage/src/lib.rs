@@ -19,6 +19,7 @@ pub mod secrets;
 pub mod tokens;
 pub mod users;
 pub mod workers;
+pub mod workspaces;
 
 use std::time::Duration;
 

@@ -65,9 +65,11 @@ pub async fn mark_stopped(conn: &mut PgConnection, worker: WorkerId) -> StorageR
 
 /// The live worker with the most free slots, locked so two schedulers cannot both fill its last
 /// slot. `None` when every live worker is full (or none is alive).
+/// With `only`, that worker or none (a follow-up turn must run where its workspace is).
 pub async fn lock_worker_with_capacity(
     conn: &mut PgConnection,
     liveness: Duration,
+    only: Option<WorkerId>,
 ) -> StorageResult<Option<WorkerId>> {
     let row = sqlx::query!(
         r#"select w.id from workers w
@@ -78,10 +80,12 @@ pub async fn lock_worker_with_capacity(
            where w.stopped_at is null
              and w.last_heartbeat_at > now() - make_interval(secs => $1::float8)
              and w.capacity > load.active
+             and ($2::uuid is null or w.id = $2)
            order by w.capacity - load.active desc, w.last_heartbeat_at desc
            limit 1
            for update of w skip locked"#,
-        liveness.as_secs_f64()
+        liveness.as_secs_f64(),
+        only.map(|worker| worker.as_uuid())
     )
     .fetch_optional(conn)
     .await?;

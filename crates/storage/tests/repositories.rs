@@ -362,7 +362,7 @@ async fn heartbeats_extend_the_leases_a_worker_holds() {
     );
     // A full worker gets no more runs.
     assert_eq!(
-        workers::lock_worker_with_capacity(&mut tx, Duration::from_secs(5))
+        workers::lock_worker_with_capacity(&mut tx, Duration::from_secs(5), None)
             .await
             .expect("pick"),
         None

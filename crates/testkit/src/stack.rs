@@ -291,6 +291,8 @@ impl Stack {
             ("CADENZA_RECONCILE_INTERVAL".into(), "250ms".into()),
             ("CADENZA_SHUTDOWN_GRACE".into(), "5s".into()),
             ("CADENZA_IMAGE_PULL_TIMEOUT".into(), "20s".into()),
+            // Tests that want follow-up turns keep workspaces with `extra_env`.
+            ("CADENZA_WORKSPACE_IDLE_TTL".into(), "0s".into()),
         ];
         env.extend(options.extra_env);
 

@@ -198,8 +198,10 @@ async fn schedule_run(core: &Core, run_id: Option<RunId>) -> Result<Outcome, Sto
             None => return Ok(Outcome::NotQueued),
         },
     };
+    // A follow-up turn runs where its workspace is, or waits.
+    let pinned = cadenza_storage::workspaces::pinned_worker(&mut tx, run_id).await?;
     let Some(worker) =
-        workers::lock_worker_with_capacity(&mut tx, core.config.worker_liveness).await?
+        workers::lock_worker_with_capacity(&mut tx, core.config.worker_liveness, pinned).await?
     else {
         return Ok(Outcome::NoCapacity);
     };
@@ -251,6 +253,7 @@ async fn reconcile_loop(core: Arc<Core>, shutdown: CancellationToken) {
 async fn reconcile_once(core: &Core) -> Result<(), StorageError> {
     reap_expired_leases(core).await?;
     requeue_due_retries(core).await?;
+    fail_orphaned_follow_ups(core).await?;
     for _ in 0..RECONCILE_BATCH {
         match schedule_run(core, None).await? {
             Outcome::Leased => continue,
@@ -285,6 +288,35 @@ async fn reap_expired_leases(core: &Core) -> Result<(), StorageError> {
         };
         let done = runs::transition(&mut tx, run_id, state, &event, Actor::Any, None).await?;
         tracing::warn!(run_id = %run_id, org_id = %done.run.org_id, from = %state, to = %done.run.state, "lease expired");
+        entries.push(done.entry);
+    }
+    tx.commit().await?;
+    for entry in &entries {
+        core.bus.publish_journal_event(entry).await;
+    }
+    Ok(())
+}
+
+/// Follow-up turns whose worker is gone can never run: they fail with a reason.
+async fn fail_orphaned_follow_ups(core: &Core) -> Result<(), StorageError> {
+    let mut tx = core.pool.begin().await?;
+    let orphaned =
+        cadenza_storage::workspaces::lock_orphaned_follow_ups(&mut tx, core.config.worker_liveness)
+            .await?;
+    let mut entries = Vec::new();
+    for run_id in orphaned {
+        let done = runs::transition(
+            &mut tx,
+            run_id,
+            RunState::Queued,
+            &RunEvent::Failed(cadenza_domain::TerminalReason::new(
+                cadenza_domain::TerminalCode::WorkspaceUnavailable,
+                "the worker holding this follow-up turn's workspace is gone; start a new run",
+            )),
+            Actor::Any,
+            None,
+        )
+        .await?;
         entries.push(done.entry);
     }
     tx.commit().await?;

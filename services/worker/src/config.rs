@@ -58,6 +58,10 @@ pub struct WorkerConfig {
     /// `chat` for OpenAI-compatible gateways that serve only chat completions.
     #[serde(default)]
     pub llm_api_mode: Option<String>,
+    /// How long a run's workspace container is kept after its agent finished, for follow-up
+    /// turns (`POST /runs/{id}/messages`); `0s` removes it at once.
+    #[serde(default = "default_workspace_idle_ttl", with = "humantime_serde")]
+    pub workspace_idle_ttl: Duration,
     /// The key ring that opens secrets, as a key spec (`id:base64key,...`).
     #[serde(default)]
     pub secret_keks: Option<SecretString>,
@@ -95,6 +99,9 @@ fn default_image_pull_timeout() -> Duration {
 fn default_shutdown_grace() -> Duration {
     Duration::from_secs(30)
 }
+fn default_workspace_idle_ttl() -> Duration {
+    Duration::from_secs(15 * 60)
+}
 fn default_workspace_dir() -> String {
     "/workspace/project".to_owned()
 }
@@ -121,6 +128,7 @@ impl WorkerConfig {
             image_pull_timeout: default_image_pull_timeout(),
             shutdown_grace: default_shutdown_grace(),
             workspace_dir: default_workspace_dir(),
+            workspace_idle_ttl: default_workspace_idle_ttl(),
             default_llm_model: None,
             default_llm_base_url: None,
             default_llm_api_key: None,

@@ -271,18 +271,37 @@ impl DockerRuntime {
             .inspect_container(&created.id, None)
             .await
             .map_err(docker_err("inspect container"))?;
-        let host_port = inspect
-            .network_settings
-            .and_then(|settings| settings.ports)
-            .and_then(|ports| ports.get(AGENT_PORT).cloned().flatten())
-            .and_then(|bindings| bindings.into_iter().find_map(|binding| binding.host_port))
-            .and_then(|port| port.parse::<u16>().ok())
-            .ok_or(ContainerError::NoPort)?;
+        let host_port = published_port(inspect).ok_or(ContainerError::NoPort)?;
         Ok(Workspace {
             container_id: created.id,
             network: network.to_owned(),
             host_port,
         })
+    }
+
+    /// The host port of a running workspace container's agent-server, `None` when the container
+    /// is gone or stopped.
+    pub async fn running_host_port(&self, container: &str) -> Option<u16> {
+        let inspect = self.docker.inspect_container(container, None).await.ok()?;
+        if inspect.state.as_ref().and_then(|state| state.running) != Some(true) {
+            return None;
+        }
+        published_port(inspect)
+    }
+
+    /// The session API key a workspace container was started with (from its environment).
+    pub async fn session_key(&self, container: &str) -> Option<secrecy::SecretString> {
+        let inspect = self.docker.inspect_container(container, None).await.ok()?;
+        inspect
+            .config?
+            .env?
+            .into_iter()
+            .find_map(|entry| {
+                entry
+                    .strip_prefix("OH_SESSION_API_KEYS_0=")
+                    .map(str::to_owned)
+            })
+            .map(secrecy::SecretString::from)
     }
 
     /// Whether an image (present on the engine) is labelled as a scripted agent.
@@ -424,4 +443,13 @@ impl DockerRuntime {
             .map(|name| name.trim_start_matches('/').to_owned())
             .collect())
     }
+}
+
+fn published_port(inspect: bollard::models::ContainerInspectResponse) -> Option<u16> {
+    inspect
+        .network_settings
+        .and_then(|settings| settings.ports)
+        .and_then(|ports| ports.get(AGENT_PORT).cloned().flatten())
+        .and_then(|bindings| bindings.into_iter().find_map(|binding| binding.host_port))
+        .and_then(|port| port.parse::<u16>().ok())
 }

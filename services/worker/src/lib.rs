@@ -170,6 +170,7 @@ async fn heartbeat_loop(core: Arc<Core>, shutdown: CancellationToken) {
         }
         deliver_cancellations(&core).await;
         deliver_messages(&core).await;
+        reap_idle_workspaces(&core, false).await;
         if shutdown.is_cancelled() {
             tokio::time::sleep(core.config.heartbeat_interval).await;
         }
@@ -202,6 +203,39 @@ async fn deliver_cancellations(core: &Core) {
             let _ = stop.correlation.set(correlation);
             stop.user.cancel();
             tracing::info!(%run_id, %correlation, "cancelling run on request");
+        }
+    }
+}
+
+/// Removes kept workspaces whose time is up (or, with `all`, every kept workspace of this
+/// worker). Each is released in Postgres first, guarded, so a workspace a follow-up turn has
+/// just claimed is left alone.
+async fn reap_idle_workspaces(core: &Core, all: bool) {
+    let expired = async {
+        let mut conn = core.pool.acquire().await?;
+        cadenza_storage::workspaces::expired(&mut conn, core.worker.id, all).await
+    }
+    .await;
+    let expired = match expired {
+        Ok(expired) => expired,
+        Err(err) => {
+            tracing::warn!(error = %err, "listing idle workspaces failed");
+            return;
+        }
+    };
+    for (run_id, container) in expired {
+        let released = async {
+            let mut conn = core.pool.acquire().await?;
+            cadenza_storage::workspaces::release(&mut conn, run_id).await
+        }
+        .await;
+        match released {
+            Ok(true) => {
+                tracing::info!(%run_id, container, "removing an idle workspace");
+                core.docker.remove_workspace(&container, &container).await;
+            }
+            Ok(false) => {}
+            Err(err) => tracing::warn!(%run_id, error = %err, "releasing an idle workspace failed"),
         }
     }
 }
@@ -286,6 +320,8 @@ async fn recover_after_restart(
             }
         }
     }
+    // Kept workspaces do not survive a restart: forget them, and their containers go below.
+    reap_idle_workspaces(core, true).await;
     match core.docker.owned_containers(&core.worker.name).await {
         Ok(containers) => {
             for container in containers {

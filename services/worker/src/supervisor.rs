@@ -15,7 +15,7 @@ use cadenza_domain::{Project, Run, RunEvent, RunState, Scope, TerminalCode, Term
 use cadenza_storage::journal::{self, NewJournalEvent};
 use cadenza_storage::run_messages::{self, RunMessage};
 use cadenza_storage::runs::{self, Actor};
-use cadenza_storage::{StorageError, diffs, projects};
+use cadenza_storage::{StorageError, diffs, projects, workspaces};
 use futures::StreamExt;
 use rand::RngCore;
 use secrecy::{ExposeSecret, SecretString};
@@ -32,6 +32,8 @@ use crate::docker::{
 use crate::normalize::normalize;
 use crate::secrets::{self, LogLines, RunSecrets};
 
+/// Git's empty tree: the base of a diff in a workspace without commits.
+const EMPTY_TREE: &str = "4b825dc642cb6eb9a060e54bf8d69288fbee4904";
 /// Consecutive failed socket (re)connects before the agent counts as unreachable.
 const MAX_RECONNECTS: u32 = 10;
 /// How long a terminal status seen on the socket may take to show up over REST.
@@ -113,21 +115,49 @@ pub(crate) async fn supervise(core: Arc<Core>, run: Run, cancel: Stop) {
         attempt = run.attempt,
     );
     async move {
-        let container = format!("cadenza-run-{}-{}", run.id, run.attempt);
+        let workspace = async {
+            let mut conn = core.pool.acquire().await?;
+            workspaces::of_run(&mut conn, run.id).await
+        }
+        .await
+        .unwrap_or(workspaces::RunWorkspace {
+            parent_run_id: None,
+            container: None,
+            worker: None,
+            kept_until: None,
+        });
+        // A follow-up turn works in its parent's container.
+        let container = match (&workspace.parent_run_id, &workspace.container) {
+            (Some(_), Some(container)) => container.clone(),
+            _ => format!("cadenza-run-{}-{}", run.id, run.attempt),
+        };
         let mut state = RunState::Provisioning;
         // Replaced by the run's own once its secrets are decrypted; everything recorded about
         // the run, its end reason included, passes through it.
         let mut redactor = Arc::new(Redactor::empty());
-        let outcome = execute(&core, &run, &container, &cancel, &mut state, &mut redactor).await;
+        let outcome = execute(
+            &core,
+            &run,
+            &container,
+            &cancel,
+            &mut state,
+            &mut redactor,
+            workspace.parent_run_id,
+        )
+        .await;
         let outcome = outcome
             .map(|message| redactor.redact(&message).into_owned())
             .map_err(|reason| {
                 TerminalReason::new(reason.code, redactor.redact(&reason.message).into_owned())
             });
         let correlation = cancel.correlation.get().copied();
-        // The container goes before the end state is written, so a client that sees the end
-        // also sees the resources released.
-        core.docker.remove_workspace(&container, &container).await;
+        // A workspace whose agent finished stays for follow-up turns, if the worker keeps
+        // workspaces; any other end removes it. The container goes before the end state is
+        // written, so a client that sees the end also sees the resources released.
+        let keep = outcome.is_ok() && !core.config.workspace_idle_ttl.is_zero() && !cancel.any();
+        if !keep {
+            core.docker.remove_workspace(&container, &container).await;
+        }
         let event = match outcome {
             Ok(final_message) => RunEvent::Succeeded(TerminalReason::new(
                 TerminalCode::AgentFinished,
@@ -140,7 +170,15 @@ pub(crate) async fn supervise(core: Arc<Core>, run: Run, cancel: Stop) {
             Err(reason) if reason.code == TerminalCode::Cancelled => RunEvent::Cancelled(reason),
             Err(reason) => RunEvent::Failed(reason),
         };
-        finish(&core, &run, state, &event, correlation).await;
+        finish(
+            &core,
+            &run,
+            state,
+            &event,
+            correlation,
+            keep.then_some(container.as_str()),
+        )
+        .await;
     }
     .instrument(span)
     .await
@@ -152,6 +190,7 @@ async fn finish(
     state: RunState,
     event: &RunEvent,
     correlation: Option<uuid::Uuid>,
+    kept_container: Option<&str>,
 ) {
     // A transient database failure must not leave the run hanging until its lease expires.
     for attempt in 0..5u32 {
@@ -170,6 +209,16 @@ async fn finish(
                 correlation,
             )
             .await?;
+            if let Some(container) = kept_container {
+                workspaces::keep(
+                    &mut tx,
+                    run.id,
+                    container,
+                    core.worker.id,
+                    core.config.workspace_idle_ttl,
+                )
+                .await?;
+            }
             tx.commit().await?;
             Ok::<_, StorageError>(done)
         }
@@ -215,6 +264,7 @@ async fn execute(
     cancel: &Stop,
     state: &mut RunState,
     redactor: &mut Arc<Redactor>,
+    follow_up_of: Option<cadenza_domain::RunId>,
 ) -> Result<String, TerminalReason> {
     let deadline = Instant::now() + core.config.run_timeout;
     let project = {
@@ -239,6 +289,13 @@ async fn execute(
     .await?;
     *redactor = secrets.redactor.clone();
     let redactor: &Redactor = &secrets.redactor;
+
+    if let Some(parent) = follow_up_of {
+        return follow_up_turn(
+            core, run, parent, container, cancel, state, redactor, deadline,
+        )
+        .await;
+    }
 
     // 1. The workspace container.
     let session_key = random_key();
@@ -346,6 +403,57 @@ async fn execute(
         )
     })?;
 
+    run_turn(
+        core,
+        run,
+        container,
+        cancel,
+        state,
+        redactor,
+        Turn {
+            client: &client,
+            conversation_id,
+            base_commit,
+            after: None,
+            sent: Vec::new(),
+        },
+        deadline,
+    )
+    .await
+}
+
+/// One turn of the agent on a conversation (a run's first, or a follow-up): where to read.
+struct Turn<'a> {
+    client: &'a AgentServerClient,
+    conversation_id: uuid::Uuid,
+    /// The commit the diff is taken against.
+    base_commit: Option<String>,
+    /// The last agent event an earlier turn journaled: (agent seq, event id).
+    after: Option<(i64, String)>,
+    /// Messages sent to start this turn: (text, correlation id).
+    sent: Vec<(String, uuid::Uuid)>,
+}
+
+/// From a conversation that has its task to the agent's confirmed end: `running`, every event
+/// journaled, the final message and the diff stored.
+#[allow(clippy::too_many_arguments)]
+async fn run_turn(
+    core: &Core,
+    run: &Run,
+    container: &str,
+    cancel: &Stop,
+    state: &mut RunState,
+    redactor: &Redactor,
+    turn: Turn<'_>,
+    deadline: Instant,
+) -> Result<String, TerminalReason> {
+    let Turn {
+        client,
+        conversation_id,
+        base_commit,
+        after,
+        sent,
+    } = turn;
     {
         let mut tx = core
             .pool
@@ -377,15 +485,15 @@ async fn execute(
     let mut follower = Follower {
         core,
         run,
-        client: &client,
+        client,
         conversation_id,
         container,
         redactor,
         stop: cancel,
-        sent: Vec::new(),
+        sent,
         correlation: None,
-        last_seq: -1,
-        last_event_id: None,
+        last_seq: after.as_ref().map_or(-1, |(seq, _)| *seq),
+        last_event_id: after.map(|(_, id)| id),
         last_error: None,
     };
     let status = follower.follow(cancel, deadline).await?;
@@ -451,6 +559,93 @@ async fn execute(
         ),
     }
     Ok(final_message)
+}
+
+/// A follow-up turn: the parent's container and conversation, the message as the next user
+/// message, events read from after the parent's last one, the diff against the parent's base.
+#[allow(clippy::too_many_arguments)]
+async fn follow_up_turn(
+    core: &Core,
+    run: &Run,
+    parent: cadenza_domain::RunId,
+    container: &str,
+    cancel: &Stop,
+    state: &mut RunState,
+    redactor: &Redactor,
+    deadline: Instant,
+) -> Result<String, TerminalReason> {
+    let gone = || {
+        fail(
+            TerminalCode::WorkspaceUnavailable,
+            format!("the workspace of run {parent} is gone; start a new run"),
+        )
+    };
+    let (Some(host_port), Some(session_key)) = (
+        core.docker.running_host_port(container).await,
+        core.docker.session_key(container).await,
+    ) else {
+        return Err(gone());
+    };
+    let (conversation, base, after, correlation) = {
+        let mut conn = core
+            .pool
+            .acquire()
+            .await
+            .map_err(|err| internal(StorageError::from(err)))?;
+        let conversation = workspaces::conversation_of(&mut conn, parent)
+            .await
+            .map_err(internal)?
+            .ok_or_else(gone)?;
+        let base = diffs::get(&mut conn, &Scope::Org(run.org_id), parent)
+            .await
+            .map_err(internal)?
+            .and_then(|diff| diff.base_commit)
+            // A workspace without a repository has no commit: its diff was against the empty
+            // tree, which is what the archive endpoint uses when it gets no base.
+            .filter(|base| base != EMPTY_TREE);
+        let after = workspaces::last_agent_event(&mut conn, parent)
+            .await
+            .map_err(internal)?;
+        let correlation = workspaces::follow_up_correlation(&mut conn, run.id)
+            .await
+            .map_err(internal)?;
+        (conversation, base, after, correlation)
+    };
+    let base_url = Url::parse(&format!("http://127.0.0.1:{host_port}")).map_err(internal)?;
+    let client = AgentServerClient::builder(base_url, session_key)
+        .request_timeout(Duration::from_secs(60))
+        .build();
+    wait_healthy(core, &client, container, cancel).await?;
+    // The message is saved even when the server is busy; a retry would add it twice.
+    match client.send_message(conversation, &run.prompt, true).await {
+        Ok(()) | Err(AgentError::CapacityFull { .. }) => {}
+        Err(err) => {
+            return Err(fail(
+                TerminalCode::AgentUnreachable,
+                format!("sending the follow-up message failed: {err}"),
+            ));
+        }
+    }
+    tracing::info!(%parent, %conversation, "follow-up turn started");
+    run_turn(
+        core,
+        run,
+        container,
+        cancel,
+        state,
+        redactor,
+        Turn {
+            client: &client,
+            conversation_id: conversation,
+            base_commit: base,
+            after,
+            sent: correlation
+                .map(|id| vec![(run.prompt.clone(), id)])
+                .unwrap_or_default(),
+        },
+        deadline,
+    )
+    .await
 }
 
 fn shutdown_reason() -> TerminalReason {

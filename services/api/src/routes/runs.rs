@@ -375,10 +375,12 @@ pub async fn message(
     if let Some(key) = &body.idempotency_key {
         validate_idempotency_key(key).map_err(|err| ApiError::BadRequest(err.to_string()))?;
     }
+    if run.state == RunState::Succeeded {
+        return follow_up(&state, &auth, &meta, &run, body).await;
+    }
     if run.state.is_terminal() {
         return Err(ApiError::Conflict(format!(
-            "run {} already ended (`{}`) and its workspace is gone; start a new run to continue \
-             the work",
+            "run {} ended `{}` and its workspace is gone; start a new run to continue the work",
             run.id, run.state
         )));
     }
@@ -424,4 +426,106 @@ pub async fn message(
         StatusCode::OK
     };
     Ok((status, Json(receipt)).into_response())
+}
+
+/// A message to a run that succeeded: a follow-up turn, a new run on the same workspace and
+/// conversation, while the worker still keeps them (its `workspace_idle_ttl`). Answers `201` with
+/// the receipt and the new run's id; `409` when the workspace is no longer kept.
+async fn follow_up(
+    state: &AppState,
+    auth: &Authorized<perm::RunsCreate>,
+    meta: &RequestMeta,
+    parent: &cadenza_domain::Run,
+    body: SendMessage,
+) -> ApiResult<Response> {
+    use cadenza_storage::{run_messages, workspaces};
+    let mut tx = state.pool.begin().await.map_err(StorageError::from)?;
+    let (message, created) = run_messages::create(
+        &mut tx,
+        parent.id,
+        parent.org_id,
+        &body.text,
+        body.idempotency_key.as_deref(),
+        &auth.principal.label(),
+    )
+    .await?;
+    let receipt = |follow_up: RunId| {
+        serde_json::json!({
+            "action": "message",
+            "run_id": parent.id.to_string(),
+            "follow_up_run_id": follow_up.to_string(),
+            "correlation_id": message.correlation_id.to_string(),
+            "state": parent.state.as_str(),
+            "delivered": true,
+            "accepted_at": message.created_at
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_default(),
+        })
+    };
+    if !created {
+        // A replay of an earlier request: the turn it started, if it did.
+        return match workspaces::follow_up_of_message(&mut tx, message.id).await? {
+            Some(run) => Ok((StatusCode::OK, Json(receipt(run))).into_response()),
+            None => Err(ApiError::Conflict(
+                "this idempotency key was used for a message that started no follow-up turn".into(),
+            )),
+        };
+    }
+    let Some((container, worker)) = workspaces::claim(&mut tx, parent.id).await? else {
+        return Err(ApiError::Conflict(format!(
+            "run {} succeeded but its workspace is no longer kept (or another follow-up turn \
+             took it); start a new run to continue the work",
+            parent.id
+        )));
+    };
+    let submitted = runs::submit(
+        &mut tx,
+        NewRun {
+            org_id: parent.org_id,
+            project_id: parent.project_id,
+            prompt: &body.text,
+            idempotency_key: None,
+        },
+    )
+    .await?;
+    let Submitted::Created(run) = submitted else {
+        return Err(ApiError::Internal(
+            "a new run without an idempotency key existed".into(),
+        ));
+    };
+    workspaces::set_follow_up(&mut tx, run.id, parent.id, &container, worker).await?;
+    workspaces::link_message(&mut tx, message.id, run.id).await?;
+    let requested = RunRequested {
+        v: VERSION,
+        run_id: run.id,
+        org_id: run.org_id,
+    };
+    let payload =
+        serde_json::to_value(&requested).map_err(|err| ApiError::Internal(Box::new(err)))?;
+    outbox::enqueue(&mut tx, subjects::RUN_REQUESTED, &payload).await?;
+    audit::record(
+        &mut tx,
+        Some(&auth.principal),
+        meta,
+        Change {
+            org: Some(run.org_id),
+            action: "run.follow_up",
+            resource_type: "run",
+            resource_id: Some(run.id.to_string()),
+            diff: serde_json::json!({
+                "parent_run_id": parent.id.to_string(),
+                "correlation_id": message.correlation_id.to_string(),
+            }),
+        },
+    )
+    .await?;
+    tx.commit().await.map_err(StorageError::from)?;
+    state.relay.nudge();
+    tracing::info!(run_id = %run.id, parent_run_id = %parent.id, "follow-up turn queued");
+    publish_journal_head(state, run.id, &Scope::Org(run.org_id)).await;
+    let mut response = (StatusCode::CREATED, Json(receipt(run.id))).into_response();
+    if let Ok(value) = HeaderValue::from_str(&format!("/api/v1/runs/{}", run.id)) {
+        response.headers_mut().insert(header::LOCATION, value);
+    }
+    Ok(response)
 }
