@@ -352,3 +352,45 @@ async fn runs_whose_secret_is_missing_tampered_or_moved_fail_with_a_reason() {
         stack.logs()
     );
 }
+
+#[tokio::test]
+async fn a_worker_without_a_key_its_secrets_need_refuses_to_start_and_names_it() {
+    let stack = Stack::start().await.expect("stack starts");
+    let api = Api::new(&stack.api_url, &stack.token);
+    put_secret(
+        &api,
+        &format!("/orgs/{}/secrets/NEEDS_KEY", stack.org.id),
+        "needs-the-stack-key",
+    )
+    .await;
+    let (other_id, other_key) = cadenza_crypto::KeyRing::generate_key().expect("key");
+    let start = |keks: Option<String>| {
+        let mut command =
+            std::process::Command::new(cadenza_testkit::stack::bin_dir().join("cadenza-worker"));
+        command
+            .env_clear()
+            .env("CADENZA_DATABASE_URL", &stack.db.url)
+            .env("CADENZA_NATS_URL", nats_url())
+            .env("CADENZA_WORKER_NAME", "refused-worker")
+            .env("CADENZA_WORKER_LISTEN", "127.0.0.1:0");
+        if let Some(keks) = keks {
+            command.env("CADENZA_SECRET_KEKS", keks);
+        }
+        command.output().expect("the worker runs")
+    };
+    let wrong = start(Some(format!(
+        "{other_id}:{}",
+        secrecy::ExposeSecret::expose_secret(&other_key)
+    )));
+    assert!(!wrong.status.success(), "started with the wrong key ring");
+    let stderr = String::from_utf8_lossy(&wrong.stderr);
+    assert!(
+        stderr.contains("refusing to start") && stderr.contains(stack.keyring.active_id()),
+        "{stderr}"
+    );
+    assert!(!stderr.contains(secrecy::ExposeSecret::expose_secret(&other_key)));
+    let none = start(None);
+    assert!(!none.status.success(), "started without any key");
+    let stderr = String::from_utf8_lossy(&none.stderr);
+    assert!(stderr.contains("CADENZA_SECRET_KEKS"), "{stderr}");
+}

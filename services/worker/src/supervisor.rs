@@ -1184,3 +1184,48 @@ impl Follower<'_> {
         Err(internal("journal write kept failing"))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn git_credentials_travel_in_a_header_never_in_the_url() {
+        use base64::Engine;
+        let token = SecretString::from("ghp_tokenvalue123");
+        let command = clone_command(
+            "https://git.example.com/org/repo.git",
+            Some("main"),
+            Some(&token),
+            "/workspace/project",
+        );
+        let header =
+            base64::engine::general_purpose::STANDARD.encode("x-access-token:ghp_tokenvalue123");
+        assert!(
+            command.contains(&format!("Authorization: Basic {header}")),
+            "{command}"
+        );
+        assert!(
+            command.contains("'https://git.example.com/org/repo.git'"),
+            "{command}"
+        );
+        assert!(!command.contains("ghp_tokenvalue123"), "{command}");
+        assert!(command.contains("-c credential.helper= "), "{command}");
+
+        let with_user = clone_command(
+            "https://gitlab.example.com/r.git",
+            None,
+            Some(&SecretString::from("oauth2:glpat-abc")),
+            "/w",
+        );
+        let header = base64::engine::general_purpose::STANDARD.encode("oauth2:glpat-abc");
+        assert!(with_user.contains(&header), "{with_user}");
+
+        let anonymous = clone_command("git://host/repo.git", None, None, "/w");
+        assert!(!anonymous.contains("extraHeader"), "{anonymous}");
+        assert!(
+            anonymous.starts_with("GIT_TERMINAL_PROMPT=0 git clone"),
+            "{anonymous}"
+        );
+    }
+}
