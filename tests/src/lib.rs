@@ -102,6 +102,30 @@ impl Api {
         .await
     }
 
+    /// The run's patch as text (empty when it has none).
+    pub async fn diff(&self, run_id: &str) -> anyhow::Result<String> {
+        Ok(self
+            .get(&format!("/runs/{run_id}/diff"))
+            .await?
+            .text()
+            .await?)
+    }
+
+    /// Submits a run and waits for its end.
+    pub async fn run_to_end(
+        &self,
+        project_id: &str,
+        prompt: &str,
+        budget: Duration,
+    ) -> anyhow::Result<Value> {
+        let (status, run) = self.submit_run(project_id, prompt, None).await?;
+        if status != reqwest::StatusCode::CREATED {
+            bail!("submitting a run answered {status}: {run}");
+        }
+        let run_id = run["id"].as_str().context("run id")?.to_owned();
+        self.wait_for_end(&run_id, budget).await
+    }
+
     /// Every journal entry after `cursor`, paging with `limit`.
     pub async fn all_events(&self, run_id: &str, limit: u32) -> anyhow::Result<Vec<Value>> {
         let mut cursor = 0i64;

@@ -150,13 +150,7 @@ async fn the_real_agent_server_runs_a_task_on_a_cloned_repository() {
         }),
         "the message carries the receipt's correlation id"
     );
-    let patch = api
-        .get(&format!("/runs/{second_id}/diff"))
-        .await
-        .expect("diff")
-        .text()
-        .await
-        .expect("patch");
+    let patch = api.diff(&second_id).await.expect("diff");
     assert!(
         patch.contains("b/again.txt") && patch.contains("b/hello.txt"),
         "the second diff is relative to the same base {base}: {patch}"

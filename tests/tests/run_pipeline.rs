@@ -587,13 +587,7 @@ async fn a_message_to_a_running_run_reaches_its_conversation_with_a_correlation_
         })
         .expect("the message's command ran");
     assert_eq!(caused["payload"]["correlation_id"], correlation.as_str());
-    let patch = api
-        .get(&format!("/runs/{run_id}/diff"))
-        .await
-        .expect("diff")
-        .text()
-        .await
-        .expect("patch");
+    let patch = api.diff(&run_id).await.expect("diff");
     assert!(patch.contains("second.txt"), "{patch}");
 
     // The run is over: nothing is left to talk to.
@@ -674,13 +668,7 @@ async fn a_message_to_a_finished_run_starts_a_follow_up_turn_on_the_same_workspa
         }),
         "the second turn read the file the first turn wrote"
     );
-    let patch = api
-        .get(&format!("/runs/{second_id}/diff"))
-        .await
-        .expect("diff")
-        .text()
-        .await
-        .expect("patch");
+    let patch = api.diff(&second_id).await.expect("diff");
     assert!(
         patch.contains("two.txt") && patch.contains("one.txt"),
         "{patch}\n{}",

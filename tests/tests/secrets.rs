@@ -192,13 +192,7 @@ async fn an_injected_canary_is_usable_by_the_agent_and_appears_nowhere_cadenza_r
         !outputs.iter().any(|output| output.contains("org-value")),
         "the project secret overrides the org secret: {outputs:?}"
     );
-    let diff = api
-        .get(&format!("/runs/{run_id}/diff"))
-        .await
-        .expect("diff")
-        .text()
-        .await
-        .expect("patch");
+    let diff = api.diff(&run_id).await.expect("diff");
     assert!(diff.contains("leaked.txt"), "{diff}");
     assert!(diff.contains("token=[REDACTED:CANARY]"), "{diff}");
 
@@ -259,14 +253,10 @@ async fn runs_whose_secret_is_missing_tampered_or_moved_fail_with_a_reason() {
         json!({"agent": {"secrets": ["NOT_SET"]}}),
     )
     .await;
-    let (_, run) = api
-        .submit_run(&project_id, "$ true\ndone", None)
-        .await
-        .expect("submit");
     let run = api
-        .wait_for_end(run["id"].as_str().expect("id"), RUN_BUDGET)
+        .run_to_end(&project_id, "$ true\ndone", RUN_BUDGET)
         .await
-        .expect("ends");
+        .expect("the run ends");
     assert_eq!(run["state"], "failed", "{run}");
     assert_eq!(run["terminal_reason"]["code"], "secret_unavailable");
     assert!(
@@ -299,14 +289,10 @@ async fn runs_whose_secret_is_missing_tampered_or_moved_fail_with_a_reason() {
         json!({"agent": {"secrets": ["TAMPERED"]}}),
     )
     .await;
-    let (_, run) = api
-        .submit_run(&project_id, "$ true\ndone", None)
-        .await
-        .expect("submit");
     let run = api
-        .wait_for_end(run["id"].as_str().expect("id"), RUN_BUDGET)
+        .run_to_end(&project_id, "$ true\ndone", RUN_BUDGET)
         .await
-        .expect("ends");
+        .expect("the run ends");
     assert_eq!(run["state"], "failed", "{run}");
     assert_eq!(run["terminal_reason"]["code"], "secret_unavailable");
     let message = run["terminal_reason"]["message"]
@@ -336,14 +322,10 @@ async fn runs_whose_secret_is_missing_tampered_or_moved_fail_with_a_reason() {
         .await
         .expect("move");
     patch_project(&api, &project_id, json!({"agent": {"secrets": ["MOVED"]}})).await;
-    let (_, run) = api
-        .submit_run(&project_id, "$ true\ndone", None)
-        .await
-        .expect("submit");
     let run = api
-        .wait_for_end(run["id"].as_str().expect("id"), RUN_BUDGET)
+        .run_to_end(&project_id, "$ true\ndone", RUN_BUDGET)
         .await
-        .expect("ends");
+        .expect("the run ends");
     assert_eq!(run["state"], "failed", "{run}");
     assert_eq!(run["terminal_reason"]["code"], "secret_unavailable");
     assert!(

@@ -303,43 +303,30 @@ async fn fail_orphaned_follow_ups(core: &Core) -> Result<(), StorageError> {
     let orphaned =
         cadenza_storage::workspaces::lock_orphaned_follow_ups(&mut tx, core.config.worker_liveness)
             .await?;
-    let mut entries = Vec::new();
-    for run_id in orphaned {
-        let done = runs::transition(
-            &mut tx,
-            run_id,
-            RunState::Queued,
-            &RunEvent::Failed(cadenza_domain::TerminalReason::new(
-                cadenza_domain::TerminalCode::WorkspaceUnavailable,
-                "the worker holding this follow-up turn's workspace is gone; start a new run",
-            )),
-            Actor::Any,
-            None,
-        )
-        .await?;
-        entries.push(done.entry);
-    }
-    tx.commit().await?;
-    for entry in &entries {
-        core.bus.publish_journal_event(entry).await;
-    }
-    Ok(())
+    let event = RunEvent::Failed(cadenza_domain::TerminalReason::new(
+        cadenza_domain::TerminalCode::WorkspaceUnavailable,
+        "the worker holding this follow-up turn's workspace is gone; start a new run",
+    ));
+    transition_locked(core, tx, orphaned, RunState::Queued, &event).await
 }
 
 async fn requeue_due_retries(core: &Core) -> Result<(), StorageError> {
     let mut tx = core.pool.begin().await?;
     let due = runs::lock_due_retries(&mut tx, core.config.retry_backoff, RECONCILE_BATCH).await?;
+    transition_locked(core, tx, due, RunState::Retrying, &RunEvent::Requeued).await
+}
+
+/// Moves runs locked in `tx` from `from` with `event`, commits, then publishes their entries.
+async fn transition_locked(
+    core: &Core,
+    mut tx: cadenza_storage::Transaction<'static, cadenza_storage::Postgres>,
+    run_ids: Vec<RunId>,
+    from: RunState,
+    event: &RunEvent,
+) -> Result<(), StorageError> {
     let mut entries = Vec::new();
-    for run_id in due {
-        let done = runs::transition(
-            &mut tx,
-            run_id,
-            RunState::Retrying,
-            &RunEvent::Requeued,
-            Actor::Any,
-            None,
-        )
-        .await?;
+    for run_id in run_ids {
+        let done = runs::transition(&mut tx, run_id, from, event, Actor::Any, None).await?;
         entries.push(done.entry);
     }
     tx.commit().await?;

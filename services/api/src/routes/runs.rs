@@ -70,14 +70,7 @@ pub async fn create(
     .await?;
     let (run, created) = match submitted {
         Submitted::Created(run) => {
-            let message = RunRequested {
-                v: VERSION,
-                run_id: run.id,
-                org_id: run.org_id,
-            };
-            let payload =
-                serde_json::to_value(&message).map_err(|err| ApiError::Internal(Box::new(err)))?;
-            outbox::enqueue(&mut tx, subjects::RUN_REQUESTED, &payload).await?;
+            enqueue_run_requested(&mut tx, &run).await?;
             audit::record(
                 &mut tx,
                 Some(&auth.principal),
@@ -495,14 +488,7 @@ async fn follow_up(
     };
     workspaces::set_follow_up(&mut tx, run.id, parent.id, &container, worker).await?;
     workspaces::link_message(&mut tx, message.id, run.id).await?;
-    let requested = RunRequested {
-        v: VERSION,
-        run_id: run.id,
-        org_id: run.org_id,
-    };
-    let payload =
-        serde_json::to_value(&requested).map_err(|err| ApiError::Internal(Box::new(err)))?;
-    outbox::enqueue(&mut tx, subjects::RUN_REQUESTED, &payload).await?;
+    enqueue_run_requested(&mut tx, &run).await?;
     audit::record(
         &mut tx,
         Some(&auth.principal),
@@ -528,4 +514,20 @@ async fn follow_up(
         response.headers_mut().insert(header::LOCATION, value);
     }
     Ok(response)
+}
+
+/// The scheduler's nudge for a new run, in the run's transaction (outbox).
+async fn enqueue_run_requested(
+    tx: &mut cadenza_storage::PgConnection,
+    run: &cadenza_domain::Run,
+) -> ApiResult<()> {
+    let message = RunRequested {
+        v: VERSION,
+        run_id: run.id,
+        org_id: run.org_id,
+    };
+    let payload =
+        serde_json::to_value(&message).map_err(|err| ApiError::Internal(Box::new(err)))?;
+    outbox::enqueue(tx, subjects::RUN_REQUESTED, &payload).await?;
+    Ok(())
 }
