@@ -141,6 +141,8 @@ impl WorkerService {
             }
         }
         heartbeat.abort();
+        // Kept workspaces end with the worker: no follow-up turn could reach them.
+        reap_idle_workspaces(&core, true).await;
         if let Ok(mut conn) = core.pool.acquire().await {
             let _ = workers::mark_stopped(&mut conn, core.worker.id).await;
         }
