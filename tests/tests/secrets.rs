@@ -63,6 +63,25 @@ async fn patch_project(api: &Api, project_id: &str, body: Value) {
     assert_eq!(response.status(), 200, "{:?}", response.text().await);
 }
 
+/// Points the project's shell secrets at `name`, runs a trivial task, and checks that the run
+/// failed with `secret_unavailable`. Returns the failure message.
+async fn failed_run_needing(api: &Api, project_id: &str, name: &str) -> String {
+    patch_project(api, project_id, json!({"agent": {"secrets": [name]}})).await;
+    let run = api
+        .run_to_end(project_id, "$ true\ndone", RUN_BUDGET)
+        .await
+        .expect("the run ends");
+    assert_eq!(run["state"], "failed", "{run}");
+    assert_eq!(
+        run["terminal_reason"]["code"], "secret_unavailable",
+        "{run}"
+    );
+    run["terminal_reason"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
 /// Every row of every table, as text.
 async fn dump_database(pool: &sqlx::PgPool) -> String {
     let tables: Vec<String> = sqlx::query_scalar(
@@ -247,25 +266,8 @@ async fn runs_whose_secret_is_missing_tampered_or_moved_fail_with_a_reason() {
     let org_id = stack.org.id.to_string();
 
     // Missing: the project refers to a name nobody set.
-    patch_project(
-        &api,
-        &project_id,
-        json!({"agent": {"secrets": ["NOT_SET"]}}),
-    )
-    .await;
-    let run = api
-        .run_to_end(&project_id, "$ true\ndone", RUN_BUDGET)
-        .await
-        .expect("the run ends");
-    assert_eq!(run["state"], "failed", "{run}");
-    assert_eq!(run["terminal_reason"]["code"], "secret_unavailable");
-    assert!(
-        run["terminal_reason"]["message"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("NOT_SET"),
-        "{run}"
-    );
+    let message = failed_run_needing(&api, &project_id, "NOT_SET").await;
+    assert!(message.contains("NOT_SET"), "{message}");
 
     // Tampered: one bit of the stored ciphertext flipped.
     let value = format!("tamper-{}", random_hex(8));
@@ -283,21 +285,7 @@ async fn runs_whose_secret_is_missing_tampered_or_moved_fail_with_a_reason() {
         .execute(&stack.db.pool)
         .await
         .expect("tamper");
-    patch_project(
-        &api,
-        &project_id,
-        json!({"agent": {"secrets": ["TAMPERED"]}}),
-    )
-    .await;
-    let run = api
-        .run_to_end(&project_id, "$ true\ndone", RUN_BUDGET)
-        .await
-        .expect("the run ends");
-    assert_eq!(run["state"], "failed", "{run}");
-    assert_eq!(run["terminal_reason"]["code"], "secret_unavailable");
-    let message = run["terminal_reason"]["message"]
-        .as_str()
-        .unwrap_or_default();
+    let message = failed_run_needing(&api, &project_id, "TAMPERED").await;
     assert!(
         message.contains("TAMPERED") && message.contains("cannot decrypt"),
         "{message}"
@@ -321,13 +309,8 @@ async fn runs_whose_secret_is_missing_tampered_or_moved_fail_with_a_reason() {
         .execute(&stack.db.pool)
         .await
         .expect("move");
-    patch_project(&api, &project_id, json!({"agent": {"secrets": ["MOVED"]}})).await;
-    let run = api
-        .run_to_end(&project_id, "$ true\ndone", RUN_BUDGET)
-        .await
-        .expect("the run ends");
-    assert_eq!(run["state"], "failed", "{run}");
-    assert_eq!(run["terminal_reason"]["code"], "secret_unavailable");
+    let message = failed_run_needing(&api, &project_id, "MOVED").await;
+    assert!(message.contains("MOVED"), "{message}");
     assert!(
         !stack.logs().contains("panicked"),
         "no service panicked:\n{}",
