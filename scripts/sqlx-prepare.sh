@@ -7,7 +7,8 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 
 admin_url=${CADENZA_DATABASE_URL:-postgres://cadenza:cadenza@127.0.0.1:15432/cadenza}
-scratch=cadenza_sqlx_prepare
+# A different scratch name lets two checkouts prepare at once on one server.
+scratch=${CADENZA_SQLX_SCRATCH_DB:-cadenza_sqlx_prepare}
 base_url=${admin_url%/*}
 scratch_url="$base_url/$scratch"
 
