@@ -35,10 +35,15 @@ pub enum Permission {
     TokensManage,
     #[serde(rename = "instance.admin")]
     InstanceAdmin,
+    /// Acting on the caller's own account: creating orgs, accepting invitations, managing the
+    /// user's other personal tokens, logging out. No role grants it; only an unnarrowed token
+    /// or one narrowed to include it may do these.
+    #[serde(rename = "account.manage")]
+    AccountManage,
 }
 
 impl Permission {
-    pub const ALL: [Permission; 13] = [
+    pub const ALL: [Permission; 14] = [
         Permission::OrgRead,
         Permission::OrgManage,
         Permission::OrgDelete,
@@ -52,6 +57,7 @@ impl Permission {
         Permission::AuditRead,
         Permission::TokensManage,
         Permission::InstanceAdmin,
+        Permission::AccountManage,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -69,6 +75,7 @@ impl Permission {
             Permission::AuditRead => "audit.read",
             Permission::TokensManage => "tokens.manage",
             Permission::InstanceAdmin => "instance.admin",
+            Permission::AccountManage => "account.manage",
         }
     }
 }

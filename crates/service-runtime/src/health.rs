@@ -1,4 +1,8 @@
 //! `/healthz` (the process is alive) and `/readyz` (its dependencies answer).
+//!
+//! Both are public, so `/readyz` says only `ready` or `not ready`: which dependency failed and
+//! why (hosts, ports, driver messages) goes to the log, and to instance admins where a service
+//! offers them an endpoint for it.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -42,7 +46,6 @@ pub type ReadinessProbe =
 #[derive(Serialize)]
 struct Readiness {
     status: &'static str,
-    checks: Vec<Check>,
 }
 
 pub fn health_routes<S: Clone + Send + Sync + 'static>(probe: ReadinessProbe) -> Router<S> {
@@ -68,9 +71,15 @@ async fn readiness(probe: ReadinessProbe) -> Response {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
+    for check in checks.iter().filter(|check| !check.ok) {
+        tracing::warn!(
+            dependency = check.name,
+            error = check.error.as_deref().unwrap_or("-"),
+            "not ready: a dependency does not answer"
+        );
+    }
     let body = Readiness {
-        status: if ready { "ready" } else { "unavailable" },
-        checks,
+        status: if ready { "ready" } else { "not ready" },
     };
     (status, Json(body)).into_response()
 }

@@ -30,6 +30,9 @@ pub struct TokenPrincipal {
     pub owner: TokenOwner,
     /// `None`: everything the owner may do.
     pub scopes: Option<Vec<Permission>>,
+    /// The person the token was made in the name of (for a token made by a token, that token's
+    /// person).
+    pub created_by: Option<UserId>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -44,6 +47,9 @@ pub struct TokenRecord {
     pub expires_at: Option<OffsetDateTime>,
     pub revoked_at: Option<OffsetDateTime>,
     pub last_used_at: Option<OffsetDateTime>,
+    pub created_by: Option<UserId>,
+    /// The token that made this one, when a token did.
+    pub created_by_token: Option<TokenId>,
 }
 
 pub struct NewToken<'a> {
@@ -52,6 +58,7 @@ pub struct NewToken<'a> {
     pub scopes: Option<&'a [Permission]>,
     pub expires_at: Option<OffsetDateTime>,
     pub created_by: Option<UserId>,
+    pub created_by_token: Option<TokenId>,
 }
 
 fn hash(secret: &str) -> Vec<u8> {
@@ -109,8 +116,8 @@ pub async fn create(
     });
     let row = sqlx::query!(
         r#"insert into api_tokens (id, kind, user_id, org_id, role, scopes, name, token_hash, prefix,
-                                   expires_at, created_by)
-           values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+                                   expires_at, created_by, created_by_token)
+           values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
            returning id, created_at"#,
         TokenId::new().as_uuid(),
         kind,
@@ -122,7 +129,8 @@ pub async fn create(
         hash(&secret),
         prefix,
         new.expires_at,
-        new.created_by.map(|user| user.as_uuid())
+        new.created_by.map(|user| user.as_uuid()),
+        new.created_by_token.map(|token| token.as_uuid())
     )
     .fetch_one(conn)
     .await?;
@@ -137,6 +145,8 @@ pub async fn create(
             expires_at: new.expires_at,
             revoked_at: None,
             last_used_at: None,
+            created_by: new.created_by,
+            created_by_token: new.created_by_token,
         },
         secret,
     ))
@@ -153,7 +163,7 @@ pub async fn authenticate(
         return Ok(None);
     }
     let Some(row) = sqlx::query!(
-        r#"select id, name, kind, user_id, org_id, role, scopes,
+        r#"select id, name, kind, user_id, org_id, role, scopes, created_by,
                   (last_used_at is null or last_used_at < now() - interval '1 minute') as "stale!"
            from api_tokens
            where token_hash = $1 and revoked_at is null
@@ -178,6 +188,7 @@ pub async fn authenticate(
         name: row.name,
         owner: owner_from(&row.kind, row.user_id, row.org_id, row.role)?,
         scopes: scopes_from(row.scopes)?,
+        created_by: row.created_by.map(UserId::from),
     }))
 }
 
@@ -189,7 +200,7 @@ pub async fn list(conn: &mut PgConnection, owner: &TokenOwner) -> StorageResult<
     };
     let rows = sqlx::query!(
         r#"select id, name, prefix, kind, user_id, org_id, role, scopes, created_at, expires_at,
-                  revoked_at, last_used_at
+                  revoked_at, last_used_at, created_by, created_by_token
            from api_tokens
            where ($1::uuid is not null and kind = 'personal' and user_id = $1)
               or ($2::uuid is not null and kind = 'service' and org_id = $2)
@@ -211,6 +222,8 @@ pub async fn list(conn: &mut PgConnection, owner: &TokenOwner) -> StorageResult<
                 expires_at: row.expires_at,
                 revoked_at: row.revoked_at,
                 last_used_at: row.last_used_at,
+                created_by: row.created_by.map(UserId::from),
+                created_by_token: row.created_by_token.map(TokenId::from),
             })
         })
         .collect()
@@ -239,14 +252,72 @@ pub async fn revoke(conn: &mut PgConnection, owner: &TokenOwner, id: TokenId) ->
     Ok(())
 }
 
+/// When a member leaves an org, the service tokens made in their name there stop working:
+/// returns the ids revoked.
+pub async fn revoke_service_tokens_made_by(
+    conn: &mut PgConnection,
+    org: OrgId,
+    user: UserId,
+) -> StorageResult<Vec<TokenId>> {
+    let rows = sqlx::query!(
+        r#"update api_tokens set revoked_at = now()
+           where kind = 'service' and org_id = $1 and created_by = $2 and revoked_at is null
+           returning id"#,
+        org.as_uuid(),
+        user.as_uuid()
+    )
+    .fetch_all(conn)
+    .await?;
+    Ok(rows.into_iter().map(|row| row.id.into()).collect())
+}
+
+/// When a member is demoted, the service tokens made in their name there are lowered to the new
+/// role (a token can never act above the person it was made for): returns the ids lowered with
+/// their previous role.
+pub async fn cap_service_tokens_made_by(
+    conn: &mut PgConnection,
+    org: OrgId,
+    user: UserId,
+    cap: Role,
+) -> StorageResult<Vec<(TokenId, Role)>> {
+    let above: Vec<&str> = Role::ALL
+        .into_iter()
+        .filter(|role| *role > cap)
+        .map(Role::as_str)
+        .collect();
+    let rows = sqlx::query!(
+        r#"update api_tokens t set role = $3
+           from api_tokens old
+           where t.id = old.id and t.kind = 'service' and t.org_id = $1 and t.created_by = $2
+             and t.revoked_at is null and t.role = any($4)
+           returning t.id, old.role as "previous!""#,
+        org.as_uuid(),
+        user.as_uuid(),
+        cap.as_str(),
+        &above as &[&str]
+    )
+    .fetch_all(conn)
+    .await?;
+    rows.into_iter()
+        .map(|row| {
+            Ok((
+                row.id.into(),
+                row.previous.parse().map_err(StorageError::Corrupt)?,
+            ))
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn the_hash_is_not_the_secret() {
-        let digest = hash("cdz_abc");
-        assert_eq!(digest.len(), 32);
-        assert_ne!(digest, b"cdz_abc".to_vec());
+    fn only_the_sha256_of_the_secret_is_kept() {
+        assert_eq!(
+            hex::encode(hash("cdz_abc")),
+            // `printf %s cdz_abc | sha256sum`
+            "2def90685d6d5869e35b2d66dfd21b1332ff90cba79dfd2daddba5e6cb12854e"
+        );
     }
 }

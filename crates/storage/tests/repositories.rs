@@ -288,6 +288,7 @@ async fn tokens_are_stored_hashed_and_resolve_to_their_owner() {
             scopes: None,
             expires_at: None,
             created_by: None,
+            created_by_token: None,
         },
     )
     .await

@@ -28,6 +28,7 @@ pub async fn user_with_token(
             scopes,
             expires_at: None,
             created_by: Some(user.id),
+            created_by_token: None,
         },
     )
     .await?;
@@ -49,6 +50,7 @@ pub async fn service_token(
             scopes,
             expires_at: None,
             created_by: None,
+            created_by_token: None,
         },
     )
     .await?;

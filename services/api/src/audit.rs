@@ -2,22 +2,22 @@
 //! the actor, the request's id, address and user agent, and a before/after diff of the changed
 //! fields (never secret values).
 
-use std::net::SocketAddr;
-
-use axum::extract::{ConnectInfo, FromRequestParts};
+use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use cadenza_domain::OrgId;
 use cadenza_storage::audit::{self, AuditEntry};
 use cadenza_storage::{PgConnection, StorageError};
 use serde_json::{Map, Value, json};
 
-use crate::auth::{Actor, Principal};
+use crate::client::ClientInfo;
+use crate::principal::{Actor, Principal};
 
 /// What the audit log records about the request itself.
 #[derive(Clone, Debug, Default)]
 pub struct RequestMeta {
     pub request_id: Option<String>,
     pub ip: Option<String>,
+    pub client_ip: Option<std::net::IpAddr>,
     pub user_agent: Option<String>,
 }
 
@@ -32,12 +32,13 @@ impl<S: Send + Sync> FromRequestParts<S> for RequestMeta {
                 .and_then(|value| value.to_str().ok())
                 .map(|value| value.chars().take(512).collect::<String>())
         };
+        // The client as `client::identify_client` worked it out: the address behind trusted
+        // proxies only, and a request id a client cannot choose.
+        let client = parts.extensions.get::<ClientInfo>();
         Ok(RequestMeta {
-            request_id: header("x-request-id"),
-            ip: parts
-                .extensions
-                .get::<ConnectInfo<SocketAddr>>()
-                .map(|ConnectInfo(addr)| addr.ip().to_string()),
+            request_id: client.map(|client| client.request_id.clone()),
+            ip: client.and_then(|client| client.ip).map(|ip| ip.to_string()),
+            client_ip: client.and_then(|client| client.ip),
             user_agent: header("user-agent"),
         })
     }

@@ -63,6 +63,7 @@ pub async fn bootstrap(
             scopes: None,
             expires_at: None,
             created_by: Some(admin.id),
+            created_by_token: None,
         },
     )
     .await?;

@@ -54,9 +54,27 @@ pub struct ApiConfig {
     /// The key ring as a JSON key file (preferred over `secret_keks`; see docs/SECURITY.md).
     #[serde(default)]
     pub secret_keks_file: Option<String>,
-    /// Local development over plain HTTP: session cookies without `Secure`.
+    /// Local development over plain HTTP: cookies without `Secure` (and so without the
+    /// `__Host-` prefix), no HSTS.
     #[serde(default)]
     pub dev_mode: bool,
+    /// The URL people open (`https://cadenza.example`). Its origin is the only one from which a
+    /// browser session may change things; unset, the request's `Host` is compared instead.
+    #[serde(default)]
+    pub public_url: Option<url::Url>,
+    /// Reverse proxies (comma-separated CIDRs or addresses) whose `Forwarded`/`X-Forwarded-For`
+    /// and `X-Request-Id` are believed. Empty: none, the socket peer is the client.
+    #[serde(default)]
+    pub trusted_proxies: String,
+    /// The CSP `frame-ancestors` sources that may embed the app (`'none'`: nobody).
+    #[serde(default = "default_frame_ancestors")]
+    pub frame_ancestors: String,
+    /// How long a request may take to produce its response head (streams then go on).
+    #[serde(default = "default_request_timeout", with = "humantime_serde")]
+    pub request_timeout: std::time::Duration,
+    /// Largest request body accepted, in bytes.
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: usize,
     #[serde(default)]
     pub log_json: bool,
 }
@@ -70,6 +88,22 @@ fn default_session_max() -> std::time::Duration {
 }
 
 impl ApiConfig {
+    pub fn trusted_proxies(&self) -> anyhow::Result<crate::client::TrustedProxies> {
+        crate::client::TrustedProxies::parse(&self.trusted_proxies)
+            .map_err(|err| anyhow::anyhow!("CADENZA_TRUSTED_PROXIES: {err}"))
+    }
+
+    /// The `frame-ancestors` sources, refused when they could break out of the header.
+    pub fn frame_ancestors(&self) -> anyhow::Result<String> {
+        let value = self.frame_ancestors.trim();
+        if value.is_empty() || value.contains([';', ',', '\r', '\n']) {
+            anyhow::bail!(
+                "CADENZA_FRAME_ANCESTORS must be a space-separated list of CSP sources (e.g. `'none'` or `https://portal.example`)"
+            );
+        }
+        Ok(value.to_owned())
+    }
+
     pub fn keyring(&self) -> anyhow::Result<cadenza_crypto::KeyRing> {
         cadenza_service_runtime::load_keyring(
             self.secret_keks.as_ref(),
@@ -98,6 +132,18 @@ impl ApiConfig {
             redirect_url,
         )))
     }
+}
+
+fn default_frame_ancestors() -> String {
+    "'none'".to_owned()
+}
+
+fn default_request_timeout() -> std::time::Duration {
+    std::time::Duration::from_secs(30)
+}
+
+fn default_max_body_bytes() -> usize {
+    1024 * 1024
 }
 
 fn default_caller_limit() -> u64 {

@@ -28,6 +28,12 @@ pub enum ApiError {
         limit: u64,
         retry_after_secs: u64,
     },
+    #[error("{0}")]
+    LoginRefused(String),
+    #[error("{0}")]
+    PayloadTooLarge(String),
+    #[error("the request did not finish within {} s", .0.as_secs())]
+    Timeout(std::time::Duration),
     #[error("a dependency is unavailable")]
     Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("internal error")]
@@ -59,6 +65,17 @@ impl ApiError {
             ),
             ApiError::LoginFailed(_) => (StatusCode::UNAUTHORIZED, "login_failed", "Login failed"),
             ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden", "Forbidden"),
+            ApiError::LoginRefused(_) => (StatusCode::FORBIDDEN, "login_refused", "Login refused"),
+            ApiError::PayloadTooLarge(_) => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                "Payload too large",
+            ),
+            ApiError::Timeout(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "timeout",
+                "Request timed out",
+            ),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found", "Not found"),
             ApiError::RateLimited { .. } => (
                 StatusCode::TOO_MANY_REQUESTS,

@@ -31,8 +31,17 @@ where
                 "the request body is not valid JSON: {}",
                 source_text(&err)
             ))),
-            Err(other) => Err(ApiError::BadRequest(other.body_text())),
+            Err(other) => Err(body_rejection(other.status(), other.body_text())),
         }
+    }
+}
+
+/// A body that could not be read: too large (413, see `CADENZA_MAX_BODY_BYTES`) or broken.
+pub fn body_rejection(status: axum::http::StatusCode, text: String) -> ApiError {
+    if status == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::PayloadTooLarge("the request body is larger than this server accepts".into())
+    } else {
+        ApiError::BadRequest(text)
     }
 }
 

@@ -1,14 +1,20 @@
 //! The public HTTP API (`/api/v1`): projects, runs, the run journal (REST and SSE) and diffs.
+//!
+//! Modules depend on each other one way (see README.md): `error` ← `principal`, `client`,
+//! `limits`, `sessions` ← `audit` ← `state` ← `auth` (extractors, the access layer) ← `routes`.
 
 pub mod audit;
 pub mod auth;
 pub mod bootstrap;
+pub mod client;
 pub mod config;
 pub mod error;
 pub mod extract;
-pub mod ratelimit;
+pub mod headers;
+pub mod limits;
+pub mod principal;
 pub mod routes;
-pub mod session;
+pub mod sessions;
 pub mod state;
 
 use std::sync::Arc;
@@ -16,25 +22,34 @@ use std::time::Duration;
 
 use anyhow::Context;
 use axum::Router;
-use axum::http::{HeaderName, Request};
+use axum::extract::DefaultBodyLimit;
+use axum::http::Request;
 use cadenza_bus::Bus;
 use cadenza_service_runtime::{Check, ReadinessProbe, health_routes};
 use secrecy::ExposeSecret;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::request_id::PropagateRequestIdLayer;
 use tower_http::trace::TraceLayer;
 
+use client::{REQUEST_ID, SiteOrigin, TrustedProxies};
 pub use config::ApiConfig;
+use headers::SecurityHeaders;
+use limits::{RateLimiter, RateLimits};
 use state::{AppState, Limits};
-
-const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// A built, not yet serving, API service.
 pub struct Api {
     state: AppState,
+    http: Arc<HttpPolicy>,
     relay: tokio::task::JoinHandle<()>,
     shutdown: CancellationToken,
+}
+
+/// How the HTTP layer treats every request, decided once from the config.
+struct HttpPolicy {
+    proxies: Arc<TrustedProxies>,
+    headers: Arc<SecurityHeaders>,
 }
 
 /// Connects to every dependency (failing with a clear error when one is unreachable), applies
@@ -65,14 +80,38 @@ pub async fn build(config: &ApiConfig, shutdown: CancellationToken) -> anyhow::R
     .await
     .context("connecting to Redis (CADENZA_REDIS_URL) timed out")?
     .context("connecting to Redis (CADENZA_REDIS_URL)")?;
-    let sessions = session::Sessions::new(
-        session::load_keys(config.session_keys_file.as_deref())?,
+    let http = Arc::new(HttpPolicy {
+        proxies: Arc::new(config.trusted_proxies()?),
+        headers: Arc::new(SecurityHeaders::new(
+            &config.frame_ancestors()?,
+            config.dev_mode,
+        )?),
+    });
+    let sessions = sessions::Sessions::new(
+        sessions::load_keys(config.session_keys_file.as_deref())?,
         cadenza_identity::SessionLifetime {
             token_ttl: config.session_token_ttl,
             max_lifetime: config.session_max_lifetime,
         },
         config.dev_mode,
         config.oidc()?,
+        redis.clone(),
+        config.bus_prefix.clone(),
+    )?;
+    let rate_limiter = RateLimiter::new(
+        redis.clone(),
+        config.bus_prefix.clone(),
+        RateLimits {
+            per_caller_per_minute: config.rate_limit_per_caller,
+            per_org_per_minute: config.rate_limit_per_org,
+            logins_per_ip_per_minute: config.rate_limit_logins_per_ip,
+        },
+    );
+    let origins = SiteOrigin::new(
+        config
+            .public_url
+            .as_ref()
+            .or(config.oidc_redirect_url.as_ref()),
     );
     let (relay, relay_handle) =
         cadenza_outbox_relay::spawn(pool.clone(), bus.clone(), shutdown.clone());
@@ -85,14 +124,16 @@ pub async fn build(config: &ApiConfig, shutdown: CancellationToken) -> anyhow::R
             limits: Arc::new(Limits {
                 default_page: 50,
                 max_page: 500,
-                per_caller_per_minute: config.rate_limit_per_caller,
-                per_org_per_minute: config.rate_limit_per_org,
-                logins_per_ip_per_minute: config.rate_limit_logins_per_ip,
                 redis_prefix: config.bus_prefix.clone(),
+                request_timeout: config.request_timeout,
+                max_body_bytes: config.max_body_bytes,
             }),
-            sessions,
+            rate_limiter,
+            sessions: Arc::new(sessions),
+            origins: Arc::new(origins),
             keyring: Arc::new(keyring),
         },
+        http,
         relay: relay_handle,
         shutdown,
     })
@@ -112,7 +153,18 @@ pub async fn check_keyring(
 
 impl Api {
     pub fn router(&self) -> Router {
-        router(self.state.clone())
+        router(self.state.clone(), &self.http)
+    }
+
+    /// The state handlers see, for tests that mount routes of their own.
+    pub fn state(&self) -> AppState {
+        self.state.clone()
+    }
+
+    /// The full middleware stack around `api` (mounted at `/api/v1`), for tests that mount
+    /// routes of their own.
+    pub fn router_with(&self, api: Router<AppState>) -> Router {
+        wrap(self.state.clone(), &self.http, api)
     }
 
     /// Serves until the shutdown token is cancelled, then drains.
@@ -127,39 +179,62 @@ impl Api {
     }
 }
 
-pub fn router(state: AppState) -> Router {
+fn router(state: AppState, http: &HttpPolicy) -> Router {
+    wrap(state.clone(), http, routes::api_routes(state))
+}
+
+/// From the outside in: client identification (address, request id), the trace span, the
+/// response's request id, security headers, the request deadline, the body limit; then under
+/// `/api/v1` the sliding session refresh and each route's access layer.
+fn wrap(state: AppState, http: &HttpPolicy, api: Router<AppState>) -> Router {
     let probe_state = state.clone();
     let probe: ReadinessProbe = Arc::new(move || {
         let state = probe_state.clone();
         Box::pin(async move { readiness(&state).await })
     });
-    let api = routes::api_routes().layer(axum::middleware::from_fn_with_state(
+    let api = api.layer(axum::middleware::from_fn_with_state(
         state.clone(),
-        session::refresh_sessions,
+        auth::refresh_sessions,
     ));
     Router::new()
         .nest("/api/v1", api)
         .fallback(|| async { error::ApiError::NotFound("no such route".into()) })
+        .layer(DefaultBodyLimit::max(state.limits.max_body_bytes))
+        .layer(axum::middleware::from_fn_with_state(
+            state.limits.request_timeout,
+            headers::deadline,
+        ))
         .with_state(state)
         .merge(health_routes(probe))
+        .layer(axum::middleware::from_fn_with_state(
+            http.headers.clone(),
+            headers::security_headers,
+        ))
+        .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(
             TraceLayer::new_for_http().make_span_with(|request: &Request<_>| {
-                let request_id = request
-                    .headers()
-                    .get(REQUEST_ID)
-                    .and_then(|value| value.to_str().ok())
-                    .unwrap_or("-");
+                let client = request.extensions().get::<client::ClientInfo>();
                 tracing::info_span!(
                     "request",
                     method = %request.method(),
                     path = %request.uri().path(),
-                    request_id,
+                    request_id = client.map_or("-", |client| client.request_id.as_str()),
+                    client_ip = client
+                        .and_then(|client| client.ip)
+                        .map(tracing::field::display),
                     token_id = tracing::field::Empty,
                 )
             }),
         )
-        .layer(PropagateRequestIdLayer::new(REQUEST_ID))
-        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+        .layer(axum::middleware::from_fn_with_state(
+            http.proxies.clone(),
+            client::identify_client,
+        ))
+}
+
+/// Every dependency's state with its error, for logs and instance admins only.
+pub async fn readiness_details(state: &AppState) -> Vec<Check> {
+    readiness(state).await
 }
 
 async fn readiness(state: &AppState) -> Vec<Check> {

@@ -1,8 +1,16 @@
+//! What every request handler can reach. It sits above the modules it holds (sessions, rate
+//! limits, client identification), none of which import it.
+
 use std::sync::Arc;
+use std::time::Duration;
 
 use cadenza_bus::Bus;
 use cadenza_outbox_relay::RelayNudge;
 use cadenza_storage::PgPool;
+
+use crate::client::SiteOrigin;
+use crate::limits::RateLimiter;
+use crate::sessions::Sessions;
 
 #[derive(Clone)]
 pub struct AppState {
@@ -11,22 +19,23 @@ pub struct AppState {
     pub redis: redis::aio::ConnectionManager,
     pub relay: RelayNudge,
     pub limits: Arc<Limits>,
-    pub sessions: Arc<crate::session::Sessions>,
+    pub rate_limiter: RateLimiter,
+    pub sessions: Arc<Sessions>,
+    /// What counts as this site for cookie-authenticated requests that change something.
+    pub origins: Arc<SiteOrigin>,
     /// Seals secret values; the API never opens them.
     pub keyring: Arc<cadenza_crypto::KeyRing>,
 }
 
-/// Bounds on what one request, caller or org may ask for.
+/// Bounds on what one request may ask for.
 #[derive(Clone, Debug)]
 pub struct Limits {
     pub default_page: i64,
     pub max_page: i64,
-    /// Requests per minute per token (or session); 0 disables the limit.
-    pub per_caller_per_minute: u64,
-    /// Requests per minute touching one org; 0 disables the limit.
-    pub per_org_per_minute: u64,
-    /// Login attempts per minute per client address; 0 disables the limit.
-    pub logins_per_ip_per_minute: u64,
     /// Prefix of every Redis key of this deployment.
     pub redis_prefix: String,
+    /// How long a request may take to produce its response head.
+    pub request_timeout: Duration,
+    /// Largest request body accepted, in bytes.
+    pub max_body_bytes: usize,
 }

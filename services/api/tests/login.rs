@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
+use axum::extract::ConnectInfo;
 use axum::http::{Request, StatusCode};
 use cadenza_fake_oidc::{FakeClient, FakeOidcConfig, FakeUser, IdTokenTamper, RunningFakeOidc};
 use cadenza_testkit::infra::{TestDatabase, nats_url, redis_url, unique_name};
@@ -15,6 +16,8 @@ use tower::ServiceExt;
 const CLIENT_ID: &str = "cadenza";
 const CLIENT_SECRET: &str = "s3cret";
 const REDIRECT: &str = "http://127.0.0.1/api/v1/auth/callback";
+/// This site's origin (from the redirect URL, as no public URL is configured).
+const ORIGIN: &str = "http://127.0.0.1";
 
 struct Login {
     router: Router,
@@ -75,15 +78,37 @@ async fn send(
     uri: &str,
     cookie: Option<&str>,
 ) -> axum::response::Response {
+    // A browser sends its own origin on every unsafe request.
+    let headers: &[(&str, &str)] = if method == "GET" {
+        &[]
+    } else {
+        &[("origin", ORIGIN)]
+    };
+    send_with(router, method, uri, cookie, headers, None).await
+}
+
+/// A request as it reaches the server: extra headers, and the TCP peer it came from.
+async fn send_with(
+    router: &Router,
+    method: &str,
+    uri: &str,
+    cookie: Option<&str>,
+    headers: &[(&str, &str)],
+    peer: Option<&str>,
+) -> axum::response::Response {
     let mut request = Request::builder().method(method).uri(uri);
     if let Some(cookie) = cookie {
         request = request.header("cookie", cookie);
     }
-    router
-        .clone()
-        .oneshot(request.body(Body::empty()).expect("request"))
-        .await
-        .expect("response")
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let mut request = request.body(Body::empty()).expect("request");
+    if let Some(peer) = peer {
+        let addr: std::net::SocketAddr = peer.parse().expect("peer address");
+        request.extensions_mut().insert(ConnectInfo(addr));
+    }
+    router.clone().oneshot(request).await.expect("response")
 }
 
 fn location(response: &axum::response::Response) -> String {
@@ -93,19 +118,36 @@ fn location(response: &axum::response::Response) -> String {
         .to_owned()
 }
 
+/// A browser partway through login: where the provider sent it back, and the login cookie the
+/// API set when the login started.
+struct Started {
+    code: String,
+    state: String,
+    login_cookie: String,
+}
+
 /// Drives a browser through login up to the callback URL the provider sends it to.
 async fn authorize(login: &Login) -> (String, String) {
+    let started = start_login(login, "/runs", None).await;
+    (started.code, started.state)
+}
+
+async fn start_login(login: &Login, redirect: &str, login_hint: Option<&str>) -> Started {
     let start = send(
         &login.router,
         "GET",
-        "/api/v1/auth/login?redirect=/runs",
+        &format!("/api/v1/auth/login?redirect={redirect}"),
         None,
     )
     .await;
     assert_eq!(start.status(), StatusCode::FOUND);
-    let authorize_url = location(&start);
+    let login_cookie = set_cookie_pair(&start, "cadenza_login");
+    let mut authorize_url = location(&start);
     assert!(authorize_url.starts_with(login.provider.issuer().as_str()));
     assert!(authorize_url.contains("code_challenge_method=S256"));
+    if let Some(hint) = login_hint {
+        authorize_url.push_str(&format!("&login_hint={hint}"));
+    }
     let answer = login
         .http
         .get(&authorize_url)
@@ -116,23 +158,67 @@ async fn authorize(login: &Login) -> (String, String) {
     let back =
         url::Url::parse(answer.headers()["location"].to_str().expect("location")).expect("url");
     let query: std::collections::HashMap<_, _> = back.query_pairs().into_owned().collect();
-    (query["code"].clone(), query["state"].clone())
+    Started {
+        code: query["code"].clone(),
+        state: query["state"].clone(),
+        login_cookie,
+    }
+}
+
+/// The `name=value` of the `Set-Cookie` for `name` (or a name ending in it).
+fn set_cookie_pair(response: &axum::response::Response, name: &str) -> String {
+    response
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .find(|value| {
+            value
+                .split_once('=')
+                .is_some_and(|(cookie, _)| cookie.ends_with(name))
+        })
+        .unwrap_or_else(|| panic!("no `{name}` cookie set"))
+        .split(';')
+        .next()
+        .expect("pair")
+        .to_owned()
+}
+
+/// The callback in the browser that started the login.
+async fn finish(login: &Login, started: &Started) -> axum::response::Response {
+    send(
+        &login.router,
+        "GET",
+        &format!(
+            "/api/v1/auth/callback?code={}&state={}",
+            started.code, started.state
+        ),
+        Some(&started.login_cookie),
+    )
+    .await
 }
 
 async fn callback(login: &Login, code: &str, state: &str) -> axum::response::Response {
+    // The login cookie holds the SHA-256 of the state, as the browser that started it has.
+    use sha2::Digest;
+    let binding = hex::encode(sha2::Sha256::digest(state.as_bytes()));
     send(
         &login.router,
         "GET",
         &format!("/api/v1/auth/callback?code={code}&state={state}"),
-        None,
+        Some(&format!("cadenza_login={binding}")),
     )
     .await
 }
 
 fn session_cookie(response: &axum::response::Response) -> String {
-    let set_cookie = response.headers()["set-cookie"]
-        .to_str()
-        .expect("cookie")
+    let set_cookie = response
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .find(|value| value.contains("cadenza_session="))
+        .expect("a session cookie")
         .to_owned();
     assert!(
         set_cookie.contains("HttpOnly") && set_cookie.contains("SameSite=Lax"),
@@ -319,52 +405,586 @@ async fn a_verified_email_domain_joins_the_org_of_its_rule() {
 }
 
 #[tokio::test]
-async fn login_attempts_are_rate_limited_per_address() {
-    let login = setup_with("dan@example.com", json!({"rate_limit_logins_per_ip": 3})).await;
-    let mut statuses = Vec::new();
-    for _ in 0..5 {
-        statuses.push(
-            send(&login.router, "GET", "/api/v1/auth/login", None)
-                .await
-                .status(),
+async fn login_attempts_are_rate_limited_per_client_address() {
+    let login = setup_with(
+        "dan@example.com",
+        json!({"rate_limit_logins_per_ip": 3, "trusted_proxies": "10.0.0.0/8"}),
+    )
+    .await;
+    let attempt = |peer: &'static str, forwarded: Option<&'static str>| {
+        let router = login.router.clone();
+        async move {
+            let headers: Vec<(&str, &str)> = forwarded
+                .map(|ip| ("x-forwarded-for", ip))
+                .into_iter()
+                .collect();
+            send_with(
+                &router,
+                "GET",
+                "/api/v1/auth/login",
+                None,
+                &headers,
+                Some(peer),
+            )
+            .await
+            .status()
+        }
+    };
+    // One client spends its budget...
+    for _ in 0..3 {
+        assert_eq!(attempt("198.51.100.1:5000", None).await, StatusCode::FOUND);
+    }
+    assert_eq!(
+        attempt("198.51.100.1:5001", None).await,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    // ...and cannot buy more by claiming to be someone else from an untrusted address.
+    assert_eq!(
+        attempt("198.51.100.1:5002", Some("203.0.113.50")).await,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    // Another client is not affected.
+    assert_eq!(attempt("198.51.100.2:5000", None).await, StatusCode::FOUND);
+    // Behind a trusted proxy, each forwarded client has its own budget, and the proxy's own
+    // address is not one shared bucket.
+    for _ in 0..3 {
+        assert_eq!(
+            attempt("10.0.0.5:6000", Some("203.0.113.7")).await,
+            StatusCode::FOUND
         );
     }
-    assert_eq!(&statuses[..3], &[StatusCode::FOUND; 3]);
-    assert_eq!(statuses[3], StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(
+        attempt("10.0.0.5:6000", Some("203.0.113.7")).await,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    assert_eq!(
+        attempt("10.0.0.5:6000", Some("203.0.113.8")).await,
+        StatusCode::FOUND
+    );
+}
+
+#[tokio::test]
+async fn the_audit_log_records_the_client_behind_a_trusted_proxy_and_a_request_id_it_cannot_choose()
+{
+    let login = setup_with("gus@example.com", json!({"trusted_proxies": "10.0.0.0/8"})).await;
+    let forged = [
+        ("x-forwarded-for", "203.0.113.99"),
+        ("x-request-id", "forged-id"),
+    ];
+    let callback = "/api/v1/auth/callback?code=x&state=y";
+    let direct = send_with(
+        &login.router,
+        "GET",
+        callback,
+        None,
+        &forged,
+        Some("198.51.100.9:1"),
+    )
+    .await;
+    assert_eq!(direct.status(), StatusCode::UNAUTHORIZED);
+    let direct_id = direct.headers()["x-request-id"]
+        .to_str()
+        .expect("id")
+        .to_owned();
+    assert_ne!(
+        direct_id, "forged-id",
+        "an untrusted peer cannot set the request id"
+    );
+    let proxied = send_with(
+        &login.router,
+        "GET",
+        callback,
+        None,
+        &[
+            ("x-forwarded-for", "203.0.113.10"),
+            ("x-request-id", "proxy-id-1"),
+        ],
+        Some("10.1.1.1:1"),
+    )
+    .await;
+    assert_eq!(proxied.headers()["x-request-id"], "proxy-id-1");
+    let rows: Vec<(Option<String>, Option<String>)> = sqlx::query_as(
+        "select ip, request_id from audit_log where action = 'login.failed' order by id",
+    )
+    .fetch_all(&login.db.pool)
+    .await
+    .expect("audit");
+    assert_eq!(
+        rows,
+        [
+            (Some("198.51.100.9".into()), Some(direct_id)),
+            (Some("203.0.113.10".into()), Some("proxy-id-1".into())),
+        ]
+    );
 }
 
 #[tokio::test]
 async fn an_active_session_is_refreshed_on_the_way() {
-    // Tokens live 4 s (times have one-second resolution): past half of that, a request gets a
-    // fresh cookie.
-    let login = setup_with("fay@example.com", json!({"session_token_ttl": "4s"})).await;
+    // Tokens are minted here with the API's own keys at chosen times, so no test waits for a
+    // clock.
+    let keys_dir = tempfile::tempdir().expect("dir");
+    let keys_file = keys_dir.path().join("session-keys.json");
+    let key = cadenza_identity::SessionKeyConfig::generate();
+    {
+        use secrecy::ExposeSecret;
+        std::fs::write(
+            &keys_file,
+            json!([{"kid": key.kid, "private_key_pem": key.private_key_pem.expose_secret()}])
+                .to_string(),
+        )
+        .expect("write keys");
+    }
+    let login = setup_with(
+        "fay@example.com",
+        json!({"session_token_ttl": "60s", "session_keys_file": keys_file}),
+    )
+    .await;
     let (code, state) = authorize(&login).await;
     let cookie = session_cookie(&callback(&login, &code, &state).await);
-    let early = send(&login.router, "GET", "/api/v1/me", Some(&cookie)).await;
-    assert_eq!(early.status(), StatusCode::OK);
+    let me = body(send(&login.router, "GET", "/api/v1/me", Some(&cookie)).await).await;
+    let user = me["actor"]["id"].as_str().expect("user id").to_owned();
+
+    let keys = cadenza_identity::SessionKeys::from_config(vec![key]).expect("keys");
+    let lifetime = cadenza_identity::SessionLifetime {
+        token_ttl: Duration::from_secs(60),
+        max_lifetime: Duration::from_secs(12 * 3600),
+    };
+    let now = time::OffsetDateTime::now_utc();
+    let minted = |issued_ago: u64| {
+        let claims = cadenza_identity::SessionClaims::start(
+            user.clone(),
+            now - Duration::from_secs(issued_ago),
+            &lifetime,
+        );
+        format!("cadenza_session={}", keys.issue(claims))
+    };
+
+    let fresh = send(&login.router, "GET", "/api/v1/me", Some(&minted(5))).await;
+    assert_eq!(fresh.status(), StatusCode::OK);
     assert!(
-        early.headers().get("set-cookie").is_none(),
+        fresh.headers().get("set-cookie").is_none(),
         "a fresh token is not refreshed"
     );
-    tokio::time::sleep(Duration::from_millis(2500)).await;
-    let later = send(&login.router, "GET", "/api/v1/me", Some(&cookie)).await;
+    let halfway = minted(40);
+    let later = send(&login.router, "GET", "/api/v1/me", Some(&halfway)).await;
     assert_eq!(later.status(), StatusCode::OK);
     let refreshed = session_cookie(&later);
-    assert_ne!(refreshed, cookie);
-    // The old token expires; the refreshed one goes on working.
-    tokio::time::sleep(Duration::from_millis(2500)).await;
-    assert_eq!(
-        send(&login.router, "GET", "/api/v1/me", Some(&cookie))
-            .await
-            .status(),
-        StatusCode::UNAUTHORIZED
-    );
+    assert_ne!(refreshed, halfway);
     assert_eq!(
         send(&login.router, "GET", "/api/v1/me", Some(&refreshed))
             .await
             .status(),
         StatusCode::OK
     );
+    // A token past its lifetime is refused.
+    assert_eq!(
+        send(&login.router, "GET", "/api/v1/me", Some(&minted(61)))
+            .await
+            .status(),
+        StatusCode::UNAUTHORIZED
+    );
+}
+
+/// An account an operator made before its owner ever signed in (bootstrap admin, `admin grant`).
+async fn precreated_admin(login: &Login, email: &str) -> uuid::Uuid {
+    let mut conn = login.db.pool.acquire().await.expect("conn");
+    let user = cadenza_storage::users::ensure(&mut conn, email, Some("Administrator"))
+        .await
+        .expect("user");
+    cadenza_storage::users::set_instance_admin(&mut conn, user.id, true)
+        .await
+        .expect("admin");
+    user.id.as_uuid()
+}
+
+async fn linked_subject(login: &Login, user: uuid::Uuid) -> Option<String> {
+    sqlx::query_scalar("select oidc_subject from users where id = $1")
+        .bind(user)
+        .fetch_one(&login.db.pool)
+        .await
+        .expect("user row")
+}
+
+#[tokio::test]
+async fn an_unverified_email_never_claims_or_blocks_an_existing_account() {
+    let login = setup("someone@example.com").await;
+    let admin = precreated_admin(&login, "admin@localhost").await;
+    // An attacker registers the admin's address at the provider and leaves it unverified.
+    let mut attacker = FakeUser::new("attacker", "ADMIN@localhost");
+    attacker.email_verified = false;
+    login.provider.add_user(attacker);
+    let refused = finish(&login, &start_login(&login, "/", Some("attacker")).await).await;
+    assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+    assert!(refused.headers().get_all("set-cookie").iter().all(|value| {
+        !value
+            .to_str()
+            .unwrap_or_default()
+            .contains("cadenza_session=")
+            || value.to_str().unwrap_or_default().contains("Max-Age=0")
+    }));
+    let problem = body(refused).await;
+    assert_eq!(problem["code"], "login_refused");
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("not verified"),
+        "{problem}"
+    );
+    assert_eq!(
+        linked_subject(&login, admin).await,
+        None,
+        "the admin stays unclaimed"
+    );
+    let refusals: Vec<Value> =
+        sqlx::query_scalar("select diff from audit_log where action = 'login.refused' order by id")
+            .fetch_all(&login.db.pool)
+            .await
+            .expect("audit");
+    assert_eq!(refusals.len(), 1);
+    assert_eq!(refusals[0]["email"], "ADMIN@localhost");
+
+    // The real owner, verified, claims the account and is its instance admin.
+    login
+        .provider
+        .add_user(FakeUser::new("real-admin", "admin@localhost"));
+    let claimed = finish(&login, &start_login(&login, "/", Some("real-admin")).await).await;
+    assert_eq!(claimed.status(), StatusCode::FOUND);
+    let me = body(
+        send(
+            &login.router,
+            "GET",
+            "/api/v1/me",
+            Some(&session_cookie(&claimed)),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(me["actor"]["id"], admin.to_string());
+    assert_eq!(me["instance_admin"], true);
+    assert_eq!(
+        linked_subject(&login, admin).await.as_deref(),
+        Some("real-admin")
+    );
+
+    // Once linked, nobody else gets the address, verified or not.
+    login
+        .provider
+        .add_user(FakeUser::new("second", "admin@localhost"));
+    let taken = finish(&login, &start_login(&login, "/", Some("second")).await).await;
+    assert_eq!(taken.status(), StatusCode::FORBIDDEN);
+    assert_eq!(body(taken).await["code"], "login_refused");
+}
+
+#[tokio::test]
+async fn an_unverified_first_login_does_not_block_the_real_owner_nor_take_invitations() {
+    let login = setup("someone@example.com").await;
+    let mut squatter = FakeUser::new("squatter", "victim@example.com");
+    squatter.email_verified = false;
+    login.provider.add_user(squatter);
+    let first = finish(&login, &start_login(&login, "/", Some("squatter")).await).await;
+    assert_eq!(
+        first.status(),
+        StatusCode::FOUND,
+        "an unverified newcomer gets an account"
+    );
+    let squatter_cookie = session_cookie(&first);
+
+    // An invitation to the address cannot be taken by the unverified account.
+    let mut conn = login.db.pool.acquire().await.expect("conn");
+    let org = cadenza_storage::orgs::create(&mut conn, &unique_name("v-"), "Victim's")
+        .await
+        .expect("org");
+    let (_, invitation) = cadenza_storage::invitations::create(
+        &mut conn,
+        org.id,
+        "victim@example.com",
+        cadenza_domain::Role::Admin,
+        time::OffsetDateTime::now_utc() + Duration::from_secs(3600),
+        None,
+    )
+    .await
+    .expect("invitation");
+    let accept = |cookie: String, token: String| {
+        let router = login.router.clone();
+        async move {
+            let request = Request::builder()
+                .method("POST")
+                .uri("/api/v1/invitations/accept")
+                .header("cookie", cookie)
+                .header("origin", ORIGIN)
+                .header("content-type", "application/json")
+                .body(Body::from(json!({"token": token}).to_string()))
+                .expect("request");
+            router.oneshot(request).await.expect("response").status()
+        }
+    };
+    assert_eq!(
+        accept(squatter_cookie, invitation.clone()).await,
+        StatusCode::FORBIDDEN
+    );
+
+    // The verified owner signs in to an account of their own and takes the invitation.
+    login
+        .provider
+        .add_user(FakeUser::new("owner", "victim@example.com"));
+    let owner = finish(&login, &start_login(&login, "/", Some("owner")).await).await;
+    assert_eq!(owner.status(), StatusCode::FOUND);
+    assert_eq!(
+        accept(session_cookie(&owner), invitation).await,
+        StatusCode::OK
+    );
+    let accounts: i64 =
+        sqlx::query_scalar("select count(*) from users where lower(email) = 'victim@example.com'")
+            .fetch_one(&login.db.pool)
+            .await
+            .expect("count");
+    assert_eq!(accounts, 2);
+}
+
+#[tokio::test]
+async fn a_returning_users_stored_email_does_not_change_silently() {
+    let login = setup("hal@example.com").await;
+    let first = finish(&login, &start_login(&login, "/", None).await).await;
+    assert_eq!(first.status(), StatusCode::FOUND);
+    login
+        .provider
+        .add_user(FakeUser::new("user-1", "hal@elsewhere.example"));
+    let again = finish(&login, &start_login(&login, "/", None).await).await;
+    assert_eq!(again.status(), StatusCode::FOUND);
+    let me = body(
+        send(
+            &login.router,
+            "GET",
+            "/api/v1/me",
+            Some(&session_cookie(&again)),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(me["actor"]["email"], "hal@example.com");
+    let noted: Value = sqlx::query_scalar(
+        "select diff from audit_log where action = 'login' order by id desc limit 1",
+    )
+    .fetch_one(&login.db.pool)
+    .await
+    .expect("audit");
+    assert_eq!(noted["provider_email"], "hal@elsewhere.example");
+}
+
+#[tokio::test]
+async fn a_callback_this_browser_did_not_start_is_refused() {
+    let login = setup("ivy@example.com").await;
+    // The attacker starts a login and completes it at the provider as themself...
+    let attackers = start_login(&login, "/", None).await;
+    // ...then sends the callback link to a victim, whose browser has no (or its own) login
+    // cookie.
+    let victim_own = start_login(&login, "/", None).await;
+    for cookie in [None, Some(victim_own.login_cookie.as_str())] {
+        let response = send(
+            &login.router,
+            "GET",
+            &format!(
+                "/api/v1/auth/callback?code={}&state={}",
+                attackers.code, attackers.state
+            ),
+            cookie,
+        )
+        .await;
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+        assert!(
+            response
+                .headers()
+                .get_all("set-cookie")
+                .iter()
+                .next()
+                .is_none(),
+            "no session for a login this browser did not start"
+        );
+        assert!(
+            body(response).await["detail"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("did not start"),
+        );
+    }
+    // The attacker's pending login was not consumed by the refusals; in the browser that
+    // started it, it still completes, once.
+    assert_eq!(finish(&login, &attackers).await.status(), StatusCode::FOUND);
+    assert_eq!(
+        finish(&login, &attackers).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+}
+
+#[tokio::test]
+async fn post_login_redirects_stay_on_this_site() {
+    let login = setup("jan@example.com").await;
+    // (query value as sent, where the browser ends up)
+    let cases = [
+        ("%2Fruns%2F42%3Ftab%3Ddiff", "/runs/42?tab=diff"),
+        ("%2F%09%2Fevil.example", "/"),
+        ("%2F%5Cevil.example", "/"),
+        ("%2F%09%5Cevil.example", "/"),
+        ("%2F%2Fevil.example", "/"),
+        ("https%3A%2F%2Fevil.example", "/"),
+        ("%2F%0D%0ALocation%3A%20https%3A%2F%2Fevil", "/"),
+        ("%2F%0A%2Fevil", "/"),
+        ("%2F%00evil", "/"),
+        ("%2F%7Fevil", "/"),
+        ("evil.example", "/"),
+        ("", "/"),
+    ];
+    for (raw, expected) in cases {
+        let started = start_login(&login, raw, None).await;
+        let done = finish(&login, &started).await;
+        assert_eq!(done.status(), StatusCode::FOUND, "{raw}");
+        assert_eq!(location(&done), expected, "redirect={raw}");
+    }
+}
+
+#[tokio::test]
+async fn hosted_cookies_are_host_prefixed_and_secure() {
+    let login = setup_with("kim@example.com", json!({"dev_mode": false})).await;
+    let start = send(&login.router, "GET", "/api/v1/auth/login", None).await;
+    let login_cookie = start.headers()["set-cookie"]
+        .to_str()
+        .expect("cookie")
+        .to_owned();
+    assert!(
+        login_cookie.starts_with("__Host-cadenza_login="),
+        "{login_cookie}"
+    );
+    assert!(login_cookie.contains("; Secure") && login_cookie.contains("Path=/"));
+    assert!(!login_cookie.contains("Domain"));
+    assert!(
+        start.headers()["strict-transport-security"]
+            .to_str()
+            .expect("hsts")
+            .contains("max-age=")
+    );
+    // A plain-named cookie (as a sibling subdomain could set) is not a session here.
+    let started = start_login(&login, "/", None).await;
+    let done = finish(&login, &started).await;
+    let session = session_cookie(&done);
+    assert!(session.starts_with("__Host-cadenza_session="), "{session}");
+    let value = session.split_once('=').expect("pair").1;
+    let plain = send(
+        &login.router,
+        "GET",
+        "/api/v1/me",
+        Some(&format!("cadenza_session={value}")),
+    )
+    .await;
+    assert_eq!(plain.status(), StatusCode::UNAUTHORIZED);
+    let hosted = send(&login.router, "GET", "/api/v1/me", Some(&session)).await;
+    assert_eq!(hosted.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn cookie_sessions_change_things_only_from_this_site() {
+    let login = setup("lou@example.com").await;
+    let (code, state) = authorize(&login).await;
+    let cookie = session_cookie(&callback(&login, &code, &state).await);
+    let create_org = |headers: Vec<(&'static str, &'static str)>, auth: Option<String>| {
+        let router = login.router.clone();
+        let cookie = cookie.clone();
+        async move {
+            let mut request = Request::builder()
+                .method("POST")
+                .uri("/api/v1/orgs")
+                .header("content-type", "application/json");
+            match auth {
+                Some(token) => request = request.header("authorization", format!("Bearer {token}")),
+                None => request = request.header("cookie", cookie),
+            }
+            for (name, value) in headers {
+                request = request.header(name, value);
+            }
+            let body = json!({"slug": unique_name("o-"), "name": "Org"}).to_string();
+            let response = router
+                .oneshot(request.body(Body::from(body)).expect("request"))
+                .await
+                .expect("response");
+            response.status()
+        }
+    };
+    assert_eq!(
+        create_org(vec![("origin", ORIGIN)], None).await,
+        StatusCode::CREATED
+    );
+    assert_eq!(
+        create_org(vec![("sec-fetch-site", "same-origin")], None).await,
+        StatusCode::CREATED
+    );
+    for refused in [
+        vec![("origin", "https://evil.example")],
+        vec![("origin", "null")],
+        vec![("origin", "http://127.0.0.1:9999")],
+        vec![("sec-fetch-site", "cross-site")],
+        vec![("sec-fetch-site", "same-site")],
+        vec![],
+    ] {
+        assert_eq!(
+            create_org(refused.clone(), None).await,
+            StatusCode::FORBIDDEN,
+            "{refused:?}"
+        );
+    }
+    // Body-less unsafe requests too: logout from another site does nothing.
+    let foreign_logout = send_with(
+        &login.router,
+        "POST",
+        "/api/v1/auth/logout",
+        Some(&cookie),
+        &[("origin", "https://evil.example")],
+        None,
+    )
+    .await;
+    assert_eq!(foreign_logout.status(), StatusCode::FORBIDDEN);
+    assert_eq!(
+        send(&login.router, "GET", "/api/v1/me", Some(&cookie))
+            .await
+            .status(),
+        StatusCode::OK,
+        "the session survived"
+    );
+    // Bearer tokens are not a browser's ambient credential: no origin needed.
+    let mut conn = login.db.pool.acquire().await.expect("conn");
+    let (_, token) = cadenza_testkit::fixtures::user_with_token(
+        &mut conn,
+        "bearer@example.com",
+        &[],
+        false,
+        None,
+    )
+    .await
+    .expect("token");
+    assert_eq!(
+        create_org(vec![("origin", "https://evil.example")], Some(token)).await,
+        StatusCode::CREATED
+    );
+}
+
+#[tokio::test]
+async fn provider_errors_are_stored_bounded() {
+    let login = setup("mo@example.com").await;
+    let flood = "x".repeat(10_000);
+    let response = send(
+        &login.router,
+        "GET",
+        &format!("/api/v1/auth/callback?error=access_denied&error_description={flood}"),
+        None,
+    )
+    .await;
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    let stored: Value =
+        sqlx::query_scalar("select diff from audit_log where action = 'login.failed'")
+            .fetch_one(&login.db.pool)
+            .await
+            .expect("audit");
+    let reason = stored["reason"].as_str().expect("reason");
+    assert!(reason.len() < 600, "{} bytes stored", reason.len());
 }
 
 fn test_kek_spec() -> String {

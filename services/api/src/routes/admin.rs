@@ -44,6 +44,17 @@ pub async fn orgs(
     }))
 }
 
+/// `GET /admin/health`: each dependency's state with its error (the public `/readyz` says only
+/// ready or not).
+pub async fn health(
+    State(state): State<AppState>,
+    _admin: Authorized<perm::InstanceAdmin>,
+) -> Json<Value> {
+    let checks = crate::readiness_details(&state).await;
+    let ready = checks.iter().all(|check| check.ok);
+    Json(json!({"status": if ready { "ready" } else { "not ready" }, "checks": checks}))
+}
+
 /// `GET /admin/users`: every user (instance administrators only).
 pub async fn users(
     State(state): State<AppState>,

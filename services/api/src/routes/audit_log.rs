@@ -54,7 +54,7 @@ pub async fn list(
     ApiQuery(query): ApiQuery<AuditQuery>,
 ) -> ApiResult<Response> {
     let org_id: OrgId = parse_id(&org_id, "org")?;
-    auth.require(&state, org_id).await?;
+    auth.require(org_id)?;
     let export = match query.format.as_deref() {
         None | Some("json") => false,
         Some("jsonl") => true,

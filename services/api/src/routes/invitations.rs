@@ -77,7 +77,7 @@ pub async fn create(
     ApiJson(body): ApiJson<CreateInvitation>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let org_id: OrgId = parse_id(&org_id, "org")?;
-    auth.require(&state, org_id).await?;
+    auth.require(org_id)?;
     if !valid_email(&body.email) {
         return Err(ApiError::BadRequest(format!(
             "`{}` is not an email address",
@@ -124,7 +124,8 @@ pub async fn create(
     tx.commit().await.map_err(StorageError::from)?;
     let mut answer = view(&invitation);
     answer["token"] = json!(secret);
-    answer["accept_path"] = json!(format!("/api/v1/invitations/{secret}/accept"));
+    answer["accept"] =
+        json!({"method": "POST", "path": "/api/v1/invitations/accept", "body": {"token": secret}});
     Ok((StatusCode::CREATED, Json(answer)))
 }
 
@@ -134,7 +135,7 @@ pub async fn list(
     Path(org_id): Path<String>,
 ) -> ApiResult<Json<Value>> {
     let org_id: OrgId = parse_id(&org_id, "org")?;
-    auth.require(&state, org_id).await?;
+    auth.require(org_id)?;
     let mut conn = state.pool.acquire().await.map_err(StorageError::from)?;
     let items: Vec<Value> = invitations::list(&mut conn, org_id)
         .await?
@@ -151,7 +152,7 @@ pub async fn revoke(
     Path((org_id, invitation_id)): Path<(String, String)>,
 ) -> ApiResult<StatusCode> {
     let org_id: OrgId = parse_id(&org_id, "org")?;
-    auth.require(&state, org_id).await?;
+    auth.require(org_id)?;
     let id: InvitationId = parse_id(&invitation_id, "invitation")?;
     let mut tx = state.pool.begin().await.map_err(StorageError::from)?;
     invitations::revoke(&mut tx, org_id, id)
@@ -177,18 +178,31 @@ pub async fn revoke(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// `POST /invitations/{token}/accept`: the signed-in user joins the org, if the invitation is
-/// pending, unexpired and addressed to the user's email.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AcceptInvitation {
+    /// The invitation's secret (in the body, so it stays out of URLs, access logs and history).
+    token: String,
+}
+
+/// `POST /invitations/accept` `{token}`: the signed-in user joins the org, if the invitation is
+/// pending, unexpired and addressed to the user's email, and that email is one the user is
+/// known to own (verified by the identity provider, or the operator made the account for it).
 pub async fn accept(
     State(state): State<AppState>,
     Authenticated(principal): Authenticated,
     meta: RequestMeta,
-    Path(token): Path<String>,
+    ApiJson(body): ApiJson<AcceptInvitation>,
 ) -> ApiResult<Json<Value>> {
-    let user_id = principal.require_user()?;
+    let user_id = principal.require_account()?;
     let mut tx = state.pool.begin().await.map_err(StorageError::from)?;
     let user = users::get(&mut tx, user_id).await?;
-    let invitation = match invitations::accept(&mut tx, &token, user_id, &user.email).await? {
+    if !user.email_is_trusted() {
+        return Err(ApiError::Forbidden(
+            "your identity provider has not verified your email, so invitations addressed to it cannot be accepted".into(),
+        ));
+    }
+    let invitation = match invitations::accept(&mut tx, &body.token, user_id, &user.email).await? {
         Ok(invitation) => invitation,
         Err(AcceptError::Unknown) => return Err(ApiError::NotFound("no such invitation".into())),
         Err(AcceptError::AlreadyUsed) => {
@@ -251,7 +265,7 @@ pub async fn list_domains(
     Path(org_id): Path<String>,
 ) -> ApiResult<Json<Value>> {
     let org_id: OrgId = parse_id(&org_id, "org")?;
-    auth.require(&state, org_id).await?;
+    auth.require(org_id)?;
     let mut conn = state.pool.acquire().await.map_err(StorageError::from)?;
     let items: Vec<Value> = domain_rules::list(&mut conn, org_id)
         .await?
@@ -277,7 +291,7 @@ pub async fn put_domain(
     ApiJson(body): ApiJson<PutDomain>,
 ) -> ApiResult<Json<Value>> {
     let org_id: OrgId = parse_id(&org_id, "org")?;
-    auth.require(&state, org_id).await?;
+    auth.require(org_id)?;
     let domain = normalize_domain(&domain)?;
     let role: Role = body.role.parse().map_err(ApiError::BadRequest)?;
     if role == Role::Owner {
@@ -311,7 +325,7 @@ pub async fn delete_domain(
     Path((org_id, domain)): Path<(String, String)>,
 ) -> ApiResult<StatusCode> {
     let org_id: OrgId = parse_id(&org_id, "org")?;
-    auth.require(&state, org_id).await?;
+    auth.require(org_id)?;
     let domain = normalize_domain(&domain)?;
     let mut tx = state.pool.begin().await.map_err(StorageError::from)?;
     let previous = domain_rules::delete(&mut tx, org_id, &domain)

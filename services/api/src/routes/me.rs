@@ -3,8 +3,9 @@ use axum::extract::State;
 use cadenza_storage::{StorageError, orgs, users};
 use serde_json::{Value, json};
 
-use crate::auth::{Actor, Authenticated};
+use crate::auth::Authenticated;
 use crate::error::ApiResult;
+use crate::principal::Actor;
 use crate::state::AppState;
 
 /// `GET /me`: who the caller is, the orgs it belongs to with its role, and what its token may do.

@@ -2,7 +2,7 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use cadenza_domain::{OrgId, Role, UserId};
-use cadenza_storage::{StorageError, memberships};
+use cadenza_storage::{StorageError, memberships, tokens};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -19,7 +19,7 @@ pub async fn list(
     Path(org_id): Path<String>,
 ) -> ApiResult<Json<Page<MemberView>>> {
     let org_id: OrgId = parse_id(&org_id, "org")?;
-    auth.require(&state, org_id).await?;
+    auth.require(org_id)?;
     let mut conn = state.pool.acquire().await.map_err(StorageError::from)?;
     let members = memberships::list(&mut conn, org_id).await?;
     Ok(Json(Page {
@@ -68,7 +68,7 @@ pub async fn update(
     ApiJson(body): ApiJson<UpdateMember>,
 ) -> ApiResult<Json<serde_json::Value>> {
     let org_id: OrgId = parse_id(&org_id, "org")?;
-    auth.require(&state, org_id).await?;
+    auth.require(org_id)?;
     let user_id: UserId = parse_id(&user_id, "member")?;
     let role: Role = body.role.parse().map_err(ApiError::BadRequest)?;
     let mut tx = state.pool.begin().await.map_err(StorageError::from)?;
@@ -77,6 +77,9 @@ pub async fn update(
     let previous = memberships::set_role(&mut tx, org_id, user_id, role)
         .await
         .map_err(|err| not_a_member(err, user_id))?;
+    // Service tokens made in the member's name never act above the member: a demotion lowers
+    // them to the new role.
+    let lowered = tokens::cap_service_tokens_made_by(&mut tx, org_id, user_id, role).await?;
     audit::record(
         &mut tx,
         Some(&auth.principal),
@@ -86,7 +89,16 @@ pub async fn update(
             action: "member.update",
             resource_type: "member",
             resource_id: Some(user_id.to_string()),
-            diff: audit::diff(&json!({"role": previous}), &json!({"role": role})),
+            diff: {
+                let mut diff = audit::diff(&json!({"role": previous}), &json!({"role": role}));
+                if !lowered.is_empty() {
+                    diff["service_tokens_lowered"] = json!(lowered
+                        .iter()
+                        .map(|(id, was)| json!({"id": id.to_string(), "role": {"before": was, "after": role}}))
+                        .collect::<Vec<_>>());
+                }
+                diff
+            },
         },
     )
     .await?;
@@ -103,7 +115,7 @@ pub async fn remove(
     Path((org_id, user_id)): Path<(String, String)>,
 ) -> ApiResult<StatusCode> {
     let org_id: OrgId = parse_id(&org_id, "org")?;
-    auth.require(&state, org_id).await?;
+    auth.require(org_id)?;
     let user_id: UserId = parse_id(&user_id, "member")?;
     let mut tx = state.pool.begin().await.map_err(StorageError::from)?;
     let current = memberships::role_of(&mut tx, org_id, user_id).await?;
@@ -111,6 +123,8 @@ pub async fn remove(
     let previous = memberships::remove(&mut tx, org_id, user_id)
         .await
         .map_err(|err| not_a_member(err, user_id))?;
+    // Service tokens made in the member's name stop working with the membership.
+    let revoked = tokens::revoke_service_tokens_made_by(&mut tx, org_id, user_id).await?;
     audit::record(
         &mut tx,
         Some(&auth.principal),
@@ -120,7 +134,10 @@ pub async fn remove(
             action: "member.remove",
             resource_type: "member",
             resource_id: Some(user_id.to_string()),
-            diff: json!({"role": {"before": previous, "after": null}}),
+            diff: json!({
+                "role": {"before": previous, "after": null},
+                "service_tokens_revoked": revoked.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            }),
         },
     )
     .await?;

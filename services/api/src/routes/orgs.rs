@@ -83,6 +83,32 @@ pub fn validate_name(name: &str) -> ApiResult<()> {
     Ok(())
 }
 
+/// Slugs nobody gets: names of the site's own paths and of roles people might mistake for
+/// official ones. Refused exactly like a slug in use, so "unavailable" says nothing about
+/// whether another tenant exists.
+const RESERVED_SLUGS: &[&str] = &[
+    "admin", "api", "app", "auth", "billing", "cadenza", "docs", "help", "login", "logout", "new",
+    "org", "orgs", "root", "security", "settings", "status", "support", "system", "www",
+];
+
+/// The answer for a slug that cannot be had, with a free one to use instead. It does not say
+/// why (reserved or in use), nor whose it is.
+async fn slug_unavailable(conn: &mut cadenza_storage::PgConnection, slug: &str) -> ApiError {
+    let stem: String = slug.chars().take(56).collect();
+    let mut suggestion = None;
+    for _ in 0..5 {
+        let candidate = format!("{stem}-{}", &uuid::Uuid::new_v4().simple().to_string()[..6]);
+        if let Ok(None) = orgs::find_by_slug(conn, &candidate).await {
+            suggestion = Some(candidate);
+            break;
+        }
+    }
+    ApiError::Conflict(match suggestion {
+        Some(free) => format!("the slug `{slug}` is not available; `{free}` is"),
+        None => format!("the slug `{slug}` is not available; choose another"),
+    })
+}
+
 /// `POST /orgs`: creates an org; the creating user becomes its owner.
 pub async fn create(
     State(state): State<AppState>,
@@ -90,23 +116,22 @@ pub async fn create(
     meta: RequestMeta,
     ApiJson(body): ApiJson<CreateOrg>,
 ) -> ApiResult<(StatusCode, Json<OrgView>)> {
-    let user = principal.require_user()?;
-    if principal.scopes.is_some() {
-        return Err(ApiError::Forbidden(
-            "a narrowed token cannot create orgs".into(),
-        ));
-    }
+    let user = principal.require_account()?;
     validate_slug(&body.slug)?;
     validate_name(&body.name)?;
     let mut tx = state.pool.begin().await.map_err(StorageError::from)?;
-    let org = orgs::create(&mut tx, &body.slug, &body.name)
-        .await
-        .map_err(|err| match err {
-            StorageError::Conflict(_) => {
-                ApiError::Conflict(format!("the slug `{}` is taken", body.slug))
-            }
-            other => other.into(),
-        })?;
+    if RESERVED_SLUGS.contains(&body.slug.as_str()) {
+        return Err(slug_unavailable(&mut tx, &body.slug).await);
+    }
+    let org = match orgs::create(&mut tx, &body.slug, &body.name).await {
+        Ok(org) => org,
+        Err(StorageError::Conflict(_)) => {
+            drop(tx);
+            let mut conn = state.pool.acquire().await.map_err(StorageError::from)?;
+            return Err(slug_unavailable(&mut conn, &body.slug).await);
+        }
+        Err(other) => return Err(other.into()),
+    };
     memberships::add(&mut tx, org.id, user, Role::Owner).await?;
     audit::record(
         &mut tx,
@@ -134,7 +159,7 @@ pub async fn get(
     Path(org_id): Path<String>,
 ) -> ApiResult<Json<OrgView>> {
     let org_id: OrgId = parse_id(&org_id, "org")?;
-    auth.require(&state, org_id).await?;
+    auth.require(org_id)?;
     let mut conn = state.pool.acquire().await.map_err(StorageError::from)?;
     let org = orgs::get(&mut conn, &Scope::Org(org_id), org_id).await?;
     let role = auth.principal.roles.get(&org_id).copied();
@@ -155,7 +180,7 @@ pub async fn update(
     ApiJson(body): ApiJson<UpdateOrg>,
 ) -> ApiResult<Json<OrgView>> {
     let org_id: OrgId = parse_id(&org_id, "org")?;
-    auth.require(&state, org_id).await?;
+    auth.require(org_id)?;
     let mut tx = state.pool.begin().await.map_err(StorageError::from)?;
     let before = orgs::get(&mut tx, &Scope::Org(org_id), org_id).await?;
     if let Some(name) = &body.name {
@@ -188,7 +213,7 @@ pub async fn delete(
     Path(org_id): Path<String>,
 ) -> ApiResult<StatusCode> {
     let org_id: OrgId = parse_id(&org_id, "org")?;
-    auth.require(&state, org_id).await?;
+    auth.require(org_id)?;
     let mut tx = state.pool.begin().await.map_err(StorageError::from)?;
     let org = orgs::get(&mut tx, &Scope::Org(org_id), org_id).await?;
     orgs::delete(&mut tx, org_id).await?;

@@ -58,7 +58,7 @@ pub async fn list_in_org(
     ApiQuery(query): ApiQuery<ListQuery>,
 ) -> ApiResult<Json<Page<ProjectView>>> {
     let org_id: OrgId = parse_id(&org_id, "org")?;
-    auth.require(&state, org_id).await?;
+    auth.require(org_id)?;
     list_scoped(&state, &Scope::Org(org_id), query).await
 }
 
@@ -77,12 +77,10 @@ pub(crate) async fn load<P: crate::auth::RequiredPermission>(
             StorageError::NotFound(_) => ApiError::not_found("project", id),
             other => other.into(),
         })?;
-    auth.require(state, project.org_id)
-        .await
-        .map_err(|err| match err {
-            ApiError::NotFound(_) => ApiError::not_found("project", id),
-            other => other,
-        })?;
+    auth.require(project.org_id).map_err(|err| match err {
+        ApiError::NotFound(_) => ApiError::not_found("project", id),
+        other => other,
+    })?;
     Ok(project)
 }
 
@@ -257,7 +255,7 @@ pub async fn create(
     ApiJson(body): ApiJson<CreateProject>,
 ) -> ApiResult<(StatusCode, Json<ProjectView>)> {
     let org_id: OrgId = parse_id(&org_id, "org")?;
-    auth.require(&state, org_id).await?;
+    auth.require(org_id)?;
     validate_name(&body.name)?;
     let mut agent = AgentSettings::with_image(DEFAULT_AGENT_IMAGE);
     body.agent.unwrap_or_default().apply(&mut agent)?;

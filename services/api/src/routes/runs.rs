@@ -218,12 +218,10 @@ pub(crate) async fn load_run<P: RequiredPermission>(
             StorageError::NotFound(_) => ApiError::not_found("run", id),
             other => other.into(),
         })?;
-    auth.require(state, run.org_id)
-        .await
-        .map_err(|err| match err {
-            ApiError::NotFound(_) => ApiError::not_found("run", id),
-            other => other,
-        })?;
+    auth.require(run.org_id).map_err(|err| match err {
+        ApiError::NotFound(_) => ApiError::not_found("run", id),
+        other => other,
+    })?;
     Ok(run)
 }
 

@@ -123,13 +123,9 @@ fn resource_id(scope: SecretScope, name: &str) -> String {
     }
 }
 
-async fn org_scope(
-    state: &AppState,
-    auth: &Authorized<perm::SecretsManage>,
-    raw_org: &str,
-) -> ApiResult<SecretScope> {
+fn org_scope(auth: &Authorized<perm::SecretsManage>, raw_org: &str) -> ApiResult<SecretScope> {
     let org: OrgId = parse_id(raw_org, "org")?;
-    auth.require(state, org).await?;
+    auth.require(org)?;
     Ok(SecretScope::Org(org))
 }
 
@@ -246,7 +242,7 @@ pub async fn list_org(
     auth: Authorized<perm::SecretsManage>,
     Path(org_id): Path<String>,
 ) -> ApiResult<Json<SecretList>> {
-    let scope = org_scope(&state, &auth, &org_id).await?;
+    let scope = org_scope(&auth, &org_id)?;
     list_scope(&state, scope).await
 }
 
@@ -255,7 +251,7 @@ pub async fn get_org(
     auth: Authorized<perm::SecretsManage>,
     Path((org_id, name)): Path<(String, String)>,
 ) -> ApiResult<Json<SecretView>> {
-    let scope = org_scope(&state, &auth, &org_id).await?;
+    let scope = org_scope(&auth, &org_id)?;
     get_scope(&state, scope, &name).await
 }
 
@@ -268,7 +264,7 @@ pub async fn put_org(
     Path((org_id, name)): Path<(String, String)>,
     ApiJson(body): ApiJson<Value>,
 ) -> ApiResult<(StatusCode, Json<SecretView>)> {
-    let scope = org_scope(&state, &auth, &org_id).await?;
+    let scope = org_scope(&auth, &org_id)?;
     put_scope(&state, &auth, &meta, scope, &name, body).await
 }
 
@@ -278,7 +274,7 @@ pub async fn delete_org(
     meta: RequestMeta,
     Path((org_id, name)): Path<(String, String)>,
 ) -> ApiResult<StatusCode> {
-    let scope = org_scope(&state, &auth, &org_id).await?;
+    let scope = org_scope(&auth, &org_id)?;
     delete_scope(&state, &auth, &meta, scope, &name).await
 }
 

@@ -9,9 +9,10 @@ use serde_json::json;
 use time::OffsetDateTime;
 
 use crate::audit::{self, Change, RequestMeta};
-use crate::auth::{Authenticated, Authorized, Principal, perm};
+use crate::auth::{Authenticated, Authorized, perm};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{ApiJson, parse_id};
+use crate::principal::Principal;
 use crate::routes::wire::{Page, TokenView};
 use crate::state::AppState;
 
@@ -73,7 +74,8 @@ async fn create(
             owner,
             scopes: scopes.as_deref(),
             expires_at: body.expires_at,
-            created_by: principal.user_id(),
+            created_by: principal.on_behalf_of,
+            created_by_token: principal.token_id,
         },
     )
     .await?;
@@ -185,6 +187,8 @@ pub async fn create_personal(
     .await
 }
 
+/// `DELETE /tokens/{id}`: revokes one of the caller's personal tokens. A narrowed token may
+/// revoke itself; revoking the user's other tokens takes `account.manage`.
 pub async fn revoke_personal(
     State(state): State<AppState>,
     Authenticated(principal): Authenticated,
@@ -192,6 +196,12 @@ pub async fn revoke_personal(
     Path(token_id): Path<String>,
 ) -> ApiResult<StatusCode> {
     let user = principal.require_user()?;
+    let itself = principal
+        .token_id
+        .is_some_and(|own| own.to_string() == token_id);
+    if !itself {
+        principal.require_account()?;
+    }
     revoke(&state, &principal, &meta, TokenOwner::User(user), &token_id).await
 }
 
@@ -201,7 +211,7 @@ pub async fn list_service(
     Path(org_id): Path<String>,
 ) -> ApiResult<Json<Page<TokenView>>> {
     let org_id: OrgId = parse_id(&org_id, "org")?;
-    auth.require(&state, org_id).await?;
+    auth.require(org_id)?;
     let mut conn = state.pool.acquire().await.map_err(StorageError::from)?;
     let owner = TokenOwner::Service {
         org: org_id,
@@ -217,7 +227,10 @@ pub async fn list_service(
     }))
 }
 
-/// `POST /orgs/{org}/tokens`: a service token of the org with a role no higher than the caller's.
+/// `POST /orgs/{org}/tokens`: a service token of the org. It can never do more than its maker:
+/// its role is at most the caller's role there, and what it may do (its role's permissions
+/// within its scopes) must be a subset of what the caller may do there. A narrowed caller's
+/// token inherits the caller's scopes unless it asks for fewer.
 pub async fn create_service(
     State(state): State<AppState>,
     auth: Authorized<perm::TokensManage>,
@@ -226,7 +239,7 @@ pub async fn create_service(
     ApiJson(body): ApiJson<CreateToken>,
 ) -> ApiResult<(StatusCode, Json<TokenView>)> {
     let org_id: OrgId = parse_id(&org_id, "org")?;
-    auth.require(&state, org_id).await?;
+    auth.require(org_id)?;
     validate(&body)?;
     let role: Role = body
         .role
@@ -234,24 +247,35 @@ pub async fn create_service(
         .unwrap_or("member")
         .parse()
         .map_err(ApiError::BadRequest)?;
-    let caller_role = if auth.principal.instance_admin {
-        Role::Owner
-    } else {
-        auth.principal
-            .roles
-            .get(&org_id)
-            .copied()
-            .unwrap_or(Role::Viewer)
-    };
+    let caller = &auth.principal;
+    let caller_role = caller.role_in(org_id).unwrap_or(Role::Viewer);
     if role > caller_role {
         return Err(ApiError::Forbidden(format!(
             "a `{caller_role}` cannot create a token with the `{role}` role"
         )));
     }
-    let scopes = parse_scopes(body.scopes.clone())?;
+    let scopes = parse_scopes(body.scopes.clone())?.or_else(|| caller.scopes.clone());
+    let granted: Vec<Permission> = role
+        .permissions()
+        .iter()
+        .copied()
+        .filter(|permission| {
+            scopes
+                .as_ref()
+                .is_none_or(|scopes| scopes.contains(permission))
+        })
+        .collect();
+    if let Some(beyond) = granted
+        .iter()
+        .find(|permission| !caller.can(org_id, **permission))
+    {
+        return Err(ApiError::Forbidden(format!(
+            "the new token could use `{beyond}`, which this caller may not; narrow it with `scopes`"
+        )));
+    }
     create(
         &state,
-        &auth.principal,
+        caller,
         &meta,
         TokenOwner::Service { org: org_id, role },
         body,
@@ -267,7 +291,7 @@ pub async fn revoke_service(
     Path((org_id, token_id)): Path<(String, String)>,
 ) -> ApiResult<StatusCode> {
     let org_id: OrgId = parse_id(&org_id, "org")?;
-    auth.require(&state, org_id).await?;
+    auth.require(org_id)?;
     let owner = TokenOwner::Service {
         org: org_id,
         role: Role::Viewer,

@@ -259,6 +259,11 @@ pub struct TokenView {
     pub revoked_at: Option<OffsetDateTime>,
     #[serde(with = "time::serde::rfc3339::option")]
     pub last_used_at: Option<OffsetDateTime>,
+    /// The person the token was made in the name of (`null`: made by the system, or before
+    /// creators were recorded).
+    pub created_by: Option<String>,
+    /// The token that made this one, when a token did.
+    pub created_by_token: Option<String>,
     /// Only in the answer to the create request: the secret, shown once.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub token: Option<String>,
@@ -282,6 +287,8 @@ impl TokenView {
             expires_at: record.expires_at,
             revoked_at: record.revoked_at,
             last_used_at: record.last_used_at,
+            created_by: record.created_by.map(|user| user.to_string()),
+            created_by_token: record.created_by_token.map(|token| token.to_string()),
             token: secret,
         }
     }
