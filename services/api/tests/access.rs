@@ -1234,3 +1234,513 @@ async fn the_api_refuses_to_start_without_a_key_it_needs() {
     assert!(err.contains(app.keyring.active_id()), "{err}");
     assert!(err.contains("refusing to start"), "{err}");
 }
+
+/// A handler that checks nothing itself: the route's declared access must still hold.
+async fn forgetful_handler() -> &'static str {
+    "did the thing"
+}
+
+#[tokio::test]
+async fn the_router_denies_what_a_handler_forgets_to_check() {
+    let db = TestDatabase::create().await.expect("db");
+    let (kek_id, kek) = cadenza_crypto::KeyRing::generate_key().expect("kek");
+    let config: cadenza_api::ApiConfig = serde_json::from_value(json!({
+        "secret_keks": format!("{kek_id}:{}", kek.expose_secret()),
+        "database_url": db.url,
+        "nats_url": nats_url(),
+        "redis_url": redis_url(),
+        "bus_prefix": unique_name("t"),
+        "migrate_on_start": false,
+    }))
+    .expect("config");
+    let shutdown = CancellationToken::new();
+    let _guard = shutdown.clone().drop_guard();
+    let api = cadenza_api::build(&config, shutdown).await.expect("api");
+    let state = api.state();
+    let routes = axum::Router::new()
+        .route(
+            "/orgs/{org_id}/forgetful",
+            cadenza_api::routes::guarded(
+                &state,
+                Access::Org(Permission::ProjectsManage),
+                axum::routing::post(forgetful_handler),
+            ),
+        )
+        .route(
+            "/runs/{run_id}/forgetful",
+            cadenza_api::routes::guarded(
+                &state,
+                Access::Org(Permission::RunsCancel),
+                axum::routing::post(forgetful_handler),
+            ),
+        )
+        .route(
+            "/admin/forgetful",
+            cadenza_api::routes::guarded(
+                &state,
+                Access::Instance,
+                axum::routing::post(forgetful_handler),
+            ),
+        );
+    let router = api.router_with(routes);
+    let app = App {
+        router,
+        db,
+        keyring: cadenza_crypto::KeyRing::from_spec(&format!("{kek_id}:{}", kek.expose_secret()))
+            .expect("ring"),
+        _shutdown: CancellationToken::new().drop_guard(),
+    };
+    let a = org_fixture(&app, "a-").await;
+    let b = org_fixture(&app, "b-").await;
+    let org_path = format!("/orgs/{}/forgetful", a.org);
+    let run_path = format!("/runs/{}/forgetful", a.run);
+    let cases = [
+        (
+            Caller::Anonymous,
+            org_path.as_str(),
+            StatusCode::UNAUTHORIZED,
+        ),
+        (Caller::Member, org_path.as_str(), StatusCode::FORBIDDEN),
+        (
+            Caller::Service(Role::Member),
+            org_path.as_str(),
+            StatusCode::FORBIDDEN,
+        ),
+        (Caller::Narrowed, org_path.as_str(), StatusCode::FORBIDDEN),
+        (
+            Caller::OwnerOfAnotherOrg,
+            org_path.as_str(),
+            StatusCode::NOT_FOUND,
+        ),
+        (Caller::Admin, org_path.as_str(), StatusCode::OK),
+        (Caller::Viewer, run_path.as_str(), StatusCode::FORBIDDEN),
+        (
+            Caller::OwnerOfAnotherOrg,
+            run_path.as_str(),
+            StatusCode::NOT_FOUND,
+        ),
+        (Caller::Member, run_path.as_str(), StatusCode::OK),
+        (Caller::Owner, "/admin/forgetful", StatusCode::FORBIDDEN),
+        (Caller::InstanceAdmin, "/admin/forgetful", StatusCode::OK),
+    ];
+    for (caller, path, want) in cases {
+        let token = token_for(&app, caller, a.org, b.org).await;
+        let (status, body) = call(&app.router, Method::POST, path, token.as_deref(), None).await;
+        assert_eq!(status, want, "{caller:?} POST {path}: {body}");
+    }
+    // An unknown or malformed id is a 404 like a foreign one.
+    let owner = token_for(&app, Caller::Owner, a.org, b.org).await;
+    for path in [
+        "/runs/not-an-id/forgetful".to_owned(),
+        format!("/runs/{}/forgetful", RunId::new()),
+    ] {
+        let (status, _) = call(&app.router, Method::POST, &path, owner.as_deref(), None).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{path}");
+    }
+}
+
+async fn create_token(app: &App, caller: &str, path: &str, body: Value) -> (StatusCode, Value) {
+    call(&app.router, Method::POST, path, Some(caller), Some(body)).await
+}
+
+#[tokio::test]
+async fn no_token_mints_a_token_that_can_do_more_than_itself() {
+    let app = app(json!({})).await;
+    let a = org_fixture(&app, "a-").await;
+    let b = org_fixture(&app, "b-").await;
+    let service_path = format!("/orgs/{}/tokens", a.org);
+    // An owner's token narrowed to `tokens.manage` (e.g. for a CI job rotating tokens).
+    let rotator = token_for(&app, Caller::TokensManager, a.org, b.org)
+        .await
+        .expect("token");
+    for body in [
+        json!({"name": "x", "role": "viewer", "scopes": ["runs.read"]}),
+        json!({"name": "x", "role": "member", "scopes": ["tokens.manage", "runs.create"]}),
+    ] {
+        let (status, answer) = create_token(&app, &rotator, &service_path, body.clone()).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{body} → {answer}");
+    }
+    // Asking for an owner token without scopes (the escalation this guards against) gets one
+    // narrowed to the caller's scopes: it can only manage tokens, like its maker.
+    let (status, inherited) = create_token(
+        &app,
+        &rotator,
+        &service_path,
+        json!({"name": "rotated", "role": "owner"}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{inherited}");
+    assert_eq!(inherited["scopes"], json!(["tokens.manage"]));
+    let rotated = inherited["token"].as_str().expect("secret").to_owned();
+    let (status, _) = call(
+        &app.router,
+        Method::GET,
+        &format!("/orgs/{}/secrets", a.org),
+        Some(&rotated),
+        None,
+    )
+    .await;
+    assert_eq!(
+        status,
+        StatusCode::FORBIDDEN,
+        "the minted token cannot read secrets"
+    );
+
+    // A service token with tokens.manage (admin) cannot mint an owner token, and what it mints
+    // is recorded as made in the name of the member who made it.
+    let admin_user = token_for(&app, Caller::Admin, a.org, b.org)
+        .await
+        .expect("admin");
+    let (status, admin_service) = create_token(
+        &app,
+        &admin_user,
+        &service_path,
+        json!({"name": "svc", "role": "admin"}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let admin_service_secret = admin_service["token"].as_str().expect("secret").to_owned();
+    let (status, _) = create_token(
+        &app,
+        &admin_service_secret,
+        &service_path,
+        json!({"name": "up", "role": "owner"}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, child) = create_token(
+        &app,
+        &admin_service_secret,
+        &service_path,
+        json!({"name": "child", "role": "member"}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{child}");
+    assert_eq!(child["created_by"], admin_service["created_by"]);
+    assert_eq!(child["created_by_token"], admin_service["id"]);
+    assert!(admin_service["created_by"].is_string(), "{admin_service}");
+    let (_, listed) = call(
+        &app.router,
+        Method::GET,
+        &service_path,
+        Some(&admin_user),
+        None,
+    )
+    .await;
+    assert!(
+        listed["items"]
+            .as_array()
+            .expect("items")
+            .iter()
+            .any(|token| token["id"] == child["id"]
+                && token["created_by_token"] == admin_service["id"]),
+        "{listed}"
+    );
+
+    // Narrowed personal tokens cannot do account actions without `account.manage`.
+    let reader = token_for(&app, Caller::Narrowed, a.org, b.org)
+        .await
+        .expect("reader");
+    let (status, _) = create_token(
+        &app,
+        &reader,
+        "/tokens",
+        json!({"name": "wider", "scopes": ["runs.create"]}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, _) = call(
+        &app.router,
+        Method::POST,
+        "/orgs",
+        Some(&reader),
+        Some(json!({"slug": unique_name("o-"), "name": "x"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+}
+
+#[tokio::test]
+async fn removing_or_demoting_a_member_reaches_the_service_tokens_made_in_their_name() {
+    let app = app(json!({})).await;
+    let a = org_fixture(&app, "a-").await;
+    let b = org_fixture(&app, "b-").await;
+    let owner = token_for(&app, Caller::Owner, a.org, b.org)
+        .await
+        .expect("owner");
+    let mut conn = app.db.pool.acquire().await.expect("conn");
+    let (admin, admin_token) = user_with_token(
+        &mut conn,
+        &format!("{}@example.com", unique_name("adm-")),
+        &[(a.org, Role::Admin)],
+        false,
+        None,
+    )
+    .await
+    .expect("admin");
+    let service_path = format!("/orgs/{}/tokens", a.org);
+    let mint = |role: &'static str| {
+        let router = app.router.clone();
+        let token = admin_token.clone();
+        let path = service_path.clone();
+        async move {
+            let (status, made) = call(
+                &router,
+                Method::POST,
+                &path,
+                Some(&token),
+                Some(json!({"name": role, "role": role})),
+            )
+            .await;
+            assert_eq!(status, StatusCode::CREATED, "{made}");
+            made["token"].as_str().expect("secret").to_owned()
+        }
+    };
+    let admin_svc = mint("admin").await;
+    let member_svc = mint("member").await;
+    let secrets_path = format!("/orgs/{}/secrets", a.org);
+    let (status, _) = call(
+        &app.router,
+        Method::GET,
+        &secrets_path,
+        Some(&admin_svc),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+
+    // Demoted to member: the admin token is lowered to member, so secrets are out of reach.
+    let member_path = format!("/orgs/{}/members/{admin}", a.org);
+    let (status, _) = call(
+        &app.router,
+        Method::PATCH,
+        &member_path,
+        Some(&owner),
+        Some(json!({"role": "member"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = call(
+        &app.router,
+        Method::GET,
+        &secrets_path,
+        Some(&admin_svc),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, _) = call(
+        &app.router,
+        Method::GET,
+        &format!("/projects/{}", a.project),
+        Some(&admin_svc),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "still a member token");
+
+    // Removed: every token made in their name stops working.
+    let (status, _) = call(
+        &app.router,
+        Method::DELETE,
+        &member_path,
+        Some(&owner),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    for token in [&admin_svc, &member_svc] {
+        let (status, _) = call(&app.router, Method::GET, "/me", Some(token), None).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+    }
+    let diff: Value = sqlx::query_scalar(
+        "select diff from audit_log where action = 'member.remove' order by id desc limit 1",
+    )
+    .fetch_one(&mut *conn)
+    .await
+    .expect("audit");
+    assert_eq!(
+        diff["service_tokens_revoked"].as_array().map(Vec::len),
+        Some(2)
+    );
+}
+
+async fn raw(app: &App, request: Request<Body>) -> axum::response::Response {
+    app.router.clone().oneshot(request).await.expect("response")
+}
+
+#[tokio::test]
+async fn answers_carry_security_headers_and_requests_are_bounded() {
+    let app =
+        app(json!({"max_body_bytes": 4096, "frame_ancestors": "https://portal.example"})).await;
+    let a = org_fixture(&app, "a-").await;
+    let b = org_fixture(&app, "b-").await;
+    let owner = token_for(&app, Caller::Owner, a.org, b.org)
+        .await
+        .expect("owner");
+    let created = raw(
+        &app,
+        Request::builder()
+            .method("POST")
+            .uri("/api/v1/tokens")
+            .header("authorization", format!("Bearer {owner}"))
+            .header("content-type", "application/json")
+            .body(Body::from(json!({"name": "shown once"}).to_string()))
+            .expect("request"),
+    )
+    .await;
+    assert_eq!(created.status(), StatusCode::CREATED);
+    let headers = created.headers();
+    assert_eq!(
+        headers["cache-control"], "no-store",
+        "a token secret is never cached"
+    );
+    assert_eq!(headers["x-content-type-options"], "nosniff");
+    assert_eq!(headers["referrer-policy"], "no-referrer");
+    let csp = headers["content-security-policy"].to_str().expect("csp");
+    assert!(
+        csp.contains("frame-ancestors https://portal.example"),
+        "{csp}"
+    );
+    assert!(csp.contains("default-src 'none'"), "{csp}");
+    assert!(
+        headers.get("x-frame-options").is_none(),
+        "embedding was allowed"
+    );
+    assert!(
+        headers.get("strict-transport-security").is_some(),
+        "HSTS outside dev mode"
+    );
+
+    // The diff (agent-controlled text) is never sniffed into something else.
+    let diff = raw(
+        &app,
+        Request::builder()
+            .uri(format!("/api/v1/runs/{}/diff", a.run))
+            .header("authorization", format!("Bearer {owner}"))
+            .body(Body::empty())
+            .expect("request"),
+    )
+    .await;
+    assert_eq!(diff.status(), StatusCode::OK);
+    assert_eq!(diff.headers()["x-content-type-options"], "nosniff");
+
+    // Too large a body: 413 with a problem, not a 400 or a dropped connection.
+    let big = json!({"prompt": "x".repeat(8000)}).to_string();
+    let too_big = raw(
+        &app,
+        Request::builder()
+            .method("POST")
+            .uri(format!("/api/v1/projects/{}/runs", a.project))
+            .header("authorization", format!("Bearer {owner}"))
+            .header("content-type", "application/json")
+            .body(Body::from(big))
+            .expect("request"),
+    )
+    .await;
+    assert_eq!(too_big.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(
+        too_big.headers()["content-type"],
+        "application/problem+json"
+    );
+
+    // The public readiness answer names no dependency; instance admins get the details.
+    let ready = raw(
+        &app,
+        Request::builder()
+            .uri("/readyz")
+            .body(Body::empty())
+            .expect("request"),
+    )
+    .await;
+    let bytes = ready.into_body().collect().await.expect("body").to_bytes();
+    assert_eq!(
+        serde_json::from_slice::<Value>(&bytes).expect("json"),
+        json!({"status": "ready"})
+    );
+    let admin = token_for(&app, Caller::InstanceAdmin, a.org, b.org)
+        .await
+        .expect("admin");
+    let (status, details) = call(
+        &app.router,
+        Method::GET,
+        "/admin/health",
+        Some(&admin),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        details["checks"].as_array().map(Vec::len),
+        Some(3),
+        "{details}"
+    );
+}
+
+#[tokio::test]
+async fn by_default_nobody_may_frame_the_app() {
+    let app = app(json!({})).await;
+    let response = raw(
+        &app,
+        Request::builder()
+            .uri("/healthz")
+            .body(Body::empty())
+            .expect("request"),
+    )
+    .await;
+    let csp = response.headers()["content-security-policy"]
+        .to_str()
+        .expect("csp");
+    assert!(csp.contains("frame-ancestors 'none'"), "{csp}");
+    assert_eq!(response.headers()["x-frame-options"], "DENY");
+}
+
+#[tokio::test]
+async fn a_taken_or_reserved_slug_answers_alike_with_a_free_one_to_use() {
+    let app = app(json!({})).await;
+    let a = org_fixture(&app, "a-").await;
+    let b = org_fixture(&app, "b-").await;
+    let stranger = token_for(&app, Caller::OwnerOfAnotherOrg, a.org, b.org)
+        .await
+        .expect("token");
+    let mut conn = app.db.pool.acquire().await.expect("conn");
+    let taken = orgs::get(&mut conn, &cadenza_domain::Scope::Instance, a.org)
+        .await
+        .expect("org")
+        .slug;
+    let mut details = Vec::new();
+    for slug in [taken.as_str(), "admin"] {
+        let (status, problem) = call(
+            &app.router,
+            Method::POST,
+            "/orgs",
+            Some(&stranger),
+            Some(json!({"slug": slug, "name": "Mine"})),
+        )
+        .await;
+        assert_eq!(status, StatusCode::CONFLICT, "{problem}");
+        let detail = problem["detail"].as_str().expect("detail").to_owned();
+        assert!(
+            !detail.contains("taken") && !detail.contains("reserved"),
+            "{detail}"
+        );
+        let suggested = detail.split('`').nth(3).expect("a suggestion").to_owned();
+        let (status, _) = call(
+            &app.router,
+            Method::POST,
+            "/orgs",
+            Some(&stranger),
+            Some(json!({"slug": suggested, "name": "Mine"})),
+        )
+        .await;
+        assert_eq!(
+            status,
+            StatusCode::CREATED,
+            "the suggested slug {suggested} is free"
+        );
+        details.push(detail.replace(slug, "<slug>"));
+    }
+    // Apart from the slug and the random suggestion, both answers read the same.
+    let shape = |detail: &str| detail.split('`').step_by(2).collect::<Vec<_>>().join("`");
+    assert_eq!(shape(&details[0]), shape(&details[1]));
+}
