@@ -313,6 +313,25 @@ async fn a_run_whose_image_is_missing_fails_with_a_reason() {
     );
 }
 
+/// Waits (bounded) until the run's journal holds the action that runs `command`.
+async fn wait_for_action(api: &Api, run_id: &str, command: &str) {
+    let deadline = Instant::now() + RUN_BUDGET;
+    loop {
+        let events = api.all_events(run_id, 100).await.expect("events");
+        if events
+            .iter()
+            .any(|event| event["kind"] == "action" && event["payload"]["command"] == command)
+        {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the agent never ran `{command}`: {events:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[tokio::test]
 async fn cancelling_a_long_run_ends_it_within_ten_seconds_and_removes_its_container() {
     let stack = Stack::start().await.expect("stack starts");
@@ -325,12 +344,8 @@ async fn cancelling_a_long_run_ends_it_within_ten_seconds_and_removes_its_contai
     api.wait_for_run(&run_id, RUN_BUDGET, |run| run["state"] == "running")
         .await
         .expect("the run starts");
-    // Let the agent reach the long command.
-    api.wait_for_run(&run_id, RUN_BUDGET, |run| {
-        run["last_event_seq"].as_i64() >= Some(8)
-    })
-    .await
-    .expect("the agent works");
+    // Let the agent reach the long command: its action is in the journal.
+    wait_for_action(&api, &run_id, "sleep 120").await;
     assert!(!containers_with_label("io.cadenza.run", &run_id).is_empty());
 
     let started = Instant::now();
@@ -530,14 +545,15 @@ async fn a_message_to_a_running_run_reaches_its_conversation_with_a_correlation_
     let stack = Stack::start().await.expect("stack starts");
     let api = Api::new(&stack.api_url, &stack.token);
     let project_id = stack.project.id.to_string();
+    // The first command holds the run open until the test says go (bounded at 60 s), so the
+    // message is sent while the run is running however slow the machine is.
+    let hold = "for i in $(seq 1 600); do [ -f /tmp/go ] && break; sleep 0.1; done";
     let (_, run) = api
-        .submit_run(&project_id, "$ sleep 4\nfirst done", None)
+        .submit_run(&project_id, &format!("$ {hold}\nfirst done"), None)
         .await
         .expect("submit");
     let run_id = run["id"].as_str().expect("id").to_owned();
-    api.wait_for_run(&run_id, RUN_BUDGET, |run| run["state"] == "running")
-        .await
-        .expect("running");
+    wait_for_action(&api, &run_id, hold).await;
 
     let send = |text: &str, key: &str| {
         api.http
@@ -561,6 +577,17 @@ async fn a_message_to_a_running_run_reaches_its_conversation_with_a_correlation_
         .await
         .expect("receipt");
     assert_eq!(again["correlation_id"], correlation.as_str());
+    let held = api.get_json(&format!("/runs/{run_id}")).await.expect("run");
+    assert_eq!(held["state"], "running", "the message went to a running run");
+
+    // Release the first command.
+    let containers = containers_with_label("io.cadenza.run", &run_id);
+    let container = containers.first().expect("the run's container");
+    let released = std::process::Command::new("docker")
+        .args(["exec", container, "touch", "/tmp/go"])
+        .status()
+        .expect("docker exec");
+    assert!(released.success());
 
     let run = api.wait_for_end(&run_id, RUN_BUDGET).await.expect("ends");
     assert_eq!(run["state"], "succeeded", "{run}\n{}", stack.logs());

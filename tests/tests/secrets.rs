@@ -215,8 +215,28 @@ async fn an_injected_canary_is_usable_by_the_agent_and_appears_nowhere_cadenza_r
     assert!(diff.contains("leaked.txt"), "{diff}");
     assert!(diff.contains("token=[REDACTED:CANARY]"), "{diff}");
 
-    // Let the relay and collectors settle, then look everywhere.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Wait until the capture holds the live copy of the run's last journal event (everything
+    // before it was published first), then look everywhere.
+    let last_seq = events
+        .iter()
+        .filter_map(|event| event["seq"].as_i64())
+        .max()
+        .expect("the run has events");
+    let last_published = |messages: &[String]| {
+        messages.iter().any(|message| {
+            serde_json::from_str::<serde_json::Value>(message).is_ok_and(|message| {
+                message["run_id"] == run_id.as_str() && message["seq"] == last_seq
+            })
+        })
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !last_published(&captured.lock().expect("lock")) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the run's last event (seq {last_seq}) never reached NATS"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     collector.abort();
     let nats_messages = captured.lock().expect("lock").join("\n");
     assert!(
@@ -310,7 +330,13 @@ async fn runs_whose_secret_is_missing_tampered_or_moved_fail_with_a_reason() {
         .await
         .expect("move");
     let message = failed_run_needing(&api, &project_id, "MOVED").await;
-    assert!(message.contains("MOVED"), "{message}");
+    // The row is found under the name; it is its org binding (the AAD) that refuses it, which
+    // "not set" could not be mistaken for.
+    assert!(
+        message.contains("MOVED") && message.contains("cannot decrypt"),
+        "{message}"
+    );
+    assert!(!message.contains("set neither"), "{message}");
     assert!(
         !stack.logs().contains("panicked"),
         "no service panicked:\n{}",
