@@ -578,7 +578,10 @@ async fn a_message_to_a_running_run_reaches_its_conversation_with_a_correlation_
         .expect("receipt");
     assert_eq!(again["correlation_id"], correlation.as_str());
     let held = api.get_json(&format!("/runs/{run_id}")).await.expect("run");
-    assert_eq!(held["state"], "running", "the message went to a running run");
+    assert_eq!(
+        held["state"], "running",
+        "the message went to a running run"
+    );
 
     // Release the first command.
     let containers = containers_with_label("io.cadenza.run", &run_id);

@@ -6,7 +6,7 @@ use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use cadenza_domain::OrgId;
 use cadenza_storage::audit::{self, AuditEntry};
-use cadenza_storage::{PgConnection, StorageError};
+use cadenza_storage::{PgConnection, PgPool, StorageError};
 use serde_json::{Map, Value, json};
 
 use crate::client::ClientInfo;
@@ -97,6 +97,52 @@ pub async fn record(
     };
     audit::record(conn, &entry).await?;
     Ok(())
+}
+
+/// A transaction whose change is audited in it: begin, make the change through it (it derefs to
+/// the connection), `record` what changed, `commit`. The entry and the change commit together
+/// or not at all.
+pub struct AuditedTx<'a> {
+    tx: sqlx::Transaction<'static, sqlx::Postgres>,
+    principal: &'a Principal,
+    meta: &'a RequestMeta,
+}
+
+impl<'a> AuditedTx<'a> {
+    pub async fn begin(
+        pool: &PgPool,
+        principal: &'a Principal,
+        meta: &'a RequestMeta,
+    ) -> Result<Self, StorageError> {
+        Ok(Self {
+            tx: pool.begin().await?,
+            principal,
+            meta,
+        })
+    }
+
+    /// Records one entry for the transaction's caller.
+    pub async fn record(&mut self, change: Change<'_>) -> Result<(), StorageError> {
+        record(&mut self.tx, Some(self.principal), self.meta, change).await
+    }
+
+    pub async fn commit(self) -> Result<(), StorageError> {
+        Ok(self.tx.commit().await?)
+    }
+}
+
+impl std::ops::Deref for AuditedTx<'_> {
+    type Target = PgConnection;
+
+    fn deref(&self) -> &PgConnection {
+        &self.tx
+    }
+}
+
+impl std::ops::DerefMut for AuditedTx<'_> {
+    fn deref_mut(&mut self) -> &mut PgConnection {
+        &mut self.tx
+    }
 }
 
 #[cfg(test)]

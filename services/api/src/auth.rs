@@ -111,14 +111,14 @@ pub async fn authenticate(
             .await?
             .ok_or(ApiError::Unauthenticated)?;
         require_same_origin(state, method, headers)?;
-        let mut conn = state.pool.acquire().await.map_err(StorageError::from)?;
+        let mut conn = state.pool.acquire().await?;
         let user = users::get(&mut conn, user_id)
             .await
             .map_err(unauthenticated_if_gone)?;
         let roles = memberships::roles_of(&mut conn, user_id).await?;
         return Ok(Principal::for_user(&user, roles, None, None));
     };
-    let mut conn = state.pool.acquire().await.map_err(StorageError::from)?;
+    let mut conn = state.pool.acquire().await?;
     let token = tokens::authenticate(&mut conn, secret)
         .await?
         .ok_or(ApiError::Unauthenticated)?;
@@ -148,7 +148,7 @@ async fn org_of_path(state: &AppState, params: &RawPathParams) -> Result<Option<
         return Ok(None);
     };
     let not_found = |what: &str| ApiError::not_found(what, raw);
-    let mut conn = state.pool.acquire().await.map_err(StorageError::from)?;
+    let mut conn = state.pool.acquire().await?;
     let org = match name {
         "org_id" => raw.parse::<OrgId>().map_err(|_| not_found("org"))?,
         "project_id" => {

@@ -3,7 +3,6 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use cadenza_domain::{OrgId, Scope};
-use cadenza_storage::StorageError;
 use cadenza_storage::audit::{self, AuditFilter, AuditRecord};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -92,7 +91,7 @@ pub async fn list(
         before,
         limit,
     };
-    let mut conn = state.pool.acquire().await.map_err(StorageError::from)?;
+    let mut conn = state.pool.acquire().await?;
     let records = audit::list(&mut conn, &Scope::Org(org_id), &filter).await?;
     if export {
         let mut body = String::new();

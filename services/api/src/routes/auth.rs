@@ -8,7 +8,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use cadenza_identity::SessionClaims;
 use cadenza_storage::users::{LoginIdentity, LoginOutcome, LoginRefusal};
-use cadenza_storage::{StorageError, domain_rules, memberships, users};
+use cadenza_storage::{domain_rules, memberships, users};
 use redis::AsyncCommands;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
@@ -267,7 +267,7 @@ pub async fn callback(
         .await);
     };
 
-    let mut tx = state.pool.begin().await.map_err(StorageError::from)?;
+    let mut tx = state.pool.begin().await?;
     let outcome = users::login(
         &mut tx,
         &LoginIdentity {
@@ -325,7 +325,7 @@ pub async fn callback(
         },
     )
     .await?;
-    tx.commit().await.map_err(StorageError::from)?;
+    tx.commit().await?;
 
     let mut response = StatusCode::FOUND.into_response();
     let headers = response.headers_mut();
@@ -353,7 +353,7 @@ pub async fn logout(
         state.sessions.revoke(&claims).await?;
         sid = Some(claims.sid.to_string());
     }
-    let mut conn = state.pool.acquire().await.map_err(StorageError::from)?;
+    let mut conn = state.pool.acquire().await?;
     audit::record(
         &mut conn,
         Some(&principal),

@@ -61,7 +61,7 @@ pub async fn list(
     let after = parse_cursor(query.cursor.as_deref())?;
     let limit = page_limit(query.limit, 100, 1000)?;
     let include_raw = query.include_raw.unwrap_or(true);
-    let mut conn = state.pool.acquire().await.map_err(StorageError::from)?;
+    let mut conn = state.pool.acquire().await?;
     let events =
         journal::list_after(&mut conn, &Scope::Org(run.org_id), run.id, after, limit).await?;
     // The cursor always advances to the last event returned; with no events it stays put, so a

@@ -1,6 +1,6 @@
 use axum::Json;
 use axum::extract::State;
-use cadenza_storage::{StorageError, orgs, users};
+use cadenza_storage::{orgs, users};
 use serde_json::{Value, json};
 
 use crate::auth::Authenticated;
@@ -13,7 +13,7 @@ pub async fn get(
     State(state): State<AppState>,
     Authenticated(principal): Authenticated,
 ) -> ApiResult<Json<Value>> {
-    let mut conn = state.pool.acquire().await.map_err(StorageError::from)?;
+    let mut conn = state.pool.acquire().await?;
     let mut memberships = Vec::new();
     for (org_id, role) in &principal.roles {
         let org = orgs::get(&mut conn, &cadenza_domain::Scope::Instance, *org_id).await?;

@@ -6,7 +6,7 @@ use cadenza_storage::{StorageError, memberships, tokens};
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::audit::{self, Change, RequestMeta};
+use crate::audit::{self, AuditedTx, Change, RequestMeta};
 use crate::auth::{Authorized, perm};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{ApiJson, parse_id};
@@ -20,7 +20,7 @@ pub async fn list(
 ) -> ApiResult<Json<Page<MemberView>>> {
     let org_id: OrgId = parse_id(&org_id, "org")?;
     auth.require(org_id)?;
-    let mut conn = state.pool.acquire().await.map_err(StorageError::from)?;
+    let mut conn = state.pool.acquire().await?;
     let members = memberships::list(&mut conn, org_id).await?;
     Ok(Json(Page {
         items: members.into_iter().map(MemberView::from).collect(),
@@ -71,7 +71,7 @@ pub async fn update(
     auth.require(org_id)?;
     let user_id: UserId = parse_id(&user_id, "member")?;
     let role: Role = body.role.parse().map_err(ApiError::BadRequest)?;
-    let mut tx = state.pool.begin().await.map_err(StorageError::from)?;
+    let mut tx = AuditedTx::begin(&state.pool, &auth.principal, &meta).await?;
     let current = memberships::role_of(&mut tx, org_id, user_id).await?;
     check_owner_change(&auth, org_id, current, Some(role))?;
     let previous = memberships::set_role(&mut tx, org_id, user_id, role)
@@ -80,11 +80,7 @@ pub async fn update(
     // Service tokens made in the member's name never act above the member: a demotion lowers
     // them to the new role.
     let lowered = tokens::cap_service_tokens_made_by(&mut tx, org_id, user_id, role).await?;
-    audit::record(
-        &mut tx,
-        Some(&auth.principal),
-        &meta,
-        Change {
+    tx.record(Change {
             org: Some(org_id),
             action: "member.update",
             resource_type: "member",
@@ -102,7 +98,7 @@ pub async fn update(
         },
     )
     .await?;
-    tx.commit().await.map_err(StorageError::from)?;
+    tx.commit().await?;
     Ok(Json(
         json!({"org_id": org_id.to_string(), "user_id": user_id.to_string(), "role": role}),
     ))
@@ -117,7 +113,7 @@ pub async fn remove(
     let org_id: OrgId = parse_id(&org_id, "org")?;
     auth.require(org_id)?;
     let user_id: UserId = parse_id(&user_id, "member")?;
-    let mut tx = state.pool.begin().await.map_err(StorageError::from)?;
+    let mut tx = AuditedTx::begin(&state.pool, &auth.principal, &meta).await?;
     let current = memberships::role_of(&mut tx, org_id, user_id).await?;
     check_owner_change(&auth, org_id, current, None)?;
     let previous = memberships::remove(&mut tx, org_id, user_id)
@@ -125,22 +121,17 @@ pub async fn remove(
         .map_err(|err| not_a_member(err, user_id))?;
     // Service tokens made in the member's name stop working with the membership.
     let revoked = tokens::revoke_service_tokens_made_by(&mut tx, org_id, user_id).await?;
-    audit::record(
-        &mut tx,
-        Some(&auth.principal),
-        &meta,
-        Change {
-            org: Some(org_id),
-            action: "member.remove",
-            resource_type: "member",
-            resource_id: Some(user_id.to_string()),
-            diff: json!({
-                "role": {"before": previous, "after": null},
-                "service_tokens_revoked": revoked.iter().map(ToString::to_string).collect::<Vec<_>>(),
-            }),
-        },
-    )
+    tx.record(Change {
+        org: Some(org_id),
+        action: "member.remove",
+        resource_type: "member",
+        resource_id: Some(user_id.to_string()),
+        diff: json!({
+            "role": {"before": previous, "after": null},
+            "service_tokens_revoked": revoked.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        }),
+    })
     .await?;
-    tx.commit().await.map_err(StorageError::from)?;
+    tx.commit().await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -6,7 +6,7 @@ use cadenza_storage::{StorageError, memberships, orgs};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::audit::{self, Change, RequestMeta};
+use crate::audit::{self, AuditedTx, Change, RequestMeta};
 use crate::auth::{Authenticated, Authorized, perm};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{ApiJson, ApiQuery, next_cursor, page_limit, parse_cursor, parse_id};
@@ -36,7 +36,7 @@ pub async fn list(
     } else {
         Scope::Orgs(principal.roles.keys().copied().collect())
     };
-    let mut conn = state.pool.acquire().await.map_err(StorageError::from)?;
+    let mut conn = state.pool.acquire().await?;
     let items = orgs::list(&mut conn, &scope, before, limit).await?;
     let next_cursor = next_cursor(&items, limit, |org| org.id);
     Ok(Json(Page {
@@ -119,7 +119,7 @@ pub async fn create(
     let user = principal.require_account()?;
     validate_slug(&body.slug)?;
     validate_name(&body.name)?;
-    let mut tx = state.pool.begin().await.map_err(StorageError::from)?;
+    let mut tx = AuditedTx::begin(&state.pool, &principal, &meta).await?;
     if RESERVED_SLUGS.contains(&body.slug.as_str()) {
         return Err(slug_unavailable(&mut tx, &body.slug).await);
     }
@@ -127,17 +127,13 @@ pub async fn create(
         Ok(org) => org,
         Err(StorageError::Conflict(_)) => {
             drop(tx);
-            let mut conn = state.pool.acquire().await.map_err(StorageError::from)?;
+            let mut conn = state.pool.acquire().await?;
             return Err(slug_unavailable(&mut conn, &body.slug).await);
         }
         Err(other) => return Err(other.into()),
     };
     memberships::add(&mut tx, org.id, user, Role::Owner).await?;
-    audit::record(
-        &mut tx,
-        Some(&principal),
-        &meta,
-        Change {
+    tx.record(Change {
             org: Some(org.id),
             action: "org.create",
             resource_type: "org",
@@ -146,7 +142,7 @@ pub async fn create(
         },
     )
     .await?;
-    tx.commit().await.map_err(StorageError::from)?;
+    tx.commit().await?;
     Ok((
         StatusCode::CREATED,
         Json(OrgView::new(org, Some(Role::Owner))),
@@ -160,7 +156,7 @@ pub async fn get(
 ) -> ApiResult<Json<OrgView>> {
     let org_id: OrgId = parse_id(&org_id, "org")?;
     auth.require(org_id)?;
-    let mut conn = state.pool.acquire().await.map_err(StorageError::from)?;
+    let mut conn = state.pool.acquire().await?;
     let org = orgs::get(&mut conn, &Scope::Org(org_id), org_id).await?;
     let role = auth.principal.roles.get(&org_id).copied();
     Ok(Json(OrgView::new(org, role)))
@@ -181,27 +177,22 @@ pub async fn update(
 ) -> ApiResult<Json<OrgView>> {
     let org_id: OrgId = parse_id(&org_id, "org")?;
     auth.require(org_id)?;
-    let mut tx = state.pool.begin().await.map_err(StorageError::from)?;
+    let mut tx = AuditedTx::begin(&state.pool, &auth.principal, &meta).await?;
     let before = orgs::get(&mut tx, &Scope::Org(org_id), org_id).await?;
     if let Some(name) = &body.name {
         validate_name(name)?;
         orgs::rename(&mut tx, org_id, name).await?;
     }
     let after = orgs::get(&mut tx, &Scope::Org(org_id), org_id).await?;
-    audit::record(
-        &mut tx,
-        Some(&auth.principal),
-        &meta,
-        Change {
-            org: Some(org_id),
-            action: "org.update",
-            resource_type: "org",
-            resource_id: Some(org_id.to_string()),
-            diff: audit::diff(&json!({"name": before.name}), &json!({"name": after.name})),
-        },
-    )
+    tx.record(Change {
+        org: Some(org_id),
+        action: "org.update",
+        resource_type: "org",
+        resource_id: Some(org_id.to_string()),
+        diff: audit::diff(&json!({"name": before.name}), &json!({"name": after.name})),
+    })
     .await?;
-    tx.commit().await.map_err(StorageError::from)?;
+    tx.commit().await?;
     let role = auth.principal.roles.get(&org_id).copied();
     Ok(Json(OrgView::new(after, role)))
 }
@@ -214,23 +205,18 @@ pub async fn delete(
 ) -> ApiResult<StatusCode> {
     let org_id: OrgId = parse_id(&org_id, "org")?;
     auth.require(org_id)?;
-    let mut tx = state.pool.begin().await.map_err(StorageError::from)?;
+    let mut tx = AuditedTx::begin(&state.pool, &auth.principal, &meta).await?;
     let org = orgs::get(&mut tx, &Scope::Org(org_id), org_id).await?;
     orgs::delete(&mut tx, org_id).await?;
-    audit::record(
-        &mut tx,
-        Some(&auth.principal),
-        &meta,
-        Change {
-            org: Some(org_id),
-            action: "org.delete",
-            resource_type: "org",
-            resource_id: Some(org_id.to_string()),
-            diff: json!({"slug": {"before": org.slug, "after": null}}),
-        },
-    )
+    tx.record(Change {
+        org: Some(org_id),
+        action: "org.delete",
+        resource_type: "org",
+        resource_id: Some(org_id.to_string()),
+        diff: json!({"slug": {"before": org.slug, "after": null}}),
+    })
     .await?;
-    tx.commit().await.map_err(StorageError::from)?;
+    tx.commit().await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -8,7 +8,7 @@ use cadenza_storage::{StorageError, projects};
 use serde::{Deserialize, Deserializer};
 use serde_json::json;
 
-use crate::audit::{self, Change, RequestMeta};
+use crate::audit::{self, AuditedTx, Change, RequestMeta};
 use crate::auth::{Authorized, perm};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{ApiJson, ApiQuery, next_cursor, page_limit, parse_cursor, parse_id};
@@ -33,7 +33,7 @@ async fn list_scoped(
         state.limits.max_page,
     )?;
     let before = parse_cursor::<ProjectId>(query.cursor.as_deref())?;
-    let mut conn = state.pool.acquire().await.map_err(StorageError::from)?;
+    let mut conn = state.pool.acquire().await?;
     let items = projects::list(&mut conn, scope, before, limit).await?;
     let next_cursor = next_cursor(&items, limit, |project| project.id);
     Ok(Json(Page {
@@ -70,7 +70,7 @@ pub(crate) async fn load<P: crate::auth::RequiredPermission>(
     raw_id: &str,
 ) -> ApiResult<Project> {
     let id: ProjectId = parse_id(raw_id, "project")?;
-    let mut conn = state.pool.acquire().await.map_err(StorageError::from)?;
+    let mut conn = state.pool.acquire().await?;
     let project = projects::get(&mut conn, &Scope::Instance, id)
         .await
         .map_err(|err| match err {
@@ -261,7 +261,7 @@ pub async fn create(
     body.agent.unwrap_or_default().apply(&mut agent)?;
     let mut repository = Repository::default();
     body.repository.unwrap_or_default().apply(&mut repository)?;
-    let mut tx = state.pool.begin().await.map_err(StorageError::from)?;
+    let mut tx = AuditedTx::begin(&state.pool, &auth.principal, &meta).await?;
     let project = projects::create(&mut tx, org_id, &body.slug, &body.name, &agent, &repository)
         .await
         .map_err(|err| match err {
@@ -273,20 +273,15 @@ pub async fn create(
             }
             other => other.into(),
         })?;
-    audit::record(
-        &mut tx,
-        Some(&auth.principal),
-        &meta,
-        Change {
-            org: Some(org_id),
-            action: "project.create",
-            resource_type: "project",
-            resource_id: Some(project.id.to_string()),
-            diff: audit::diff(&json!({}), &settings_json(&project)),
-        },
-    )
+    tx.record(Change {
+        org: Some(org_id),
+        action: "project.create",
+        resource_type: "project",
+        resource_id: Some(project.id.to_string()),
+        diff: audit::diff(&json!({}), &settings_json(&project)),
+    })
     .await?;
-    tx.commit().await.map_err(StorageError::from)?;
+    tx.commit().await?;
     Ok((StatusCode::CREATED, Json(project.into())))
 }
 
@@ -320,22 +315,17 @@ pub async fn update(
     if let Some(patch) = body.repository {
         patch.apply(&mut repository)?;
     }
-    let mut tx = state.pool.begin().await.map_err(StorageError::from)?;
+    let mut tx = AuditedTx::begin(&state.pool, &auth.principal, &meta).await?;
     let after = projects::update(&mut tx, before.id, &name, &agent, &repository).await?;
-    audit::record(
-        &mut tx,
-        Some(&auth.principal),
-        &meta,
-        Change {
-            org: Some(after.org_id),
-            action: "project.update",
-            resource_type: "project",
-            resource_id: Some(after.id.to_string()),
-            diff: audit::diff(&settings_json(&before), &settings_json(&after)),
-        },
-    )
+    tx.record(Change {
+        org: Some(after.org_id),
+        action: "project.update",
+        resource_type: "project",
+        resource_id: Some(after.id.to_string()),
+        diff: audit::diff(&settings_json(&before), &settings_json(&after)),
+    })
     .await?;
-    tx.commit().await.map_err(StorageError::from)?;
+    tx.commit().await?;
     Ok(Json(after.into()))
 }
 
@@ -346,21 +336,16 @@ pub async fn delete(
     Path(project_id): Path<String>,
 ) -> ApiResult<StatusCode> {
     let project = load(&state, &auth, &project_id).await?;
-    let mut tx = state.pool.begin().await.map_err(StorageError::from)?;
+    let mut tx = AuditedTx::begin(&state.pool, &auth.principal, &meta).await?;
     projects::delete(&mut tx, project.id).await?;
-    audit::record(
-        &mut tx,
-        Some(&auth.principal),
-        &meta,
-        Change {
-            org: Some(project.org_id),
-            action: "project.delete",
-            resource_type: "project",
-            resource_id: Some(project.id.to_string()),
-            diff: json!({"slug": {"before": project.slug, "after": null}}),
-        },
-    )
+    tx.record(Change {
+        org: Some(project.org_id),
+        action: "project.delete",
+        resource_type: "project",
+        resource_id: Some(project.id.to_string()),
+        diff: json!({"slug": {"before": project.slug, "after": null}}),
+    })
     .await?;
-    tx.commit().await.map_err(StorageError::from)?;
+    tx.commit().await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -10,11 +10,11 @@ use cadenza_storage::runs::{self, NewRun, RunFilter, Submitted};
 use cadenza_storage::{StorageError, diffs, journal, outbox};
 use serde::Deserialize;
 
-use crate::audit::{self, Change, RequestMeta};
+use crate::audit::{AuditedTx, Change, RequestMeta};
 use crate::auth::{Authorized, RequiredPermission, perm};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{ApiJson, ApiQuery, next_cursor, page_limit, parse_cursor, parse_id};
-use crate::routes::wire::{Page, RunView};
+use crate::routes::wire::{Page, Receipt, RunView};
 use crate::state::AppState;
 
 #[derive(Deserialize)]
@@ -57,7 +57,7 @@ pub async fn create(
         validate_idempotency_key(key).map_err(|err| ApiError::BadRequest(err.to_string()))?;
     }
 
-    let mut tx = state.pool.begin().await.map_err(StorageError::from)?;
+    let mut tx = AuditedTx::begin(&state.pool, &auth.principal, &meta).await?;
     let submitted = runs::submit(
         &mut tx,
         NewRun {
@@ -71,21 +71,16 @@ pub async fn create(
     let (run, created) = match submitted {
         Submitted::Created(run) => {
             enqueue_run_requested(&mut tx, &run).await?;
-            audit::record(
-                &mut tx,
-                Some(&auth.principal),
-                &meta,
-                Change {
-                    org: Some(run.org_id),
-                    action: "run.create",
-                    resource_type: "run",
-                    resource_id: Some(run.id.to_string()),
-                    diff: serde_json::json!({
-                        "project_id": {"before": null, "after": run.project_id.to_string()},
-                        "idempotency_key": {"before": null, "after": run.idempotency_key},
-                    }),
-                },
-            )
+            tx.record(Change {
+                org: Some(run.org_id),
+                action: "run.create",
+                resource_type: "run",
+                resource_id: Some(run.id.to_string()),
+                diff: serde_json::json!({
+                    "project_id": {"before": null, "after": run.project_id.to_string()},
+                    "idempotency_key": {"before": null, "after": run.idempotency_key},
+                }),
+            })
             .await?;
             (run, true)
         }
@@ -100,7 +95,7 @@ pub async fn create(
             (run, false)
         }
     };
-    tx.commit().await.map_err(StorageError::from)?;
+    tx.commit().await?;
 
     if created {
         state.relay.nudge();
@@ -185,7 +180,7 @@ pub async fn list(
         })
         .transpose()?;
     let before = parse_cursor::<RunId>(query.cursor.as_deref())?;
-    let mut conn = state.pool.acquire().await.map_err(StorageError::from)?;
+    let mut conn = state.pool.acquire().await?;
     let items = runs::list(
         &mut conn,
         &auth.scope(),
@@ -211,7 +206,7 @@ pub(crate) async fn load_run<P: RequiredPermission>(
     raw_id: &str,
 ) -> ApiResult<cadenza_domain::Run> {
     let id: RunId = parse_id(raw_id, "run")?;
-    let mut conn = state.pool.acquire().await.map_err(StorageError::from)?;
+    let mut conn = state.pool.acquire().await?;
     let run = runs::get(&mut conn, &Scope::Instance, id)
         .await
         .map_err(|err| match err {
@@ -241,7 +236,7 @@ pub async fn diff(
     Path(run_id): Path<String>,
 ) -> ApiResult<Response> {
     let run = load_run(&state, &auth, &run_id).await?;
-    let mut conn = state.pool.acquire().await.map_err(StorageError::from)?;
+    let mut conn = state.pool.acquire().await?;
     let diff = diffs::get(&mut conn, &Scope::Org(run.org_id), run.id)
         .await?
         .ok_or_else(|| {
@@ -282,7 +277,7 @@ pub async fn cancel(
             run.id, run.state
         )));
     }
-    let mut tx = state.pool.begin().await.map_err(StorageError::from)?;
+    let mut tx = AuditedTx::begin(&state.pool, &auth.principal, &meta).await?;
     let correlation_id = runs::request_cancel(&mut tx, run.id, uuid::Uuid::now_v7()).await?;
     let reason = cadenza_domain::TerminalReason::new(
         cadenza_domain::TerminalCode::Cancelled,
@@ -302,20 +297,15 @@ pub async fn cancel(
         .await?;
         entry = Some(done.entry);
     }
-    audit::record(
-        &mut tx,
-        Some(&auth.principal),
-        &meta,
-        Change {
-            org: Some(run.org_id),
-            action: "run.cancel",
-            resource_type: "run",
-            resource_id: Some(run.id.to_string()),
-            diff: serde_json::json!({"correlation_id": correlation_id.to_string()}),
-        },
-    )
+    tx.record(Change {
+        org: Some(run.org_id),
+        action: "run.cancel",
+        resource_type: "run",
+        resource_id: Some(run.id.to_string()),
+        diff: serde_json::json!({"correlation_id": correlation_id.to_string()}),
+    })
     .await?;
-    tx.commit().await.map_err(StorageError::from)?;
+    tx.commit().await?;
     let status = match &entry {
         Some(entry) => {
             state.bus.publish_journal_event(entry).await;
@@ -323,15 +313,19 @@ pub async fn cancel(
         }
         None => StatusCode::ACCEPTED,
     };
-    let receipt = serde_json::json!({
-        "action": "cancel",
-        "run_id": run.id.to_string(),
-        "correlation_id": correlation_id.to_string(),
-        "state": if entry.is_some() { "cancelled" } else { run.state.as_str() },
-        "accepted_at": time::OffsetDateTime::now_utc()
-            .format(&time::format_description::well_known::Rfc3339)
-            .unwrap_or_default(),
-    });
+    let receipt = Receipt {
+        action: "cancel",
+        run_id: run.id.to_string(),
+        follow_up_run_id: None,
+        correlation_id: correlation_id.to_string(),
+        state: if entry.is_some() {
+            "cancelled"
+        } else {
+            run.state.as_str()
+        },
+        delivered: None,
+        accepted_at: time::OffsetDateTime::now_utc(),
+    };
     Ok((status, Json(receipt)).into_response())
 }
 
@@ -375,7 +369,7 @@ pub async fn message(
             run.id, run.state
         )));
     }
-    let mut tx = state.pool.begin().await.map_err(StorageError::from)?;
+    let mut tx = AuditedTx::begin(&state.pool, &auth.principal, &meta).await?;
     let (message, created) = cadenza_storage::run_messages::create(
         &mut tx,
         run.id,
@@ -386,31 +380,25 @@ pub async fn message(
     )
     .await?;
     if created {
-        audit::record(
-            &mut tx,
-            Some(&auth.principal),
-            &meta,
-            Change {
-                org: Some(run.org_id),
-                action: "run.message",
-                resource_type: "run",
-                resource_id: Some(run.id.to_string()),
-                diff: serde_json::json!({"correlation_id": message.correlation_id.to_string()}),
-            },
-        )
+        tx.record(Change {
+            org: Some(run.org_id),
+            action: "run.message",
+            resource_type: "run",
+            resource_id: Some(run.id.to_string()),
+            diff: serde_json::json!({"correlation_id": message.correlation_id.to_string()}),
+        })
         .await?;
     }
-    tx.commit().await.map_err(StorageError::from)?;
-    let receipt = serde_json::json!({
-        "action": "message",
-        "run_id": run.id.to_string(),
-        "correlation_id": message.correlation_id.to_string(),
-        "state": run.state.as_str(),
-        "delivered": message.delivered_at.is_some(),
-        "accepted_at": message.created_at
-            .format(&time::format_description::well_known::Rfc3339)
-            .unwrap_or_default(),
-    });
+    tx.commit().await?;
+    let receipt = Receipt {
+        action: "message",
+        run_id: run.id.to_string(),
+        follow_up_run_id: None,
+        correlation_id: message.correlation_id.to_string(),
+        state: run.state.as_str(),
+        delivered: Some(message.delivered_at.is_some()),
+        accepted_at: message.created_at,
+    };
     let status = if created {
         StatusCode::ACCEPTED
     } else {
@@ -430,7 +418,7 @@ async fn follow_up(
     body: SendMessage,
 ) -> ApiResult<Response> {
     use cadenza_storage::{run_messages, workspaces};
-    let mut tx = state.pool.begin().await.map_err(StorageError::from)?;
+    let mut tx = AuditedTx::begin(&state.pool, &auth.principal, meta).await?;
     let (message, created) = run_messages::create(
         &mut tx,
         parent.id,
@@ -440,18 +428,14 @@ async fn follow_up(
         &auth.principal.label(),
     )
     .await?;
-    let receipt = |follow_up: RunId| {
-        serde_json::json!({
-            "action": "message",
-            "run_id": parent.id.to_string(),
-            "follow_up_run_id": follow_up.to_string(),
-            "correlation_id": message.correlation_id.to_string(),
-            "state": parent.state.as_str(),
-            "delivered": true,
-            "accepted_at": message.created_at
-                .format(&time::format_description::well_known::Rfc3339)
-                .unwrap_or_default(),
-        })
+    let receipt = |follow_up: RunId| Receipt {
+        action: "message",
+        run_id: parent.id.to_string(),
+        follow_up_run_id: Some(follow_up.to_string()),
+        correlation_id: message.correlation_id.to_string(),
+        state: parent.state.as_str(),
+        delivered: Some(true),
+        accepted_at: message.created_at,
     };
     if !created {
         // A replay of an earlier request: the turn it started, if it did.
@@ -487,23 +471,18 @@ async fn follow_up(
     workspaces::set_follow_up(&mut tx, run.id, parent.id, &container, worker).await?;
     workspaces::link_message(&mut tx, message.id, run.id).await?;
     enqueue_run_requested(&mut tx, &run).await?;
-    audit::record(
-        &mut tx,
-        Some(&auth.principal),
-        meta,
-        Change {
-            org: Some(run.org_id),
-            action: "run.follow_up",
-            resource_type: "run",
-            resource_id: Some(run.id.to_string()),
-            diff: serde_json::json!({
-                "parent_run_id": parent.id.to_string(),
-                "correlation_id": message.correlation_id.to_string(),
-            }),
-        },
-    )
+    tx.record(Change {
+        org: Some(run.org_id),
+        action: "run.follow_up",
+        resource_type: "run",
+        resource_id: Some(run.id.to_string()),
+        diff: serde_json::json!({
+            "parent_run_id": parent.id.to_string(),
+            "correlation_id": message.correlation_id.to_string(),
+        }),
+    })
     .await?;
-    tx.commit().await.map_err(StorageError::from)?;
+    tx.commit().await?;
     state.relay.nudge();
     tracing::info!(run_id = %run.id, parent_run_id = %parent.id, "follow-up turn queued");
     publish_journal_head(state, run.id, &Scope::Org(run.org_id)).await;

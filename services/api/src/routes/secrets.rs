@@ -12,7 +12,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 use time::OffsetDateTime;
 
-use crate::audit::{self, Change, RequestMeta};
+use crate::audit::{AuditedTx, Change, RequestMeta};
 use crate::auth::{Authorized, perm};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{ApiJson, parse_id};
@@ -139,7 +139,7 @@ async fn project_scope(
 }
 
 async fn list_scope(state: &AppState, scope: SecretScope) -> ApiResult<Json<SecretList>> {
-    let mut conn = state.pool.acquire().await.map_err(StorageError::from)?;
+    let mut conn = state.pool.acquire().await?;
     let items = secrets::list(&mut conn, scope).await?;
     Ok(Json(SecretList {
         items: items.into_iter().map(SecretView::from).collect(),
@@ -152,7 +152,7 @@ async fn get_scope(
     name: &str,
 ) -> ApiResult<Json<SecretView>> {
     let name = checked_name(name)?;
-    let mut conn = state.pool.acquire().await.map_err(StorageError::from)?;
+    let mut conn = state.pool.acquire().await?;
     let meta = secrets::get(&mut conn, scope, name)
         .await
         .map_err(not_found(name))?;
@@ -169,7 +169,7 @@ async fn put_scope(
 ) -> ApiResult<(StatusCode, Json<SecretView>)> {
     let name = checked_name(name)?;
     let value = secret_value(body)?;
-    let mut tx = state.pool.begin().await.map_err(StorageError::from)?;
+    let mut tx = AuditedTx::begin(&state.pool, &auth.principal, meta).await?;
     let (written, created) = secrets::put(
         &mut tx,
         &state.keyring,
@@ -185,20 +185,15 @@ async fn put_scope(
     } else {
         json!(written.version - 1)
     };
-    audit::record(
-        &mut tx,
-        Some(&auth.principal),
-        meta,
-        Change {
-            org: Some(scope.org()),
-            action: "secret.written",
-            resource_type: "secret",
-            resource_id: Some(resource_id(scope, name)),
-            diff: json!({"version": {"before": before, "after": written.version}}),
-        },
-    )
+    tx.record(Change {
+        org: Some(scope.org()),
+        action: "secret.written",
+        resource_type: "secret",
+        resource_id: Some(resource_id(scope, name)),
+        diff: json!({"version": {"before": before, "after": written.version}}),
+    })
     .await?;
-    tx.commit().await.map_err(StorageError::from)?;
+    tx.commit().await?;
     let status = if created {
         StatusCode::CREATED
     } else {
@@ -215,24 +210,19 @@ async fn delete_scope(
     name: &str,
 ) -> ApiResult<StatusCode> {
     let name = checked_name(name)?;
-    let mut tx = state.pool.begin().await.map_err(StorageError::from)?;
+    let mut tx = AuditedTx::begin(&state.pool, &auth.principal, meta).await?;
     let deleted = secrets::delete(&mut tx, scope, name)
         .await
         .map_err(not_found(name))?;
-    audit::record(
-        &mut tx,
-        Some(&auth.principal),
-        meta,
-        Change {
-            org: Some(scope.org()),
-            action: "secret.deleted",
-            resource_type: "secret",
-            resource_id: Some(resource_id(scope, name)),
-            diff: json!({"version": {"before": deleted.version, "after": null}}),
-        },
-    )
+    tx.record(Change {
+        org: Some(scope.org()),
+        action: "secret.deleted",
+        resource_type: "secret",
+        resource_id: Some(resource_id(scope, name)),
+        diff: json!({"version": {"before": deleted.version, "after": null}}),
+    })
     .await?;
-    tx.commit().await.map_err(StorageError::from)?;
+    tx.commit().await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

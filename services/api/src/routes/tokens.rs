@@ -8,7 +8,7 @@ use serde::Deserialize;
 use serde_json::json;
 use time::OffsetDateTime;
 
-use crate::audit::{self, Change, RequestMeta};
+use crate::audit::{AuditedTx, Change, RequestMeta};
 use crate::auth::{Authenticated, Authorized, perm};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{ApiJson, parse_id};
@@ -66,7 +66,7 @@ async fn create(
         TokenOwner::Service { org, .. } => Some(*org),
         TokenOwner::User(_) => None,
     };
-    let mut tx = state.pool.begin().await.map_err(StorageError::from)?;
+    let mut tx = AuditedTx::begin(&state.pool, principal, meta).await?;
     let (record, secret) = tokens::create(
         &mut tx,
         NewToken {
@@ -79,11 +79,7 @@ async fn create(
         },
     )
     .await?;
-    audit::record(
-        &mut tx,
-        Some(principal),
-        meta,
-        Change {
+    tx.record(Change {
             org,
             action: "token.create",
             resource_type: "token",
@@ -92,7 +88,7 @@ async fn create(
         },
     )
     .await?;
-    tx.commit().await.map_err(StorageError::from)?;
+    tx.commit().await?;
     Ok((
         StatusCode::CREATED,
         Json(TokenView::new(record, Some(secret))),
@@ -111,27 +107,22 @@ async fn revoke(
         TokenOwner::Service { org, .. } => Some(*org),
         TokenOwner::User(_) => None,
     };
-    let mut tx = state.pool.begin().await.map_err(StorageError::from)?;
+    let mut tx = AuditedTx::begin(&state.pool, principal, meta).await?;
     tokens::revoke(&mut tx, &owner, id)
         .await
         .map_err(|err| match err {
             StorageError::NotFound(_) => ApiError::not_found("token", id),
             other => other.into(),
         })?;
-    audit::record(
-        &mut tx,
-        Some(principal),
-        meta,
-        Change {
-            org,
-            action: "token.revoke",
-            resource_type: "token",
-            resource_id: Some(id.to_string()),
-            diff: json!({"revoked": {"before": false, "after": true}}),
-        },
-    )
+    tx.record(Change {
+        org,
+        action: "token.revoke",
+        resource_type: "token",
+        resource_id: Some(id.to_string()),
+        diff: json!({"revoked": {"before": false, "after": true}}),
+    })
     .await?;
-    tx.commit().await.map_err(StorageError::from)?;
+    tx.commit().await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -140,7 +131,7 @@ pub async fn list_personal(
     Authenticated(principal): Authenticated,
 ) -> ApiResult<Json<Page<TokenView>>> {
     let user = principal.require_user()?;
-    let mut conn = state.pool.acquire().await.map_err(StorageError::from)?;
+    let mut conn = state.pool.acquire().await?;
     let records = tokens::list(&mut conn, &TokenOwner::User(user)).await?;
     Ok(Json(Page {
         items: records
@@ -212,7 +203,7 @@ pub async fn list_service(
 ) -> ApiResult<Json<Page<TokenView>>> {
     let org_id: OrgId = parse_id(&org_id, "org")?;
     auth.require(org_id)?;
-    let mut conn = state.pool.acquire().await.map_err(StorageError::from)?;
+    let mut conn = state.pool.acquire().await?;
     let owner = TokenOwner::Service {
         org: org_id,
         role: Role::Viewer,

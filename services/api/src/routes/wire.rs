@@ -293,3 +293,22 @@ impl TokenView {
         }
     }
 }
+
+/// The answer to an action on a run (cancel, message): what was accepted and the correlation id
+/// that the events it causes carry.
+#[derive(Serialize)]
+pub struct Receipt {
+    pub action: &'static str,
+    pub run_id: String,
+    /// The new run a message to a finished run started, if it did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub follow_up_run_id: Option<String>,
+    pub correlation_id: String,
+    /// The run's state as of the answer.
+    pub state: &'static str,
+    /// For messages: whether the agent has it already.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delivered: Option<bool>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub accepted_at: OffsetDateTime,
+}
