@@ -54,6 +54,10 @@ pub struct ApiConfig {
     /// The key ring as a JSON key file (preferred over `secret_keks`; see docs/SECURITY.md).
     #[serde(default)]
     pub secret_keks_file: Option<String>,
+    /// Name servers for email-domain verification, `ip:port` separated by commas (unset: the
+    /// system resolver configuration).
+    #[serde(default)]
+    pub dns_nameservers: Option<String>,
     /// Local development over plain HTTP: session cookies without `Secure`.
     #[serde(default)]
     pub dev_mode: bool,
@@ -75,6 +79,15 @@ impl ApiConfig {
             self.secret_keks.as_ref(),
             self.secret_keks_file.as_deref(),
         )
+    }
+
+    /// The resolver that checks email-domain verification records.
+    pub fn dns_verifier(&self) -> anyhow::Result<crate::domain_verification::DnsVerifier> {
+        let name_servers = match &self.dns_nameservers {
+            Some(raw) => crate::domain_verification::parse_name_servers(raw)?,
+            None => Vec::new(),
+        };
+        crate::domain_verification::DnsVerifier::new(&name_servers)
     }
 
     /// The OIDC settings when browser login is configured; an error names what is missing.

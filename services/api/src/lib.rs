@@ -4,6 +4,7 @@ pub mod audit;
 pub mod auth;
 pub mod bootstrap;
 pub mod config;
+pub mod domain_verification;
 pub mod error;
 pub mod extract;
 pub mod ratelimit;
@@ -52,6 +53,7 @@ pub async fn build(config: &ApiConfig, shutdown: CancellationToken) -> anyhow::R
             .context("applying migrations")?;
     }
     let keyring = config.keyring()?;
+    let dns = config.dns_verifier()?;
     check_keyring(&pool, &keyring).await?;
     let bus = Bus::connect(&config.nats_url, &config.bus_prefix)
         .await
@@ -92,6 +94,7 @@ pub async fn build(config: &ApiConfig, shutdown: CancellationToken) -> anyhow::R
             }),
             sessions,
             keyring: Arc::new(keyring),
+            dns: Arc::new(dns),
         },
         relay: relay_handle,
         shutdown,

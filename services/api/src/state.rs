@@ -14,6 +14,8 @@ pub struct AppState {
     pub sessions: Arc<crate::session::Sessions>,
     /// Seals secret values; the API never opens them.
     pub keyring: Arc<cadenza_crypto::KeyRing>,
+    /// Looks up the TXT records that prove an org controls an email domain.
+    pub dns: Arc<crate::domain_verification::DnsVerifier>,
 }
 
 /// Bounds on what one request, caller or org may ask for.

@@ -16,6 +16,7 @@ use cadenza_domain::{AgentSettings, OrgId, Permission, Repository, Role, RunId};
 use cadenza_storage::runs::{NewRun, Submitted};
 use cadenza_storage::secrets::{self, SecretScope};
 use cadenza_storage::{diffs, orgs, projects, runs};
+use cadenza_testkit::dns::TestDnsServer;
 use cadenza_testkit::fixtures::{service_token, user_with_token};
 use cadenza_testkit::infra::{TestDatabase, nats_url, redis_url, unique_name};
 use http_body_util::BodyExt;
@@ -29,11 +30,14 @@ struct App {
     db: TestDatabase,
     /// The API's key ring, for fixtures that store secrets.
     keyring: cadenza_crypto::KeyRing,
+    /// Serves each fixture's domain verification record, so verifying its rule succeeds.
+    dns: TestDnsServer,
     _shutdown: tokio_util::sync::DropGuard,
 }
 
 async fn app(extra: Value) -> App {
     let db = TestDatabase::create().await.expect("db");
+    let dns = TestDnsServer::start().await.expect("dns server");
     let (kek_id, kek) = cadenza_crypto::KeyRing::generate_key().expect("kek");
     let kek_spec = format!("{kek_id}:{}", kek.expose_secret());
     let mut settings = json!({
@@ -43,6 +47,7 @@ async fn app(extra: Value) -> App {
         "redis_url": redis_url(),
         "bus_prefix": unique_name("t"),
         "migrate_on_start": false,
+        "dns_nameservers": dns.address().to_string(),
     });
     if let (Some(target), Some(extra)) = (settings.as_object_mut(), extra.as_object()) {
         target.extend(extra.clone());
@@ -59,6 +64,7 @@ async fn app(extra: Value) -> App {
         router: api.router(),
         db,
         keyring,
+        dns,
         _shutdown: shutdown.drop_guard(),
     }
 }
@@ -135,9 +141,17 @@ async fn org_fixture(app: &App, slug: &str) -> OrgFixture {
     )
     .await
     .expect("invitation");
-    cadenza_storage::domain_rules::put(&mut conn, org.id, "example.org", Role::Viewer)
+    let (rule, _) =
+        cadenza_storage::domain_rules::put(&mut conn, org.id, "example.org", Role::Viewer)
+            .await
+            .expect("domain rule");
+    app.dns
+        .add_txt(
+            &cadenza_api::domain_verification::record_name(&rule.domain),
+            &cadenza_api::domain_verification::record_value(&rule.verification_token),
+        )
         .await
-        .expect("domain rule");
+        .expect("verification record");
     for scope in [
         SecretScope::Org(org.id),
         SecretScope::Project(org.id, project.id),
@@ -238,6 +252,8 @@ fn example_body(spec: &RouteSpec) -> Option<Value> {
             json!({"value": "example-secret-value"})
         }
         ("POST", "/admin/secrets/rewrap") => return None,
+        ("POST", "/orgs/{org_id}/domains/{domain}/verify") => return None,
+        ("POST", "/admin/orgs/{org_id}/domains/{domain}/approve") => return None,
         ("POST", "/invitations/{token}/accept") => return None,
         ("POST", "/auth/logout") => return None,
         ("POST", "/runs/{run_id}/cancel") => return None,

@@ -3,6 +3,7 @@ use std::time::{Duration, Instant};
 use axum::Json;
 use axum::extract::State;
 use cadenza_domain::{OrgId, Scope, UserId};
+use cadenza_storage::domain_rules::{self, VerificationMethod};
 use cadenza_storage::{StorageError, orgs, secrets, users};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -150,4 +151,39 @@ pub async fn rewrap_secrets(
         "by_kek": by_kek_json(&report.by_kek),
         "complete": complete,
     })))
+}
+
+/// `POST /admin/orgs/{org_id}/domains/{domain}/approve`: an instance administrator vouches that
+/// the org controls the domain (when it cannot publish a DNS record), which activates the rule.
+pub async fn approve_domain(
+    State(state): State<AppState>,
+    admin: Authorized<perm::InstanceAdmin>,
+    meta: RequestMeta,
+    axum::extract::Path((org_id, domain)): axum::extract::Path<(String, String)>,
+) -> ApiResult<Json<Value>> {
+    let org_id: OrgId = crate::extract::parse_id(&org_id, "org")?;
+    let domain = super::invitations::normalize_domain(&domain)?;
+    let no_rule = |err| match err {
+        StorageError::NotFound(_) => ApiError::NotFound(format!("no rule for `{domain}`")),
+        other => ApiError::from(other),
+    };
+    let mut tx = state.pool.begin().await.map_err(StorageError::from)?;
+    let approved = domain_rules::mark_verified(
+        &mut tx,
+        org_id,
+        &domain,
+        VerificationMethod::Admin,
+        admin.principal.user_id(),
+    )
+    .await
+    .map_err(no_rule)?;
+    let Some(approved) = approved else {
+        let rule = domain_rules::get(&mut tx, org_id, &domain)
+            .await
+            .map_err(no_rule)?;
+        return Ok(Json(super::invitations::domain_rule_view(&rule)));
+    };
+    super::invitations::record_verification(&mut tx, &admin.principal, &meta, &approved).await?;
+    tx.commit().await.map_err(StorageError::from)?;
+    Ok(Json(super::invitations::domain_rule_view(&approved)))
 }

@@ -2,6 +2,7 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use cadenza_domain::{InvitationId, OrgId, Role};
+use cadenza_storage::domain_rules::{DomainRule, VerificationMethod};
 use cadenza_storage::invitations::{self, AcceptError, Invitation};
 use cadenza_storage::{StorageError, domain_rules, users};
 use serde::Deserialize;
@@ -11,6 +12,7 @@ use time::format_description::well_known::Rfc3339;
 
 use crate::audit::{self, Change, RequestMeta};
 use crate::auth::{Authenticated, Authorized, perm};
+use crate::domain_verification::{self, Proof};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{ApiJson, parse_id};
 use crate::state::AppState;
@@ -227,7 +229,7 @@ pub async fn accept(
     ))
 }
 
-fn normalize_domain(raw: &str) -> ApiResult<String> {
+pub(crate) fn normalize_domain(raw: &str) -> ApiResult<String> {
     let domain = raw.trim().to_ascii_lowercase();
     let valid = domain.contains('.')
         && domain.len() <= 253
@@ -245,6 +247,37 @@ fn normalize_domain(raw: &str) -> ApiResult<String> {
     }
 }
 
+/// A rule as the API shows it: its state, how and when it was verified, and the TXT record that
+/// proves control of the domain.
+pub(crate) fn domain_rule_view(rule: &DomainRule) -> Value {
+    let verification = rule.verification.as_ref().map(|verification| {
+        json!({
+            "method": verification.method.as_str(),
+            "verified_at": verification.at.format(&Rfc3339).unwrap_or_default(),
+            "verified_by": verification.by.map(|id| id.to_string()),
+        })
+    });
+    json!({
+        "domain": rule.domain,
+        "role": rule.role,
+        "state": if rule.is_verified() { "verified" } else { "pending" },
+        "verification": verification,
+        "dns_record": {
+            "name": domain_verification::record_name(&rule.domain),
+            "type": "TXT",
+            "value": domain_verification::record_value(&rule.verification_token),
+        },
+        "created_at": rule.created_at.format(&Rfc3339).unwrap_or_default(),
+    })
+}
+
+fn no_rule(domain: &str) -> impl FnOnce(StorageError) -> ApiError + '_ {
+    move |err| match err {
+        StorageError::NotFound(_) => ApiError::NotFound(format!("no rule for `{domain}`")),
+        other => other.into(),
+    }
+}
+
 pub async fn list_domains(
     State(state): State<AppState>,
     auth: Authorized<perm::MembersManage>,
@@ -255,8 +288,8 @@ pub async fn list_domains(
     let mut conn = state.pool.acquire().await.map_err(StorageError::from)?;
     let items: Vec<Value> = domain_rules::list(&mut conn, org_id)
         .await?
-        .into_iter()
-        .map(|rule| json!({"domain": rule.domain, "role": rule.role}))
+        .iter()
+        .map(domain_rule_view)
         .collect();
     Ok(Json(json!({"items": items, "next_cursor": null})))
 }
@@ -267,8 +300,10 @@ pub struct PutDomain {
     role: String,
 }
 
-/// `PUT /orgs/{org}/domains/{domain}`: users whose verified email is in the domain join the org
-/// with `role` (not owner) when they log in.
+/// `PUT /orgs/{org}/domains/{domain}`: once the domain is verified (`POST .../verify` after
+/// publishing the TXT record this answers, or an instance administrator's approval), users whose
+/// verified email is in the domain join the org with `role` (not owner) when they log in. A new
+/// rule is pending; changing the role keeps the rule's verification.
 pub async fn put_domain(
     State(state): State<AppState>,
     auth: Authorized<perm::MembersManage>,
@@ -286,7 +321,7 @@ pub async fn put_domain(
         ));
     }
     let mut tx = state.pool.begin().await.map_err(StorageError::from)?;
-    let previous = domain_rules::put(&mut tx, org_id, &domain, role).await?;
+    let (rule, previous) = domain_rules::put(&mut tx, org_id, &domain, role).await?;
     audit::record(
         &mut tx,
         Some(&auth.principal),
@@ -301,7 +336,95 @@ pub async fn put_domain(
     )
     .await?;
     tx.commit().await.map_err(StorageError::from)?;
-    Ok(Json(json!({"domain": domain, "role": role})))
+    Ok(Json(domain_rule_view(&rule)))
+}
+
+/// `POST /orgs/{org}/domains/{domain}/verify`: looks up the rule's TXT record and, when it is
+/// published, marks the rule verified. Answers `domain_not_verified` naming the record to publish
+/// otherwise. A verified rule stays verified (the record is checked once).
+pub async fn verify_domain(
+    State(state): State<AppState>,
+    auth: Authorized<perm::MembersManage>,
+    meta: RequestMeta,
+    Path((org_id, domain)): Path<(String, String)>,
+) -> ApiResult<Json<Value>> {
+    let org_id: OrgId = parse_id(&org_id, "org")?;
+    auth.require(&state, org_id).await?;
+    let domain = normalize_domain(&domain)?;
+    let rule = {
+        let mut conn = state.pool.acquire().await.map_err(StorageError::from)?;
+        domain_rules::get(&mut conn, org_id, &domain)
+            .await
+            .map_err(no_rule(&domain))?
+    };
+    if rule.is_verified() {
+        return Ok(Json(domain_rule_view(&rule)));
+    }
+    let name = domain_verification::record_name(&domain);
+    let value = domain_verification::record_value(&rule.verification_token);
+    match state.dns.check(&domain, &rule.verification_token).await {
+        Ok(Proof::Found) => {}
+        Ok(Proof::NoRecord) => {
+            return Err(ApiError::DomainNotVerified(format!(
+                "no TXT record found at `{name}`; publish a TXT record `{name}` with the value \
+                 `{value}`, then verify again"
+            )));
+        }
+        Ok(Proof::WrongValue { records }) => {
+            return Err(ApiError::DomainNotVerified(format!(
+                "none of the {records} TXT record(s) at `{name}` has the value `{value}`; \
+                 publish it, then verify again"
+            )));
+        }
+        Err(err) => return Err(ApiError::Unavailable(Box::new(err))),
+    }
+    let mut tx = state.pool.begin().await.map_err(StorageError::from)?;
+    let verified = domain_rules::mark_verified(
+        &mut tx,
+        org_id,
+        &domain,
+        VerificationMethod::Dns,
+        auth.principal.user_id(),
+    )
+    .await
+    .map_err(no_rule(&domain))?;
+    let Some(verified) = verified else {
+        // Verified by someone else meanwhile: nothing changed here.
+        let rule = domain_rules::get(&mut tx, org_id, &domain)
+            .await
+            .map_err(no_rule(&domain))?;
+        return Ok(Json(domain_rule_view(&rule)));
+    };
+    record_verification(&mut tx, &auth.principal, &meta, &verified).await?;
+    tx.commit().await.map_err(StorageError::from)?;
+    Ok(Json(domain_rule_view(&verified)))
+}
+
+/// The audit entry of a rule that became verified, by DNS or by approval.
+pub(crate) async fn record_verification(
+    tx: &mut sqlx::PgConnection,
+    principal: &crate::auth::Principal,
+    meta: &RequestMeta,
+    rule: &DomainRule,
+) -> ApiResult<()> {
+    let method = rule.verification.as_ref().map(|v| v.method.as_str());
+    audit::record(
+        tx,
+        Some(principal),
+        meta,
+        Change {
+            org: Some(rule.org_id),
+            action: "domain_rule.verify",
+            resource_type: "domain_rule",
+            resource_id: Some(rule.domain.clone()),
+            diff: json!({
+                "state": {"before": "pending", "after": "verified"},
+                "method": {"before": null, "after": method},
+            }),
+        },
+    )
+    .await?;
+    Ok(())
 }
 
 pub async fn delete_domain(
@@ -316,10 +439,7 @@ pub async fn delete_domain(
     let mut tx = state.pool.begin().await.map_err(StorageError::from)?;
     let previous = domain_rules::delete(&mut tx, org_id, &domain)
         .await
-        .map_err(|err| match err {
-            StorageError::NotFound(_) => ApiError::NotFound(format!("no rule for `{domain}`")),
-            other => other.into(),
-        })?;
+        .map_err(no_rule(&domain))?;
     audit::record(
         &mut tx,
         Some(&auth.principal),

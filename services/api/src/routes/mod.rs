@@ -155,6 +155,12 @@ fn table() -> Table {
         invitations::delete_domain,
     )
     .add(
+        M::POST,
+        "/orgs/{org_id}/domains/{domain}/verify",
+        Org(P::MembersManage),
+        invitations::verify_domain,
+    )
+    .add(
         M::GET,
         "/orgs/{org_id}/projects",
         Org(P::ProjectsRead),
@@ -306,6 +312,12 @@ fn table() -> Table {
         "/admin/secrets/rewrap",
         Instance,
         admin::rewrap_secrets,
+    )
+    .add(
+        M::POST,
+        "/admin/orgs/{org_id}/domains/{domain}/approve",
+        Instance,
+        admin::approve_domain,
     )
 }
 
