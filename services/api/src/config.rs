@@ -10,7 +10,13 @@ pub struct ApiConfig {
     /// Where the public HTTP API listens.
     #[serde(default = "default_listen")]
     pub api_listen: SocketAddr,
+    /// The runtime role's connection: it may read and write the tables, and only read and append
+    /// to the audit log.
     pub database_url: SecretString,
+    /// The migration role's connection (the schema owner), used only to apply migrations. Never
+    /// needed by a running API unless `migrate_on_start` is on.
+    #[serde(default)]
+    pub migration_database_url: Option<SecretString>,
     pub nats_url: String,
     pub redis_url: SecretString,
     /// Prefix for every NATS subject and stream of this deployment.
@@ -19,6 +25,7 @@ pub struct ApiConfig {
     #[serde(default = "default_pool_size")]
     pub database_pool_size: u32,
     /// Apply pending migrations at start-up (safe with several replicas: the migrator locks).
+    /// Needs `migration_database_url`; start-up is refused without it.
     #[serde(default = "default_true")]
     pub migrate_on_start: bool,
     /// Requests per minute per token or session (0: unlimited).

@@ -487,7 +487,17 @@ async fn every_mutating_route_writes_exactly_one_audit_entry_with_its_actor() {
 #[tokio::test]
 async fn the_application_cannot_rewrite_or_erase_the_audit_log() {
     let app = app(json!({})).await;
+    // The API's own connection: the runtime role, a member of `cadenza_runtime` owning nothing.
     let mut conn = app.db.pool.acquire().await.expect("conn");
+    let (runtime, owns): (bool, bool) = sqlx::query_as(
+        "select pg_has_role(current_user, 'cadenza_runtime', 'member'),
+                pg_has_role(current_user, relowner, 'usage')
+         from pg_class where oid = 'audit_log'::regclass",
+    )
+    .fetch_one(&mut *conn)
+    .await
+    .expect("role");
+    assert!(runtime && !owns, "connected as the runtime role");
     sqlx::query("insert into audit_log (actor_type, action, resource_type) values ('system', 'test', 'org')")
         .execute(&mut *conn)
         .await
@@ -496,10 +506,20 @@ async fn the_application_cannot_rewrite_or_erase_the_audit_log() {
         "update audit_log set action = 'forged'",
         "delete from audit_log",
         "truncate audit_log",
+        "alter table audit_log disable trigger all",
+        "alter table audit_log add column forged text",
+        "alter table audit_log owner to current_user",
+        "drop trigger audit_log_no_update on audit_log",
+        "drop table audit_log",
     ] {
         let result = sqlx::query(statement).execute(&mut *conn).await;
         assert!(result.is_err(), "`{statement}` succeeded");
     }
+    let rows: i64 = sqlx::query_scalar("select count(*) from audit_log where action = 'test'")
+        .fetch_one(&mut *conn)
+        .await
+        .expect("select is allowed");
+    assert_eq!(rows, 1, "the entry is still there");
 }
 
 #[tokio::test]
@@ -568,11 +588,11 @@ async fn tokens_are_never_stored_in_plain_text_and_revocation_and_expiry_take_ef
     let service_secret = created["token"].as_str().expect("secret").to_owned();
     let service_id = created["id"].as_str().expect("id").to_owned();
 
-    // No column of any table holds either secret.
-    let mut conn = app.db.pool.acquire().await.expect("conn");
+    // No column of any table holds either secret (read as the owner, who can read every table).
+    let mut as_owner = app.db.owner_connection().await.expect("conn");
     let tables: Vec<String> =
         sqlx::query_scalar("select tablename::text from pg_tables where schemaname = 'public'")
-            .fetch_all(&mut *conn)
+            .fetch_all(&mut as_owner)
             .await
             .expect("tables");
     for table in tables {
@@ -581,7 +601,7 @@ async fn tokens_are_never_stored_in_plain_text_and_revocation_and_expiry_take_ef
                 "select count(*) from \"{table}\" t where t::text like '%' || $1 || '%'"
             ))
             .bind(needle.as_str())
-            .fetch_one(&mut *conn)
+            .fetch_one(&mut as_owner)
             .await
             .expect("scan");
             assert_eq!(hits, 0, "table {table} holds a token secret");
@@ -1161,4 +1181,37 @@ async fn the_api_refuses_to_start_without_a_key_it_needs() {
     };
     assert!(err.contains(app.keyring.active_id()), "{err}");
     assert!(err.contains("refusing to start"), "{err}");
+}
+
+#[tokio::test]
+async fn the_api_refuses_to_migrate_without_the_migration_role() {
+    let db = TestDatabase::create().await.expect("db");
+    let (id, key) = cadenza_crypto::KeyRing::generate_key().expect("kek");
+    let settings = json!({
+        "database_url": db.url,
+        "nats_url": nats_url(),
+        "redis_url": redis_url(),
+        "bus_prefix": unique_name("t"),
+        "secret_keks": format!("{id}:{}", key.expose_secret()),
+    });
+    let config: cadenza_api::ApiConfig = serde_json::from_value(settings).expect("config");
+    let err = match cadenza_api::build(&config, CancellationToken::new()).await {
+        Ok(_) => panic!("the API migrated without a migration role"),
+        Err(err) => format!("{err:#}"),
+    };
+    assert!(err.contains("CADENZA_MIGRATION_DATABASE_URL"), "{err}");
+
+    // With the owner's URL it migrates (nothing is pending here) and starts.
+    let settings = json!({
+        "database_url": db.url,
+        "migration_database_url": db.owner_url,
+        "nats_url": nats_url(),
+        "redis_url": redis_url(),
+        "bus_prefix": unique_name("t"),
+        "secret_keks": format!("{id}:{}", key.expose_secret()),
+    });
+    let config: cadenza_api::ApiConfig = serde_json::from_value(settings).expect("config");
+    cadenza_api::build(&config, CancellationToken::new())
+        .await
+        .expect("the API starts with a migration role");
 }
