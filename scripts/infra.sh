@@ -7,15 +7,24 @@
 #   scripts/infra.sh down    stop what this script started (never anything else)
 #   scripts/infra.sh env     print the connection settings as CADENZA_* assignments
 #
-# Settings (environment): CADENZA_DATABASE_URL, CADENZA_NATS_URL, CADENZA_REDIS_URL. When one points
-# at a loopback address that nothing answers on, the script starts a local server there with its
-# data under .cadenza/infra/. A non-loopback address that does not answer is an error.
+# Settings (environment): CADENZA_MIGRATION_DATABASE_URL (the role that owns the schema and runs
+# the migrations), CADENZA_DATABASE_URL (the runtime role the services connect as), CADENZA_NATS_URL,
+# CADENZA_REDIS_URL. When one points at a loopback address that nothing answers on, the script
+# starts a local server there with its data under .cadenza/infra/. A non-loopback address that
+# does not answer is an error.
+#
+# Postgres gets both login roles, each made only when missing: the migration role (CREATEDB, owns
+# the database) and the runtime role, a member of the group role `cadenza_runtime` that the
+# migrations grant table privileges to (docs/decisions/0006-runtime-and-migration-roles.md). On a
+# server it did not start, the script makes the roles through CADENZA_POSTGRES_SUPERUSER_URL
+# (default: the `postgres` role on the same host and port).
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
 state="$root/.cadenza/infra"
 
-: "${CADENZA_DATABASE_URL:=postgres://cadenza:cadenza@127.0.0.1:15432/cadenza}"
+: "${CADENZA_MIGRATION_DATABASE_URL:=postgres://cadenza:cadenza@127.0.0.1:15432/cadenza}"
+: "${CADENZA_DATABASE_URL:=postgres://cadenza_app:cadenza_app@127.0.0.1:15432/cadenza}"
 : "${CADENZA_NATS_URL:=nats://127.0.0.1:14222}"
 : "${CADENZA_REDIS_URL:=redis://127.0.0.1:16379}"
 
@@ -82,14 +91,50 @@ as_pg() {
   if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
 }
 
+url_user() { echo "$1" | sed -E 's#^[a-z]+://([^:@/]+).*#\1#'; }
+url_pass() { echo "$1" | sed -E 's#^[a-z]+://[^:@/]+:([^@/]+)@.*#\1#'; }
+url_db() { echo "$1" | sed -E 's#^[^/]+//[^/]+/([^?]+).*#\1#'; }
+
+# The group role the migrations grant privileges to, and the services' login role in it. Each
+# statement tolerates the role existing already, so concurrent runs cannot fail each other.
+runtime_roles_sql() {
+  local user pass
+  user=$(url_user "$CADENZA_DATABASE_URL")
+  pass=$(url_pass "$CADENZA_DATABASE_URL")
+  cat <<SQL
+set client_min_messages = warning;
+do \$\$ begin create role cadenza_runtime nologin; exception when duplicate_object then null; end \$\$;
+do \$\$ begin create role "$user" login password '$pass'; exception when duplicate_object then null; end \$\$;
+grant cadenza_runtime to "$user";
+SQL
+}
+
+# On a server this script did not start: make the runtime roles as a superuser when one is
+# reachable, else accept roles someone made already, else say what to run.
+postgres_roles_on_running_server() {
+  local host=$1 port=$2
+  local superuser_url=${CADENZA_POSTGRES_SUPERUSER_URL:-postgres://postgres@$host:$port/postgres}
+  command -v psql >/dev/null 2>&1 || apt_install postgresql-client
+  if psql "$superuser_url" -qtA -c "select 1" >/dev/null 2>&1; then
+    psql "$superuser_url" -q -v ON_ERROR_STOP=1 -c "$(runtime_roles_sql)" >/dev/null
+    log "postgres: runtime roles ready"
+  elif [ "$(psql "$CADENZA_DATABASE_URL" -qtA -c "select pg_has_role('cadenza_runtime', 'member')" 2>/dev/null)" = "t" ]; then
+    log "postgres: runtime role $(url_user "$CADENZA_DATABASE_URL") can connect"
+  else
+    die "postgres: the runtime roles are missing and no superuser is reachable (CADENZA_POSTGRES_SUPERUSER_URL); as a superuser, run:
+$(runtime_roles_sql)"
+  fi
+}
+
 postgres_up() {
-  parse_url "$CADENZA_DATABASE_URL" 5432
+  parse_url "$CADENZA_MIGRATION_DATABASE_URL" 5432
   local host=$url_host port=$url_port
   if tcp_open "$host" "$port"; then
     log "postgres: reachable at $host:$port"
+    postgres_roles_on_running_server "$host" "$port"
     return 0
   fi
-  is_loopback "$host" || die "postgres at $host:$port is not reachable (CADENZA_DATABASE_URL)"
+  is_loopback "$host" || die "postgres at $host:$port is not reachable (CADENZA_MIGRATION_DATABASE_URL)"
   apt_install postgresql postgresql-contrib
   local bin data=$state/postgres
   bin=$(pg_bin)
@@ -112,9 +157,9 @@ EOF
   log "postgres: starting on $host:$port"
   as_pg "$bin/pg_ctl" -D "$data" -l "$data/server.log" -w -t 60 start >/dev/null
   local user pass db
-  user=$(echo "$CADENZA_DATABASE_URL" | sed -E 's#^[a-z]+://([^:@/]+).*#\1#')
-  pass=$(echo "$CADENZA_DATABASE_URL" | sed -E 's#^[a-z]+://[^:@/]+:([^@/]+)@.*#\1#')
-  db=$(echo "$CADENZA_DATABASE_URL" | sed -E 's#^[^/]+//[^/]+/([^?]+).*#\1#')
+  user=$(url_user "$CADENZA_MIGRATION_DATABASE_URL")
+  pass=$(url_pass "$CADENZA_MIGRATION_DATABASE_URL")
+  db=$(url_db "$CADENZA_MIGRATION_DATABASE_URL")
   local psql=("$bin/psql" -h "$data" -p "$port" -U postgres -v ON_ERROR_STOP=1 -qtA)
   if [ "$(as_pg "${psql[@]}" -c "select 1 from pg_roles where rolname = '$user'")" != "1" ]; then
     as_pg "${psql[@]}" -c "create role \"$user\" login createdb password '$pass'"
@@ -122,6 +167,7 @@ EOF
   if [ "$(as_pg "${psql[@]}" -c "select 1 from pg_database where datname = '$db'")" != "1" ]; then
     as_pg "${psql[@]}" -c "create database \"$db\" owner \"$user\""
   fi
+  as_pg "${psql[@]}" -c "$(runtime_roles_sql)" >/dev/null
   echo "$bin/pg_ctl -D $data" > "$state/postgres.started"
 }
 
@@ -200,6 +246,7 @@ case "${1:-up}" in
     ;;
   down) down ;;
   env)
+    echo "CADENZA_MIGRATION_DATABASE_URL=$CADENZA_MIGRATION_DATABASE_URL"
     echo "CADENZA_DATABASE_URL=$CADENZA_DATABASE_URL"
     echo "CADENZA_NATS_URL=$CADENZA_NATS_URL"
     echo "CADENZA_REDIS_URL=$CADENZA_REDIS_URL"

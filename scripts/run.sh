@@ -3,11 +3,14 @@
 # are not configured/reachable, builds the images and the four services, applies migrations,
 # creates a demo org and project, starts every service in the background and prints the URL and
 # an admin token. Writes CADENZA_URL, CADENZA_TOKEN and CADENZA_DATABASE_URL to .cadenza/dev.env.
+# Migrations run as the migration role (CADENZA_MIGRATION_DATABASE_URL); the services connect as
+# the runtime role (CADENZA_DATABASE_URL) and never see the migration role's credentials.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 
-: "${CADENZA_DATABASE_URL:=postgres://cadenza:cadenza@127.0.0.1:15432/cadenza}"
+: "${CADENZA_MIGRATION_DATABASE_URL:=postgres://cadenza:cadenza@127.0.0.1:15432/cadenza}"
+: "${CADENZA_DATABASE_URL:=postgres://cadenza_app:cadenza_app@127.0.0.1:15432/cadenza}"
 : "${CADENZA_NATS_URL:=nats://127.0.0.1:14222}"
 : "${CADENZA_REDIS_URL:=redis://127.0.0.1:16379}"
 : "${CADENZA_API_LISTEN:=127.0.0.1:8080}"
@@ -18,7 +21,7 @@ cd "$root"
 # Plain HTTP on loopback: session cookies cannot be `Secure` here.
 : "${CADENZA_DEV_MODE:=true}"
 export SQLX_OFFLINE=true
-export CADENZA_DATABASE_URL CADENZA_NATS_URL CADENZA_REDIS_URL CADENZA_API_LISTEN CADENZA_DEV_MODE \
+export CADENZA_MIGRATION_DATABASE_URL CADENZA_DATABASE_URL CADENZA_NATS_URL CADENZA_REDIS_URL CADENZA_API_LISTEN CADENZA_DEV_MODE \
   CADENZA_SCHEDULER_LISTEN CADENZA_WORKER_LISTEN CADENZA_LINEAR_SYNC_LISTEN
 
 state="$root/.cadenza"
@@ -99,7 +102,8 @@ scripts/stop.sh services >/dev/null 2>&1 || true
 
 start() {
   local name=$1 binary=$2
-  nohup "$target_dir/$binary" >"$state/logs/$name.log" 2>&1 &
+  env -u CADENZA_MIGRATION_DATABASE_URL CADENZA_MIGRATE_ON_START=false \
+    nohup "$target_dir/$binary" >"$state/logs/$name.log" 2>&1 &
   echo $! >"$state/pids/$name.pid"
 }
 start api cadenza-api
@@ -132,7 +136,7 @@ if [ -f "$state/dev.env" ]; then
     token=$previous
   fi
 fi
-bootstrap=$("$target_dir/cadenza-api" bootstrap --agent-image "$agent_image")
+bootstrap=$(env -u CADENZA_MIGRATION_DATABASE_URL "$target_dir/cadenza-api" bootstrap --agent-image "$agent_image")
 [ -n "$token" ] || token=$(printf '%s\n' "$bootstrap" | sed -n 's/^ *"token": "\(.*\)",\{0,1\}$/\1/p')
 project_id=$(printf '%s\n' "$bootstrap" | sed -n 's/^ *"project_id": "\(.*\)",\{0,1\}$/\1/p')
 
@@ -141,6 +145,7 @@ cat >"$state/dev.env" <<ENV
 CADENZA_URL=$url
 CADENZA_TOKEN=$token
 CADENZA_DATABASE_URL=$CADENZA_DATABASE_URL
+CADENZA_MIGRATION_DATABASE_URL=$CADENZA_MIGRATION_DATABASE_URL
 CADENZA_PROJECT_ID=$project_id
 ENV
 

@@ -6,7 +6,8 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 
-admin_url=${CADENZA_DATABASE_URL:-postgres://cadenza:cadenza@127.0.0.1:15432/cadenza}
+# The migration role: it may create databases and owns what the migrations make.
+admin_url=${CADENZA_MIGRATION_DATABASE_URL:-postgres://cadenza:cadenza@127.0.0.1:15432/cadenza}
 # A different scratch name lets two checkouts prepare at once on one server.
 scratch=${CADENZA_SQLX_SCRATCH_DB:-cadenza_sqlx_prepare}
 base_url=${admin_url%/*}

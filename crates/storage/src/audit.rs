@@ -118,3 +118,16 @@ pub async fn list(
         })
         .collect())
 }
+
+/// Whether the connection's role owns `audit_log` (directly or through a role it is a member
+/// of): such a role can alter the table, disable its triggers or grant itself the rights the
+/// migrations revoke, so the log is append-only against it only by convention.
+pub async fn current_role_owns_audit_log(conn: &mut PgConnection) -> StorageResult<bool> {
+    let owns = sqlx::query_scalar!(
+        r#"select pg_has_role(current_user, relowner, 'usage') as "owns!"
+           from pg_class where oid = 'audit_log'::regclass"#
+    )
+    .fetch_one(conn)
+    .await?;
+    Ok(owns)
+}

@@ -7,11 +7,21 @@ use anyhow::Context;
 use sqlx::{Connection, PgConnection, PgPool};
 use uuid::Uuid;
 
-/// The server tests create their databases on. Override with `CADENZA_TEST_DATABASE_URL`.
+/// The server tests create their databases on, as the migration role (it owns each test database
+/// and runs the migrations). Override with `CADENZA_TEST_DATABASE_URL`.
 pub fn admin_database_url() -> String {
     std::env::var("CADENZA_TEST_DATABASE_URL")
-        .or_else(|_| std::env::var("CADENZA_DATABASE_URL"))
+        .or_else(|_| std::env::var("CADENZA_MIGRATION_DATABASE_URL"))
         .unwrap_or_else(|_| "postgres://cadenza:cadenza@127.0.0.1:15432/cadenza".to_owned())
+}
+
+/// The runtime role tests and the services under test connect as: a member of `cadenza_runtime`
+/// that owns nothing (made by `scripts/infra.sh`). Override with
+/// `CADENZA_TEST_RUNTIME_DATABASE_URL`; only its user and password are used.
+pub fn runtime_database_url() -> String {
+    std::env::var("CADENZA_TEST_RUNTIME_DATABASE_URL")
+        .or_else(|_| std::env::var("CADENZA_DATABASE_URL"))
+        .unwrap_or_else(|_| "postgres://cadenza_app:cadenza_app@127.0.0.1:15432/cadenza".to_owned())
 }
 
 pub fn nats_url() -> String {
@@ -32,11 +42,18 @@ pub fn unique_name(prefix: &str) -> String {
     format!("{prefix}{}", &id[..12])
 }
 
-/// A database of its own for one test, migrated, dropped when the value is dropped.
+/// A database of its own for one test, owned by the migration role and migrated, dropped when the
+/// value is dropped. `url` and `pool` connect as the runtime role, like the services do; fixtures
+/// that must do what the application cannot (change the schema, forge history) use
+/// `owner_connection`.
 pub struct TestDatabase {
     pub name: String,
+    /// The runtime role's URL of this database (what the services get as `CADENZA_DATABASE_URL`).
     pub url: String,
+    /// Connections as the runtime role.
     pub pool: PgPool,
+    /// The migration role's URL of this database (owner of every table).
+    pub owner_url: String,
     admin_url: String,
 }
 
@@ -52,19 +69,40 @@ impl TestDatabase {
             .await
             .context("creating the test database")?;
         admin.close().await.ok();
-        let url = replace_database(&admin_url, &name)?;
+        let owner_url = replace_database(&admin_url, &name)?;
+        {
+            let owner = sqlx::postgres::PgPoolOptions::new()
+                .max_connections(1)
+                .acquire_timeout(Duration::from_secs(10))
+                .connect(&owner_url)
+                .await?;
+            cadenza_storage::migrate(&owner)
+                .await
+                .context("migrating the test database as its owner")?;
+            owner.close().await;
+        }
+        let url = replace_credentials(&owner_url, &runtime_database_url())?;
         let pool = sqlx::postgres::PgPoolOptions::new()
             .max_connections(5)
             .acquire_timeout(Duration::from_secs(10))
             .connect(&url)
-            .await?;
-        cadenza_storage::migrate(&pool).await?;
+            .await
+            .context(
+                "connecting to the test database as the runtime role; `scripts/infra.sh up` \
+                 creates it (CADENZA_TEST_RUNTIME_DATABASE_URL names another)",
+            )?;
         Ok(Self {
             name,
             url,
             pool,
+            owner_url,
             admin_url,
         })
+    }
+
+    /// A connection as the database's owner (the migration role), for fixtures only.
+    pub async fn owner_connection(&self) -> anyhow::Result<PgConnection> {
+        Ok(PgConnection::connect(&self.owner_url).await?)
     }
 }
 
@@ -99,5 +137,19 @@ impl Drop for TestDatabase {
 fn replace_database(url: &str, database: &str) -> anyhow::Result<String> {
     let mut parsed = url::Url::parse(url).context("parsing the database URL")?;
     parsed.set_path(&format!("/{database}"));
+    Ok(parsed.to_string())
+}
+
+/// `url` with the user and password of `credentials_from`.
+fn replace_credentials(url: &str, credentials_from: &str) -> anyhow::Result<String> {
+    let mut parsed = url::Url::parse(url).context("parsing the database URL")?;
+    let credentials =
+        url::Url::parse(credentials_from).context("parsing the runtime database URL")?;
+    parsed
+        .set_username(credentials.username())
+        .map_err(|()| anyhow::anyhow!("cannot set the user of {url}"))?;
+    parsed
+        .set_password(credentials.password())
+        .map_err(|()| anyhow::anyhow!("cannot set the password of {url}"))?;
     Ok(parsed.to_string())
 }

@@ -260,7 +260,10 @@ impl Stack {
         let ports = [free_port()?, free_port()?, free_port()?, free_port()?];
         let mut env: Vec<(String, String)> = vec![
             ("CADENZA_SECRET_KEKS".into(), kek_spec),
+            // The runtime role, like production: the database is already migrated by its owner,
+            // and no service gets the owner's credentials.
             ("CADENZA_DATABASE_URL".into(), db.url.clone()),
+            ("CADENZA_MIGRATE_ON_START".into(), "false".into()),
             ("CADENZA_NATS_URL".into(), nats_url()),
             ("CADENZA_REDIS_URL".into(), redis_url()),
             ("CADENZA_BUS_PREFIX".into(), bus_prefix.clone()),

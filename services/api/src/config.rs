@@ -10,7 +10,13 @@ pub struct ApiConfig {
     /// Where the public HTTP API listens.
     #[serde(default = "default_listen")]
     pub api_listen: SocketAddr,
+    /// The runtime role's connection: it may read and write the tables, and only read and append
+    /// to the audit log.
     pub database_url: SecretString,
+    /// The migration role's connection (the schema owner), used only to apply migrations. Never
+    /// needed by a running API unless `migrate_on_start` is on.
+    #[serde(default)]
+    pub migration_database_url: Option<SecretString>,
     pub nats_url: String,
     pub redis_url: SecretString,
     /// Prefix for every NATS subject and stream of this deployment.
@@ -19,6 +25,7 @@ pub struct ApiConfig {
     #[serde(default = "default_pool_size")]
     pub database_pool_size: u32,
     /// Apply pending migrations at start-up (safe with several replicas: the migrator locks).
+    /// Needs `migration_database_url`; start-up is refused without it.
     #[serde(default = "default_true")]
     pub migrate_on_start: bool,
     /// Requests per minute per token or session (0: unlimited).
@@ -54,6 +61,10 @@ pub struct ApiConfig {
     /// The key ring as a JSON key file (preferred over `secret_keks`; see docs/SECURITY.md).
     #[serde(default)]
     pub secret_keks_file: Option<String>,
+    /// Name servers for email-domain verification, `ip:port` separated by commas (unset: the
+    /// system resolver configuration).
+    #[serde(default)]
+    pub dns_nameservers: Option<String>,
     /// Local development over plain HTTP: cookies without `Secure` (and so without the
     /// `__Host-` prefix), no HSTS.
     #[serde(default)]
@@ -109,6 +120,15 @@ impl ApiConfig {
             self.secret_keks.as_ref(),
             self.secret_keks_file.as_deref(),
         )
+    }
+
+    /// The resolver that checks email-domain verification records.
+    pub fn dns_verifier(&self) -> anyhow::Result<crate::domain_verification::DnsVerifier> {
+        let name_servers = match &self.dns_nameservers {
+            Some(raw) => crate::domain_verification::parse_name_servers(raw)?,
+            None => Vec::new(),
+        };
+        crate::domain_verification::DnsVerifier::new(&name_servers)
     }
 
     /// The OIDC settings when browser login is configured; an error names what is missing.

@@ -22,6 +22,9 @@ pub enum ApiError {
     Conflict(String),
     #[error("{0}")]
     UnsupportedMediaType(String),
+    /// The proof of control of an email domain was not found (the detail says what to publish).
+    #[error("{0}")]
+    DomainNotVerified(String),
     #[error("too many requests: {scope} limit of {limit} per minute reached")]
     RateLimited {
         scope: &'static str,
@@ -83,6 +86,11 @@ impl ApiError {
                 "Too many requests",
             ),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict", "Conflict"),
+            ApiError::DomainNotVerified(_) => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "domain_not_verified",
+                "Domain not verified",
+            ),
             ApiError::UnsupportedMediaType(_) => (
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "unsupported_media_type",

@@ -8,6 +8,7 @@ pub mod auth;
 pub mod bootstrap;
 pub mod client;
 pub mod config;
+pub mod domain_verification;
 pub mod error;
 pub mod extract;
 pub mod headers;
@@ -62,11 +63,11 @@ pub async fn build(config: &ApiConfig, shutdown: CancellationToken) -> anyhow::R
     .await
     .context("connecting to Postgres (CADENZA_DATABASE_URL)")?;
     if config.migrate_on_start {
-        cadenza_storage::migrate(&pool)
-            .await
-            .context("applying migrations")?;
+        apply_migrations(config).await?;
     }
+    warn_when_the_runtime_role_owns_the_audit_log(&pool).await?;
     let keyring = config.keyring()?;
+    let dns = config.dns_verifier()?;
     check_keyring(&pool, &keyring).await?;
     let bus = Bus::connect(&config.nats_url, &config.bus_prefix)
         .await
@@ -132,11 +133,46 @@ pub async fn build(config: &ApiConfig, shutdown: CancellationToken) -> anyhow::R
             sessions: Arc::new(sessions),
             origins: Arc::new(origins),
             keyring: Arc::new(keyring),
+            dns: Arc::new(dns),
         },
         http,
         relay: relay_handle,
         shutdown,
     })
+}
+
+/// Applies pending migrations as the migration role (`CADENZA_MIGRATION_DATABASE_URL`). Refuses
+/// without that setting rather than migrating as the runtime role: a role that can change the
+/// schema can also rewrite the audit log (docs/decisions/0006-runtime-and-migration-roles.md).
+pub async fn apply_migrations(config: &ApiConfig) -> anyhow::Result<()> {
+    let url = config.migration_database_url.as_ref().context(
+        "migrations need CADENZA_MIGRATION_DATABASE_URL, the role that owns the schema (not the \
+         runtime role of CADENZA_DATABASE_URL): set it, or set CADENZA_MIGRATE_ON_START=false and \
+         run `cadenza-api migrate` with it (see docs/OPERATIONS.md)",
+    )?;
+    let pool = cadenza_storage::connect(url.expose_secret(), 1)
+        .await
+        .context("connecting to Postgres as the migration role (CADENZA_MIGRATION_DATABASE_URL)")?;
+    let applied = cadenza_storage::migrate(&pool)
+        .await
+        .context("applying migrations (CADENZA_MIGRATION_DATABASE_URL)");
+    pool.close().await;
+    applied
+}
+
+/// A deployment that still connects as the schema owner works, but its audit log is only
+/// append-only against accidents; say so once at start-up.
+async fn warn_when_the_runtime_role_owns_the_audit_log(
+    pool: &cadenza_storage::PgPool,
+) -> anyhow::Result<()> {
+    let mut conn = pool.acquire().await.context("checking the database role")?;
+    if cadenza_storage::audit::current_role_owns_audit_log(&mut conn).await? {
+        tracing::warn!(
+            "CADENZA_DATABASE_URL connects as the owner of audit_log: this service could alter or \
+             erase the audit log; connect as a runtime role instead (docs/OPERATIONS.md)"
+        );
+    }
+    Ok(())
 }
 
 /// Refuses to start when a stored secret names a key-encryption key the ring lacks: the error

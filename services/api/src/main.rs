@@ -15,9 +15,10 @@ struct Cli {
 enum Command {
     /// Serve the API (the default).
     Serve,
-    /// Apply pending database migrations and exit.
+    /// Apply pending database migrations as CADENZA_MIGRATION_DATABASE_URL and exit.
     Migrate,
-    /// Create (or reuse) a demo org and project and print a new instance-admin token as JSON.
+    /// Create (or reuse) a demo org and project and print a new instance-admin token as JSON
+    /// (after applying migrations when CADENZA_MIGRATION_DATABASE_URL is set).
     Bootstrap {
         #[arg(long, default_value = "demo")]
         org: String,
@@ -90,8 +91,7 @@ async fn main() -> anyhow::Result<()> {
             api.run(listener).await
         }
         Command::Migrate => {
-            let pool = cadenza_storage::connect(config.database_url.expose_secret(), 2).await?;
-            cadenza_storage::migrate(&pool).await?;
+            cadenza_api::apply_migrations(&config).await?;
             tracing::info!("migrations applied");
             Ok(())
         }
@@ -114,8 +114,10 @@ async fn main() -> anyhow::Result<()> {
             agent_image,
             admin_email,
         } => {
+            if config.migration_database_url.is_some() {
+                cadenza_api::apply_migrations(&config).await?;
+            }
             let pool = cadenza_storage::connect(config.database_url.expose_secret(), 2).await?;
-            cadenza_storage::migrate(&pool).await?;
             let done = cadenza_api::bootstrap::bootstrap(
                 &pool,
                 &org,

@@ -25,6 +25,8 @@ pub struct AppState {
     pub origins: Arc<SiteOrigin>,
     /// Seals secret values; the API never opens them.
     pub keyring: Arc<cadenza_crypto::KeyRing>,
+    /// Looks up the TXT records that prove an org controls an email domain.
+    pub dns: Arc<crate::domain_verification::DnsVerifier>,
 }
 
 /// Bounds on what one request may ask for.

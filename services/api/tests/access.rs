@@ -16,6 +16,7 @@ use cadenza_domain::{AgentSettings, OrgId, Permission, Repository, Role, RunId};
 use cadenza_storage::runs::{NewRun, Submitted};
 use cadenza_storage::secrets::{self, SecretScope};
 use cadenza_storage::{diffs, orgs, projects, runs};
+use cadenza_testkit::dns::TestDnsServer;
 use cadenza_testkit::fixtures::{service_token, user_with_token};
 use cadenza_testkit::infra::{TestDatabase, nats_url, redis_url, unique_name};
 use http_body_util::BodyExt;
@@ -29,11 +30,14 @@ struct App {
     db: TestDatabase,
     /// The API's key ring, for fixtures that store secrets.
     keyring: cadenza_crypto::KeyRing,
+    /// Serves each fixture's domain verification record, so verifying its rule succeeds.
+    dns: TestDnsServer,
     _shutdown: tokio_util::sync::DropGuard,
 }
 
 async fn app(extra: Value) -> App {
     let db = TestDatabase::create().await.expect("db");
+    let dns = TestDnsServer::start().await.expect("dns server");
     let (kek_id, kek) = cadenza_crypto::KeyRing::generate_key().expect("kek");
     let kek_spec = format!("{kek_id}:{}", kek.expose_secret());
     let mut settings = json!({
@@ -43,6 +47,7 @@ async fn app(extra: Value) -> App {
         "redis_url": redis_url(),
         "bus_prefix": unique_name("t"),
         "migrate_on_start": false,
+        "dns_nameservers": dns.address().to_string(),
     });
     if let (Some(target), Some(extra)) = (settings.as_object_mut(), extra.as_object()) {
         target.extend(extra.clone());
@@ -59,6 +64,7 @@ async fn app(extra: Value) -> App {
         router: api.router(),
         db,
         keyring,
+        dns,
         _shutdown: shutdown.drop_guard(),
     }
 }
@@ -135,9 +141,17 @@ async fn org_fixture(app: &App, slug: &str) -> OrgFixture {
     )
     .await
     .expect("invitation");
-    cadenza_storage::domain_rules::put(&mut conn, org.id, "example.org", Role::Viewer)
+    let (rule, _) =
+        cadenza_storage::domain_rules::put(&mut conn, org.id, "example.org", Role::Viewer)
+            .await
+            .expect("domain rule");
+    app.dns
+        .add_txt(
+            &cadenza_api::domain_verification::record_name(&rule.domain),
+            &cadenza_api::domain_verification::record_value(&rule.verification_token),
+        )
         .await
-        .expect("domain rule");
+        .expect("verification record");
     for scope in [
         SecretScope::Org(org.id),
         SecretScope::Project(org.id, project.id),
@@ -257,6 +271,8 @@ fn example_body(spec: &RouteSpec) -> Option<Value> {
             json!({"value": "example-secret-value"})
         }
         ("POST", "/admin/secrets/rewrap") => return None,
+        ("POST", "/orgs/{org_id}/domains/{domain}/verify") => return None,
+        ("POST", "/admin/orgs/{org_id}/domains/{domain}/approve") => return None,
         ("POST", "/invitations/accept") => json!({"token": "cdzi_unknown"}),
         ("POST", "/auth/logout") => return None,
         ("POST", "/runs/{run_id}/cancel") => return None,
@@ -556,7 +572,17 @@ async fn every_mutating_route_writes_exactly_one_audit_entry_with_its_actor() {
 #[tokio::test]
 async fn the_application_cannot_rewrite_or_erase_the_audit_log() {
     let app = app(json!({})).await;
+    // The API's own connection: the runtime role, a member of `cadenza_runtime` owning nothing.
     let mut conn = app.db.pool.acquire().await.expect("conn");
+    let (runtime, owns): (bool, bool) = sqlx::query_as(
+        "select pg_has_role(current_user, 'cadenza_runtime', 'member'),
+                pg_has_role(current_user, relowner, 'usage')
+         from pg_class where oid = 'audit_log'::regclass",
+    )
+    .fetch_one(&mut *conn)
+    .await
+    .expect("role");
+    assert!(runtime && !owns, "connected as the runtime role");
     sqlx::query("insert into audit_log (actor_type, action, resource_type) values ('system', 'test', 'org')")
         .execute(&mut *conn)
         .await
@@ -565,10 +591,20 @@ async fn the_application_cannot_rewrite_or_erase_the_audit_log() {
         "update audit_log set action = 'forged'",
         "delete from audit_log",
         "truncate audit_log",
+        "alter table audit_log disable trigger all",
+        "alter table audit_log add column forged text",
+        "alter table audit_log owner to current_user",
+        "drop trigger audit_log_no_update on audit_log",
+        "drop table audit_log",
     ] {
         let result = sqlx::query(statement).execute(&mut *conn).await;
         assert!(result.is_err(), "`{statement}` succeeded");
     }
+    let rows: i64 = sqlx::query_scalar("select count(*) from audit_log where action = 'test'")
+        .fetch_one(&mut *conn)
+        .await
+        .expect("select is allowed");
+    assert_eq!(rows, 1, "the entry is still there");
 }
 
 #[tokio::test]
@@ -644,11 +680,12 @@ async fn tokens_are_never_stored_in_plain_text_and_revocation_and_expiry_take_ef
     let service_secret = created["token"].as_str().expect("secret").to_owned();
     let service_id = created["id"].as_str().expect("id").to_owned();
 
-    // No column of any table holds either secret.
+    // No column of any table holds either secret (read as the owner, who can read every table).
     let mut conn = app.db.pool.acquire().await.expect("conn");
+    let mut as_owner = app.db.owner_connection().await.expect("conn");
     let tables: Vec<String> =
         sqlx::query_scalar("select tablename::text from pg_tables where schemaname = 'public'")
-            .fetch_all(&mut *conn)
+            .fetch_all(&mut as_owner)
             .await
             .expect("tables");
     for table in tables {
@@ -657,7 +694,7 @@ async fn tokens_are_never_stored_in_plain_text_and_revocation_and_expiry_take_ef
                 "select count(*) from \"{table}\" t where t::text like '%' || $1 || '%'"
             ))
             .bind(needle.as_str())
-            .fetch_one(&mut *conn)
+            .fetch_one(&mut as_owner)
             .await
             .expect("scan");
             assert_eq!(hits, 0, "table {table} holds a token secret");
@@ -1301,6 +1338,7 @@ async fn the_router_denies_what_a_handler_forgets_to_check() {
         db,
         keyring: cadenza_crypto::KeyRing::from_spec(&format!("{kek_id}:{}", kek.expose_secret()))
             .expect("ring"),
+        dns: TestDnsServer::start().await.expect("dns server"),
         _shutdown: CancellationToken::new().drop_guard(),
     };
     let a = org_fixture(&app, "a-").await;
@@ -1756,4 +1794,37 @@ async fn a_taken_or_reserved_slug_answers_alike_with_a_free_one_to_use() {
     // Apart from the slug and the random suggestion, both answers read the same.
     let shape = |detail: &str| detail.split('`').step_by(2).collect::<Vec<_>>().join("`");
     assert_eq!(shape(&details[0]), shape(&details[1]));
+}
+
+#[tokio::test]
+async fn the_api_refuses_to_migrate_without_the_migration_role() {
+    let db = TestDatabase::create().await.expect("db");
+    let (id, key) = cadenza_crypto::KeyRing::generate_key().expect("kek");
+    let settings = json!({
+        "database_url": db.url,
+        "nats_url": nats_url(),
+        "redis_url": redis_url(),
+        "bus_prefix": unique_name("t"),
+        "secret_keks": format!("{id}:{}", key.expose_secret()),
+    });
+    let config: cadenza_api::ApiConfig = serde_json::from_value(settings).expect("config");
+    let err = match cadenza_api::build(&config, CancellationToken::new()).await {
+        Ok(_) => panic!("the API migrated without a migration role"),
+        Err(err) => format!("{err:#}"),
+    };
+    assert!(err.contains("CADENZA_MIGRATION_DATABASE_URL"), "{err}");
+
+    // With the owner's URL it migrates (nothing is pending here) and starts.
+    let settings = json!({
+        "database_url": db.url,
+        "migration_database_url": db.owner_url,
+        "nats_url": nats_url(),
+        "redis_url": redis_url(),
+        "bus_prefix": unique_name("t"),
+        "secret_keks": format!("{id}:{}", key.expose_secret()),
+    });
+    let config: cadenza_api::ApiConfig = serde_json::from_value(settings).expect("config");
+    cadenza_api::build(&config, CancellationToken::new())
+        .await
+        .expect("the API starts with a migration role");
 }

@@ -8,6 +8,7 @@ use axum::body::Body;
 use axum::extract::ConnectInfo;
 use axum::http::{Request, StatusCode};
 use cadenza_fake_oidc::{FakeClient, FakeOidcConfig, FakeUser, IdTokenTamper, RunningFakeOidc};
+use cadenza_testkit::dns::TestDnsServer;
 use cadenza_testkit::infra::{TestDatabase, nats_url, redis_url, unique_name};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
@@ -23,6 +24,8 @@ struct Login {
     router: Router,
     provider: RunningFakeOidc,
     db: TestDatabase,
+    /// The name server the API verifies email domains against.
+    dns: TestDnsServer,
     http: reqwest::Client,
     _shutdown: tokio_util::sync::DropGuard,
 }
@@ -32,13 +35,18 @@ async fn setup(email: &str) -> Login {
 }
 
 async fn setup_with(email: &str, extra: Value) -> Login {
+    setup_user(FakeUser::new("user-1", email).with_name("Ada"), extra).await
+}
+
+async fn setup_user(user: FakeUser, extra: Value) -> Login {
     let provider = cadenza_fake_oidc::spawn(FakeOidcConfig::new(
         FakeClient::new(CLIENT_ID, CLIENT_SECRET, REDIRECT),
-        FakeUser::new("user-1", email).with_name("Ada"),
+        user,
     ))
     .await
     .expect("fake provider");
     let db = TestDatabase::create().await.expect("db");
+    let dns = TestDnsServer::start().await.expect("dns server");
     let mut settings = json!({
         "database_url": db.url,
         "nats_url": nats_url(),
@@ -51,6 +59,7 @@ async fn setup_with(email: &str, extra: Value) -> Login {
         "oidc_client_secret": CLIENT_SECRET,
         "oidc_redirect_url": REDIRECT,
         "dev_mode": true,
+        "dns_nameservers": dns.address().to_string(),
     });
     if let (Some(target), Some(extra)) = (settings.as_object_mut(), extra.as_object()) {
         target.extend(extra.clone());
@@ -64,6 +73,7 @@ async fn setup_with(email: &str, extra: Value) -> Login {
         router: api.router(),
         provider,
         db,
+        dns,
         http: reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .build()
@@ -379,29 +389,284 @@ async fn tampered_expired_misaddressed_or_replayed_id_tokens_are_refused() {
     );
 }
 
-#[tokio::test]
-async fn a_verified_email_domain_joins_the_org_of_its_rule() {
-    let login = setup("carol@acme.test").await;
+/// An org with an owner, and a rule for `domain` put through the API: the rule and the owner's
+/// token.
+async fn org_with_rule(login: &Login, domain: &str) -> (cadenza_domain::OrgId, String, Value) {
     let mut conn = login.db.pool.acquire().await.expect("conn");
     let org = cadenza_storage::orgs::create(&mut conn, &unique_name("acme-"), "Acme")
         .await
         .expect("org");
-    cadenza_storage::domain_rules::put(
+    let (_, owner_token) = cadenza_testkit::fixtures::user_with_token(
         &mut conn,
-        org.id,
-        "acme.test",
-        cadenza_domain::Role::Member,
+        &format!("{}@owners.test", unique_name("owner-")),
+        &[(org.id, cadenza_domain::Role::Owner)],
+        false,
+        None,
     )
     .await
-    .expect("rule");
-    let (code, state) = authorize(&login).await;
-    let done = callback(&login, &code, &state).await;
+    .expect("owner");
+    let put = send_as(
+        &login.router,
+        "PUT",
+        &format!("/api/v1/orgs/{}/domains/{domain}", org.id),
+        &owner_token,
+        Some(json!({"role": "member"})),
+    )
+    .await;
+    assert_eq!(put.status(), StatusCode::OK);
+    let rule = body(put).await;
+    assert_eq!(rule["state"], "pending");
+    assert_eq!(rule["verification"], Value::Null);
+    assert_eq!(rule["dns_record"]["type"], "TXT");
+    assert_eq!(
+        rule["dns_record"]["name"],
+        format!("_cadenza-challenge.{domain}")
+    );
+    let value = rule["dns_record"]["value"].as_str().expect("value");
+    assert!(
+        value.starts_with("cadenza-domain-verification=") && value.len() > 40,
+        "{value}"
+    );
+    (org.id, owner_token, rule)
+}
+
+async fn verify(
+    login: &Login,
+    org: cadenza_domain::OrgId,
+    domain: &str,
+    token: &str,
+) -> (StatusCode, Value) {
+    let response = send_as(
+        &login.router,
+        "POST",
+        &format!("/api/v1/orgs/{org}/domains/{domain}/verify"),
+        token,
+        None,
+    )
+    .await;
+    (response.status(), body(response).await)
+}
+
+async fn orgs_after_login(login: &Login) -> Value {
+    let (code, state) = authorize(login).await;
+    let done = callback(login, &code, &state).await;
     assert_eq!(done.status(), StatusCode::FOUND);
     let cookie = session_cookie(&done);
+    body(send(&login.router, "GET", "/api/v1/me", Some(&cookie)).await).await["orgs"].clone()
+}
+
+async fn audit_actions(login: &Login, action: &str) -> Vec<Value> {
+    sqlx::query_scalar("select diff from audit_log where action = $1 order by id")
+        .bind(action)
+        .fetch_all(&login.db.pool)
+        .await
+        .expect("audit")
+}
+
+#[tokio::test]
+async fn a_verified_email_domain_joins_the_org_of_its_rule() {
+    let login = setup("carol@acme.test").await;
+    let (org, owner_token, rule) = org_with_rule(&login, "acme.test").await;
+    let record = &rule["dns_record"];
+    login
+        .dns
+        .set_txt(
+            record["name"].as_str().expect("name"),
+            &["v=spf1 -all", record["value"].as_str().expect("value")],
+        )
+        .await
+        .expect("publish");
+
+    let (status, verified) = verify(&login, org, "acme.test", &owner_token).await;
+    assert_eq!(status, StatusCode::OK, "{verified}");
+    assert_eq!(verified["state"], "verified");
+    assert_eq!(verified["verification"]["method"], "dns");
+    assert_eq!(audit_actions(&login, "domain_rule.verify").await.len(), 1);
+
+    let listed = body(
+        send_as(
+            &login.router,
+            "GET",
+            &format!("/api/v1/orgs/{org}/domains"),
+            &owner_token,
+            None,
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(listed["items"][0]["state"], "verified");
+    assert_eq!(listed["items"][0]["dns_record"], rule["dns_record"]);
+
+    let orgs = orgs_after_login(&login).await;
+    assert_eq!(orgs[0]["org_id"], org.to_string());
+    assert_eq!(orgs[0]["role"], "member");
+}
+
+#[tokio::test]
+async fn a_missing_or_wrong_verification_record_is_refused_and_the_rule_stays_pending() {
+    let login = setup("dora@acme.test").await;
+    let (org, owner_token, rule) = org_with_rule(&login, "acme.test").await;
+    let name = rule["dns_record"]["name"]
+        .as_str()
+        .expect("name")
+        .to_owned();
+    let value = rule["dns_record"]["value"]
+        .as_str()
+        .expect("value")
+        .to_owned();
+
+    let (status, problem) = verify(&login, org, "acme.test", &owner_token).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{problem}");
+    assert_eq!(problem["code"], "domain_not_verified");
+    let detail = problem["detail"].as_str().expect("detail");
+    assert!(
+        detail.contains("no TXT record") && detail.contains(&name) && detail.contains(&value),
+        "{detail}"
+    );
+
+    // Another org's token (or a stale one) is not this rule's proof.
+    login
+        .dns
+        .set_txt(&name, &["cadenza-domain-verification=0123456789abcdef"])
+        .await
+        .expect("publish");
+    let (status, problem) = verify(&login, org, "acme.test", &owner_token).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{problem}");
+    let detail = problem["detail"].as_str().expect("detail");
+    assert!(detail.contains(&value), "{detail}");
+
+    let listed = body(
+        send_as(
+            &login.router,
+            "GET",
+            &format!("/api/v1/orgs/{org}/domains"),
+            &owner_token,
+            None,
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(listed["items"][0]["state"], "pending");
+    assert!(audit_actions(&login, "domain_rule.verify").await.is_empty());
+    assert_eq!(orgs_after_login(&login).await, json!([]));
+}
+
+#[tokio::test]
+async fn an_instance_admin_approval_activates_a_rule_and_nobody_else_can_approve() {
+    let login = setup("erin@acme.test").await;
+    let (org, owner_token, _) = org_with_rule(&login, "acme.test").await;
+    let approve = format!("/api/v1/admin/orgs/{org}/domains/acme.test/approve");
+
+    // The org's own owner cannot vouch for its domain.
+    let refused = send_as(&login.router, "POST", &approve, &owner_token, None).await;
+    assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+    assert!(audit_actions(&login, "domain_rule.verify").await.is_empty());
+
+    let mut conn = login.db.pool.acquire().await.expect("conn");
+    let (admin, admin_token) = cadenza_testkit::fixtures::user_with_token(
+        &mut conn,
+        &format!("{}@operators.test", unique_name("admin-")),
+        &[],
+        true,
+        None,
+    )
+    .await
+    .expect("instance admin");
+    let approved = send_as(&login.router, "POST", &approve, &admin_token, None).await;
+    assert_eq!(approved.status(), StatusCode::OK);
+    let approved = body(approved).await;
+    assert_eq!(approved["state"], "verified");
+    assert_eq!(approved["verification"]["method"], "admin");
+    assert_eq!(approved["verification"]["verified_by"], admin.to_string());
+    assert_eq!(
+        audit_actions(&login, "domain_rule.verify").await,
+        [
+            json!({"state": {"before": "pending", "after": "verified"}, "method": {"before": null, "after": "admin"}})
+        ]
+    );
+
+    let orgs = orgs_after_login(&login).await;
+    assert_eq!(orgs[0]["org_id"], org.to_string());
+}
+
+#[tokio::test]
+async fn an_unverified_email_does_not_join_even_a_verified_rule() {
+    let mut user = FakeUser::new("user-1", "frank@acme.test").with_name("Frank");
+    user.email_verified = false;
+    let login = setup_user(user, json!({})).await;
+    let (org, owner_token, rule) = org_with_rule(&login, "acme.test").await;
+    login
+        .dns
+        .set_txt(
+            rule["dns_record"]["name"].as_str().expect("name"),
+            &[rule["dns_record"]["value"].as_str().expect("value")],
+        )
+        .await
+        .expect("publish");
+    let (status, verified) = verify(&login, org, "acme.test", &owner_token).await;
+    assert_eq!(status, StatusCode::OK, "{verified}");
+    assert_eq!(orgs_after_login(&login).await, json!([]));
+}
+
+/// A request with a bearer token and an optional JSON body.
+async fn send_as(
+    router: &Router,
+    method: &str,
+    uri: &str,
+    token: &str,
+    json_body: Option<Value>,
+) -> axum::response::Response {
+    let request = Request::builder()
+        .method(method)
+        .uri(uri)
+        .header("authorization", format!("Bearer {token}"));
+    let request = match json_body {
+        Some(json_body) => request
+            .header("content-type", "application/json")
+            .body(Body::from(json_body.to_string())),
+        None => request.body(Body::empty()),
+    };
+    router
+        .clone()
+        .oneshot(request.expect("request"))
+        .await
+        .expect("response")
+}
+
+#[tokio::test]
+async fn a_pending_domain_rule_does_not_join_a_user_at_login() {
+    let login = setup("gus@pending.test").await;
+    let mut conn = login.db.pool.acquire().await.expect("conn");
+    let org = cadenza_storage::orgs::create(&mut conn, &unique_name("claim-"), "Claimer")
+        .await
+        .expect("org");
+    let (_, owner_token) = cadenza_testkit::fixtures::user_with_token(
+        &mut conn,
+        &format!("{}@claimer.test", unique_name("owner-")),
+        &[(org.id, cadenza_domain::Role::Owner)],
+        false,
+        None,
+    )
+    .await
+    .expect("owner");
+    let put = send_as(
+        &login.router,
+        "PUT",
+        &format!("/api/v1/orgs/{}/domains/pending.test", org.id),
+        &owner_token,
+        Some(json!({"role": "member"})),
+    )
+    .await;
+    assert_eq!(put.status(), StatusCode::OK);
+
+    let (code, state) = authorize(&login).await;
+    let cookie = session_cookie(&callback(&login, &code, &state).await);
     let me = body(send(&login.router, "GET", "/api/v1/me", Some(&cookie)).await).await;
-    assert_eq!(me["orgs"][0]["org_id"], org.id.to_string());
-    assert_eq!(me["orgs"][0]["role"], "member");
-    let _ = Duration::from_secs(0);
+    assert_eq!(
+        me["orgs"],
+        json!([]),
+        "a rule whose domain is not proven joins nobody"
+    );
 }
 
 #[tokio::test]

@@ -3,11 +3,12 @@ use std::time::{Duration, Instant};
 use axum::Json;
 use axum::extract::State;
 use cadenza_domain::{OrgId, Scope, UserId};
+use cadenza_storage::domain_rules::{self, VerificationMethod};
 use cadenza_storage::{StorageError, orgs, secrets, users};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::audit::{self, Change, RequestMeta};
+use crate::audit::{AuditedTx, Change, RequestMeta};
 use crate::auth::{Authorized, perm};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{ApiQuery, next_cursor, page_limit, parse_cursor};
@@ -32,7 +33,7 @@ pub async fn orgs(
         state.limits.max_page,
     )?;
     let before: Option<OrgId> = parse_cursor(query.cursor.as_deref())?;
-    let mut conn = state.pool.acquire().await.map_err(StorageError::from)?;
+    let mut conn = state.pool.acquire().await?;
     let items = orgs::list(&mut conn, &Scope::Instance, before, limit).await?;
     let next_cursor = next_cursor(&items, limit, |org| org.id);
     Ok(Json(Page {
@@ -67,7 +68,7 @@ pub async fn users(
         state.limits.max_page,
     )?;
     let before: Option<UserId> = parse_cursor(query.cursor.as_deref())?;
-    let mut conn = state.pool.acquire().await.map_err(StorageError::from)?;
+    let mut conn = state.pool.acquire().await?;
     let items = users::list(&mut conn, before, limit).await?;
     let next_cursor = next_cursor(&items, limit, |user| user.id);
     Ok(Json(Page {
@@ -98,7 +99,7 @@ pub async fn secret_keys(
     State(state): State<AppState>,
     _admin: Authorized<perm::InstanceAdmin>,
 ) -> ApiResult<Json<Value>> {
-    let mut conn = state.pool.acquire().await.map_err(StorageError::from)?;
+    let mut conn = state.pool.acquire().await?;
     let by_kek = secrets::count_by_kek(&mut conn).await?;
     Ok(Json(json!({
         "active_kek_id": state.keyring.active_id(),
@@ -133,26 +134,21 @@ pub async fn rewrap_secrets(
     )
     .await?;
     let complete = !report.interrupted && report.failed.is_empty();
-    let mut tx = state.pool.begin().await.map_err(StorageError::from)?;
-    audit::record(
-        &mut tx,
-        Some(&admin.principal),
-        &meta,
-        Change {
-            org: None,
-            action: "secrets.rewrapped",
-            resource_type: "key_ring",
-            resource_id: Some(state.keyring.active_id().to_owned()),
-            diff: json!({
-                "rewrapped": report.progress.rewrapped,
-                "failed": report.failed.len(),
-                "complete": complete,
-                "by_kek": by_kek_json(&report.by_kek),
-            }),
-        },
-    )
+    let mut tx = AuditedTx::begin(&state.pool, &admin.principal, &meta).await?;
+    tx.record(Change {
+        org: None,
+        action: "secrets.rewrapped",
+        resource_type: "key_ring",
+        resource_id: Some(state.keyring.active_id().to_owned()),
+        diff: json!({
+            "rewrapped": report.progress.rewrapped,
+            "failed": report.failed.len(),
+            "complete": complete,
+            "by_kek": by_kek_json(&report.by_kek),
+        }),
+    })
     .await?;
-    tx.commit().await.map_err(StorageError::from)?;
+    tx.commit().await?;
     Ok(Json(json!({
         "active_kek_id": state.keyring.active_id(),
         "rewrapped": report.progress.rewrapped,
@@ -161,4 +157,39 @@ pub async fn rewrap_secrets(
         "by_kek": by_kek_json(&report.by_kek),
         "complete": complete,
     })))
+}
+
+/// `POST /admin/orgs/{org_id}/domains/{domain}/approve`: an instance administrator vouches that
+/// the org controls the domain (when it cannot publish a DNS record), which activates the rule.
+pub async fn approve_domain(
+    State(state): State<AppState>,
+    admin: Authorized<perm::InstanceAdmin>,
+    meta: RequestMeta,
+    axum::extract::Path((org_id, domain)): axum::extract::Path<(String, String)>,
+) -> ApiResult<Json<Value>> {
+    let org_id: OrgId = crate::extract::parse_id(&org_id, "org")?;
+    let domain = super::invitations::normalize_domain(&domain)?;
+    let no_rule = |err| match err {
+        StorageError::NotFound(_) => ApiError::NotFound(format!("no rule for `{domain}`")),
+        other => ApiError::from(other),
+    };
+    let mut tx = state.pool.begin().await?;
+    let approved = domain_rules::mark_verified(
+        &mut tx,
+        org_id,
+        &domain,
+        VerificationMethod::Admin,
+        admin.principal.user_id(),
+    )
+    .await
+    .map_err(no_rule)?;
+    let Some(approved) = approved else {
+        let rule = domain_rules::get(&mut tx, org_id, &domain)
+            .await
+            .map_err(no_rule)?;
+        return Ok(Json(super::invitations::domain_rule_view(&rule)));
+    };
+    super::invitations::record_verification(&mut tx, &admin.principal, &meta, &approved).await?;
+    tx.commit().await?;
+    Ok(Json(super::invitations::domain_rule_view(&approved)))
 }

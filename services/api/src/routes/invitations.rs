@@ -2,6 +2,7 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use cadenza_domain::{InvitationId, OrgId, Role};
+use cadenza_storage::domain_rules::{DomainRule, VerificationMethod};
 use cadenza_storage::invitations::{self, AcceptError, Invitation};
 use cadenza_storage::{StorageError, domain_rules, users};
 use serde::Deserialize;
@@ -9,8 +10,9 @@ use serde_json::{Value, json};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use crate::audit::{self, Change, RequestMeta};
+use crate::audit::{self, AuditedTx, Change, RequestMeta};
 use crate::auth::{Authenticated, Authorized, perm};
+use crate::domain_verification::{self, Proof};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{ApiJson, parse_id};
 use crate::state::AppState;
@@ -98,7 +100,7 @@ pub async fn create(
         ));
     }
     let expires_at = OffsetDateTime::now_utc() + time::Duration::hours(i64::from(hours));
-    let mut tx = state.pool.begin().await.map_err(StorageError::from)?;
+    let mut tx = AuditedTx::begin(&state.pool, &auth.principal, &meta).await?;
     let (invitation, secret) = invitations::create(
         &mut tx,
         org_id,
@@ -108,11 +110,7 @@ pub async fn create(
         auth.principal.user_id(),
     )
     .await?;
-    audit::record(
-        &mut tx,
-        Some(&auth.principal),
-        &meta,
-        Change {
+    tx.record(Change {
             org: Some(org_id),
             action: "invitation.create",
             resource_type: "invitation",
@@ -121,7 +119,7 @@ pub async fn create(
         },
     )
     .await?;
-    tx.commit().await.map_err(StorageError::from)?;
+    tx.commit().await?;
     let mut answer = view(&invitation);
     answer["token"] = json!(secret);
     answer["accept"] =
@@ -136,7 +134,7 @@ pub async fn list(
 ) -> ApiResult<Json<Value>> {
     let org_id: OrgId = parse_id(&org_id, "org")?;
     auth.require(org_id)?;
-    let mut conn = state.pool.acquire().await.map_err(StorageError::from)?;
+    let mut conn = state.pool.acquire().await?;
     let items: Vec<Value> = invitations::list(&mut conn, org_id)
         .await?
         .iter()
@@ -154,27 +152,22 @@ pub async fn revoke(
     let org_id: OrgId = parse_id(&org_id, "org")?;
     auth.require(org_id)?;
     let id: InvitationId = parse_id(&invitation_id, "invitation")?;
-    let mut tx = state.pool.begin().await.map_err(StorageError::from)?;
+    let mut tx = AuditedTx::begin(&state.pool, &auth.principal, &meta).await?;
     invitations::revoke(&mut tx, org_id, id)
         .await
         .map_err(|err| match err {
             StorageError::NotFound(_) => ApiError::not_found("pending invitation", id),
             other => other.into(),
         })?;
-    audit::record(
-        &mut tx,
-        Some(&auth.principal),
-        &meta,
-        Change {
-            org: Some(org_id),
-            action: "invitation.revoke",
-            resource_type: "invitation",
-            resource_id: Some(id.to_string()),
-            diff: json!({"revoked": {"before": false, "after": true}}),
-        },
-    )
+    tx.record(Change {
+        org: Some(org_id),
+        action: "invitation.revoke",
+        resource_type: "invitation",
+        resource_id: Some(id.to_string()),
+        diff: json!({"revoked": {"before": false, "after": true}}),
+    })
     .await?;
-    tx.commit().await.map_err(StorageError::from)?;
+    tx.commit().await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -195,7 +188,7 @@ pub async fn accept(
     ApiJson(body): ApiJson<AcceptInvitation>,
 ) -> ApiResult<Json<Value>> {
     let user_id = principal.require_account()?;
-    let mut tx = state.pool.begin().await.map_err(StorageError::from)?;
+    let mut tx = AuditedTx::begin(&state.pool, &principal, &meta).await?;
     let user = users::get(&mut tx, user_id).await?;
     if !user.email_is_trusted() {
         return Err(ApiError::Forbidden(
@@ -222,26 +215,21 @@ pub async fn accept(
             ));
         }
     };
-    audit::record(
-        &mut tx,
-        Some(&principal),
-        &meta,
-        Change {
-            org: Some(invitation.org_id),
-            action: "invitation.accept",
-            resource_type: "member",
-            resource_id: Some(user_id.to_string()),
-            diff: json!({"role": {"before": null, "after": invitation.role}}),
-        },
-    )
+    tx.record(Change {
+        org: Some(invitation.org_id),
+        action: "invitation.accept",
+        resource_type: "member",
+        resource_id: Some(user_id.to_string()),
+        diff: json!({"role": {"before": null, "after": invitation.role}}),
+    })
     .await?;
-    tx.commit().await.map_err(StorageError::from)?;
+    tx.commit().await?;
     Ok(Json(
         json!({"org_id": invitation.org_id.to_string(), "role": invitation.role}),
     ))
 }
 
-fn normalize_domain(raw: &str) -> ApiResult<String> {
+pub(crate) fn normalize_domain(raw: &str) -> ApiResult<String> {
     let domain = raw.trim().to_ascii_lowercase();
     let valid = domain.contains('.')
         && domain.len() <= 253
@@ -259,6 +247,37 @@ fn normalize_domain(raw: &str) -> ApiResult<String> {
     }
 }
 
+/// A rule as the API shows it: its state, how and when it was verified, and the TXT record that
+/// proves control of the domain.
+pub(crate) fn domain_rule_view(rule: &DomainRule) -> Value {
+    let verification = rule.verification.as_ref().map(|verification| {
+        json!({
+            "method": verification.method.as_str(),
+            "verified_at": verification.at.format(&Rfc3339).unwrap_or_default(),
+            "verified_by": verification.by.map(|id| id.to_string()),
+        })
+    });
+    json!({
+        "domain": rule.domain,
+        "role": rule.role,
+        "state": if rule.is_verified() { "verified" } else { "pending" },
+        "verification": verification,
+        "dns_record": {
+            "name": domain_verification::record_name(&rule.domain),
+            "type": "TXT",
+            "value": domain_verification::record_value(&rule.verification_token),
+        },
+        "created_at": rule.created_at.format(&Rfc3339).unwrap_or_default(),
+    })
+}
+
+fn no_rule(domain: &str) -> impl FnOnce(StorageError) -> ApiError + '_ {
+    move |err| match err {
+        StorageError::NotFound(_) => ApiError::NotFound(format!("no rule for `{domain}`")),
+        other => other.into(),
+    }
+}
+
 pub async fn list_domains(
     State(state): State<AppState>,
     auth: Authorized<perm::MembersManage>,
@@ -266,11 +285,11 @@ pub async fn list_domains(
 ) -> ApiResult<Json<Value>> {
     let org_id: OrgId = parse_id(&org_id, "org")?;
     auth.require(org_id)?;
-    let mut conn = state.pool.acquire().await.map_err(StorageError::from)?;
+    let mut conn = state.pool.acquire().await?;
     let items: Vec<Value> = domain_rules::list(&mut conn, org_id)
         .await?
-        .into_iter()
-        .map(|rule| json!({"domain": rule.domain, "role": rule.role}))
+        .iter()
+        .map(domain_rule_view)
         .collect();
     Ok(Json(json!({"items": items, "next_cursor": null})))
 }
@@ -281,8 +300,10 @@ pub struct PutDomain {
     role: String,
 }
 
-/// `PUT /orgs/{org}/domains/{domain}`: users whose verified email is in the domain join the org
-/// with `role` (not owner) when they log in.
+/// `PUT /orgs/{org}/domains/{domain}`: once the domain is verified (`POST .../verify` after
+/// publishing the TXT record this answers, or an instance administrator's approval), users whose
+/// verified email is in the domain join the org with `role` (not owner) when they log in. A new
+/// rule is pending; changing the role keeps the rule's verification.
 pub async fn put_domain(
     State(state): State<AppState>,
     auth: Authorized<perm::MembersManage>,
@@ -299,23 +320,106 @@ pub async fn put_domain(
             "a domain rule cannot grant the owner role".into(),
         ));
     }
-    let mut tx = state.pool.begin().await.map_err(StorageError::from)?;
-    let previous = domain_rules::put(&mut tx, org_id, &domain, role).await?;
-    audit::record(
+    let mut tx = AuditedTx::begin(&state.pool, &auth.principal, &meta).await?;
+    let (rule, previous) = domain_rules::put(&mut tx, org_id, &domain, role).await?;
+    tx.record(Change {
+        org: Some(org_id),
+        action: "domain_rule.put",
+        resource_type: "domain_rule",
+        resource_id: Some(domain.clone()),
+        diff: audit::diff(&json!({"role": previous}), &json!({"role": role})),
+    })
+    .await?;
+    tx.commit().await?;
+    Ok(Json(domain_rule_view(&rule)))
+}
+
+/// `POST /orgs/{org}/domains/{domain}/verify`: looks up the rule's TXT record and, when it is
+/// published, marks the rule verified. Answers `domain_not_verified` naming the record to publish
+/// otherwise. A verified rule stays verified (the record is checked once).
+pub async fn verify_domain(
+    State(state): State<AppState>,
+    auth: Authorized<perm::MembersManage>,
+    meta: RequestMeta,
+    Path((org_id, domain)): Path<(String, String)>,
+) -> ApiResult<Json<Value>> {
+    let org_id: OrgId = parse_id(&org_id, "org")?;
+    auth.require(org_id)?;
+    let domain = normalize_domain(&domain)?;
+    let rule = {
+        let mut conn = state.pool.acquire().await?;
+        domain_rules::get(&mut conn, org_id, &domain)
+            .await
+            .map_err(no_rule(&domain))?
+    };
+    if rule.is_verified() {
+        return Ok(Json(domain_rule_view(&rule)));
+    }
+    let name = domain_verification::record_name(&domain);
+    let value = domain_verification::record_value(&rule.verification_token);
+    match state.dns.check(&domain, &rule.verification_token).await {
+        Ok(Proof::Found) => {}
+        Ok(Proof::NoRecord) => {
+            return Err(ApiError::DomainNotVerified(format!(
+                "no TXT record found at `{name}`; publish a TXT record `{name}` with the value \
+                 `{value}`, then verify again"
+            )));
+        }
+        Ok(Proof::WrongValue { records }) => {
+            return Err(ApiError::DomainNotVerified(format!(
+                "none of the {records} TXT record(s) at `{name}` has the value `{value}`; \
+                 publish it, then verify again"
+            )));
+        }
+        Err(err) => return Err(ApiError::Unavailable(Box::new(err))),
+    }
+    let mut tx = state.pool.begin().await?;
+    let verified = domain_rules::mark_verified(
         &mut tx,
-        Some(&auth.principal),
-        &meta,
+        org_id,
+        &domain,
+        VerificationMethod::Dns,
+        auth.principal.user_id(),
+    )
+    .await
+    .map_err(no_rule(&domain))?;
+    let Some(verified) = verified else {
+        // Verified by someone else meanwhile: nothing changed here.
+        let rule = domain_rules::get(&mut tx, org_id, &domain)
+            .await
+            .map_err(no_rule(&domain))?;
+        return Ok(Json(domain_rule_view(&rule)));
+    };
+    record_verification(&mut tx, &auth.principal, &meta, &verified).await?;
+    tx.commit().await?;
+    Ok(Json(domain_rule_view(&verified)))
+}
+
+/// The audit entry of a rule that became verified, by DNS or by approval.
+pub(crate) async fn record_verification(
+    tx: &mut sqlx::PgConnection,
+    principal: &crate::principal::Principal,
+    meta: &RequestMeta,
+    rule: &DomainRule,
+) -> ApiResult<()> {
+    let method = rule.verification.as_ref().map(|v| v.method.as_str());
+    audit::record(
+        tx,
+        Some(principal),
+        meta,
         Change {
-            org: Some(org_id),
-            action: "domain_rule.put",
+            org: Some(rule.org_id),
+            action: "domain_rule.verify",
             resource_type: "domain_rule",
-            resource_id: Some(domain.clone()),
-            diff: audit::diff(&json!({"role": previous}), &json!({"role": role})),
+            resource_id: Some(rule.domain.clone()),
+            diff: json!({
+                "state": {"before": "pending", "after": "verified"},
+                "method": {"before": null, "after": method},
+            }),
         },
     )
     .await?;
-    tx.commit().await.map_err(StorageError::from)?;
-    Ok(Json(json!({"domain": domain, "role": role})))
+    Ok(())
 }
 
 pub async fn delete_domain(
@@ -327,26 +431,18 @@ pub async fn delete_domain(
     let org_id: OrgId = parse_id(&org_id, "org")?;
     auth.require(org_id)?;
     let domain = normalize_domain(&domain)?;
-    let mut tx = state.pool.begin().await.map_err(StorageError::from)?;
+    let mut tx = AuditedTx::begin(&state.pool, &auth.principal, &meta).await?;
     let previous = domain_rules::delete(&mut tx, org_id, &domain)
         .await
-        .map_err(|err| match err {
-            StorageError::NotFound(_) => ApiError::NotFound(format!("no rule for `{domain}`")),
-            other => other.into(),
-        })?;
-    audit::record(
-        &mut tx,
-        Some(&auth.principal),
-        &meta,
-        Change {
-            org: Some(org_id),
-            action: "domain_rule.delete",
-            resource_type: "domain_rule",
-            resource_id: Some(domain),
-            diff: json!({"role": {"before": previous, "after": null}}),
-        },
-    )
+        .map_err(no_rule(&domain))?;
+    tx.record(Change {
+        org: Some(org_id),
+        action: "domain_rule.delete",
+        resource_type: "domain_rule",
+        resource_id: Some(domain),
+        diff: json!({"role": {"before": previous, "after": null}}),
+    })
     .await?;
-    tx.commit().await.map_err(StorageError::from)?;
+    tx.commit().await?;
     Ok(StatusCode::NO_CONTENT)
 }

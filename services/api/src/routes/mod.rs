@@ -89,6 +89,7 @@ fn table() -> Table {
         .add(M::GET,    "/orgs/{org_id}/domains",                     Org(P::MembersManage),  invitations::list_domains)
         .add(M::PUT,    "/orgs/{org_id}/domains/{domain}",            Org(P::MembersManage),  invitations::put_domain)
         .add(M::DELETE, "/orgs/{org_id}/domains/{domain}",            Org(P::MembersManage),  invitations::delete_domain)
+        .add(M::POST,   "/orgs/{org_id}/domains/{domain}/verify",     Org(P::MembersManage),  invitations::verify_domain)
         .add(M::GET,    "/orgs/{org_id}/projects",                    Org(P::ProjectsRead),   projects::list_in_org)
         .add(M::POST,   "/orgs/{org_id}/projects",                    Org(P::ProjectsManage), projects::create)
         .add(M::GET,    "/orgs/{org_id}/tokens",                      Org(P::TokensManage),   tokens::list_service)
@@ -123,6 +124,7 @@ fn table() -> Table {
         .add(M::GET,    "/admin/users",                               Instance,               admin::users)
         .add(M::GET,    "/admin/secrets/keys",                        Instance,               admin::secret_keys)
         .add(M::POST,   "/admin/secrets/rewrap",                      Instance,               admin::rewrap_secrets)
+        .add(M::POST,   "/admin/orgs/{org_id}/domains/{domain}/approve", Instance,            admin::approve_domain)
 }
 
 /// `handler` behind the access layer that enforces `access` (see `crate::auth`).
