@@ -583,7 +583,22 @@ async fn a_message_to_a_running_run_reaches_its_conversation_with_a_correlation_
         "the message went to a running run"
     );
 
-    // Release the first command.
+    // Release the first command once the message has reached the conversation (the worker
+    // delivers it at its next heartbeat).
+    let deadline = Instant::now() + RUN_BUDGET;
+    loop {
+        let events = api.all_events(&run_id, 100).await.expect("events");
+        if events.iter().any(|event| {
+            event["kind"] == "message" && event["payload"]["correlation_id"] == correlation.as_str()
+        }) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the message was never delivered: {events:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let containers = containers_with_label("io.cadenza.run", &run_id);
     let container = containers.first().expect("the run's container");
     let released = std::process::Command::new("docker")
