@@ -174,18 +174,40 @@ impl Bus {
         }
     }
 
+    /// Subscribes and waits until the server has the subscription, so a message published after
+    /// this returns is delivered: a reader may then read history knowing nothing falls in
+    /// between. The server handles a connection's operations in order, so the answer to a
+    /// request sent after the `SUB` (a "no responders" status, as nobody listens on a fresh
+    /// inbox) proves the subscription is in place. Without that answer (an old server, a slow
+    /// link) the subscription is returned anyway; readers also poll, slowly.
     pub async fn subscribe_live(
         &self,
         relative_subject: &str,
     ) -> BusResult<async_nats::Subscriber> {
         let subject = self.subject(relative_subject);
-        self.client
+        let subscriber = self
+            .client
             .subscribe(subject.clone())
             .await
             .map_err(|err| BusError::Subscribe {
-                subject,
+                subject: subject.clone(),
                 detail: err.to_string(),
-            })
+            })?;
+        let probe = self
+            .client
+            .send_request(
+                self.client.new_inbox(),
+                async_nats::Request::new().timeout(Some(std::time::Duration::from_secs(2))),
+            )
+            .await;
+        match probe {
+            Ok(_) => {}
+            Err(err) if err.kind() == async_nats::RequestErrorKind::NoResponders => {}
+            Err(err) => {
+                tracing::debug!(%subject, error = %err, "could not confirm a live subscription");
+            }
+        }
+        Ok(subscriber)
     }
 
     /// A durable pull consumer on the runs stream, created if missing. Messages are acked only

@@ -86,6 +86,21 @@ pub struct ApiConfig {
     /// Largest request body accepted, in bytes.
     #[serde(default = "default_max_body_bytes")]
     pub max_body_bytes: usize,
+    /// Event streams one caller (a token, or a user's sessions) may hold open at once (0:
+    /// unlimited).
+    #[serde(default = "default_max_streams")]
+    pub max_streams_per_caller: u64,
+    /// How often an open event stream checks that its caller may still read the run (at most
+    /// 60 s); a revoked token or removed member gets a final `stream_closed` event.
+    #[serde(default = "default_stream_interval", with = "humantime_serde")]
+    pub stream_access_recheck: std::time::Duration,
+    /// How often an idle event stream reads Postgres without a wake-up from NATS (a safety net
+    /// for lost messages; NATS delivers the events themselves).
+    #[serde(default = "default_stream_interval", with = "humantime_serde")]
+    pub stream_safety_poll: std::time::Duration,
+    /// How often an idle event stream sends a keep-alive comment.
+    #[serde(default = "default_stream_keepalive", with = "humantime_serde")]
+    pub stream_keepalive: std::time::Duration,
     #[serde(default)]
     pub log_json: bool,
 }
@@ -113,6 +128,32 @@ impl ApiConfig {
             );
         }
         Ok(value.to_owned())
+    }
+
+    /// The stream settings, refused when they would break the access guarantee.
+    pub fn stream_settings(&self) -> anyhow::Result<crate::streams::StreamSettings> {
+        let second = std::time::Duration::from_millis(100);
+        if self.stream_access_recheck < second
+            || self.stream_access_recheck > std::time::Duration::from_secs(60)
+        {
+            anyhow::bail!(
+                "CADENZA_STREAM_ACCESS_RECHECK must be between 100ms and 60s (an open stream must notice a revoked token within a minute)"
+            );
+        }
+        for (name, value) in [
+            ("CADENZA_STREAM_SAFETY_POLL", self.stream_safety_poll),
+            ("CADENZA_STREAM_KEEPALIVE", self.stream_keepalive),
+        ] {
+            if value < second {
+                anyhow::bail!("{name} must be at least 100ms");
+            }
+        }
+        Ok(crate::streams::StreamSettings {
+            max_per_caller: self.max_streams_per_caller,
+            access_recheck: self.stream_access_recheck,
+            safety_poll: self.stream_safety_poll,
+            keepalive: self.stream_keepalive,
+        })
     }
 
     pub fn keyring(&self) -> anyhow::Result<cadenza_crypto::KeyRing> {
@@ -164,6 +205,18 @@ fn default_request_timeout() -> std::time::Duration {
 
 fn default_max_body_bytes() -> usize {
     1024 * 1024
+}
+
+fn default_max_streams() -> u64 {
+    16
+}
+
+fn default_stream_interval() -> std::time::Duration {
+    std::time::Duration::from_secs(30)
+}
+
+fn default_stream_keepalive() -> std::time::Duration {
+    std::time::Duration::from_secs(15)
 }
 
 fn default_caller_limit() -> u64 {

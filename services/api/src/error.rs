@@ -31,6 +31,10 @@ pub enum ApiError {
         limit: u64,
         retry_after_secs: u64,
     },
+    #[error(
+        "too many open streams: at most {limit} at once per caller; close one (or wait for one to end) and retry"
+    )]
+    TooManyStreams { limit: u64, retry_after_secs: u64 },
     #[error("{0}")]
     LoginRefused(String),
     #[error("{0}")]
@@ -84,6 +88,11 @@ impl ApiError {
                 StatusCode::TOO_MANY_REQUESTS,
                 "rate_limited",
                 "Too many requests",
+            ),
+            ApiError::TooManyStreams { .. } => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_streams",
+                "Too many open streams",
             ),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict", "Conflict"),
             ApiError::DomainNotVerified(_) => (
@@ -172,6 +181,13 @@ impl IntoResponse for ApiError {
                     headers.insert(name, value);
                 }
             }
+        }
+        if let ApiError::TooManyStreams {
+            retry_after_secs, ..
+        } = &self
+            && let Ok(value) = HeaderValue::from_str(&retry_after_secs.to_string())
+        {
+            response.headers_mut().insert("retry-after", value);
         }
         if status == StatusCode::UNAUTHORIZED {
             response

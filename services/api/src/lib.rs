@@ -17,6 +17,7 @@ pub mod principal;
 pub mod routes;
 pub mod sessions;
 pub mod state;
+pub mod streams;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -114,6 +115,12 @@ pub async fn build(config: &ApiConfig, shutdown: CancellationToken) -> anyhow::R
             .as_ref()
             .or(config.oidc_redirect_url.as_ref()),
     );
+    let streams = streams::StreamHub::new(
+        redis.clone(),
+        config.bus_prefix.clone(),
+        config.stream_settings()?,
+        shutdown.clone(),
+    );
     let (relay, relay_handle) =
         cadenza_outbox_relay::spawn(pool.clone(), bus.clone(), shutdown.clone());
     Ok(Api {
@@ -130,6 +137,7 @@ pub async fn build(config: &ApiConfig, shutdown: CancellationToken) -> anyhow::R
                 max_body_bytes: config.max_body_bytes,
             }),
             rate_limiter,
+            streams: Arc::new(streams),
             sessions: Arc::new(sessions),
             origins: Arc::new(origins),
             keyring: Arc::new(keyring),

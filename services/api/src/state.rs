@@ -1,5 +1,5 @@
 //! What every request handler can reach. It sits above the modules it holds (sessions, rate
-//! limits, client identification), none of which import it.
+//! limits, streams, client identification), none of which import it.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,6 +11,7 @@ use cadenza_storage::PgPool;
 use crate::client::SiteOrigin;
 use crate::limits::RateLimiter;
 use crate::sessions::Sessions;
+use crate::streams::StreamHub;
 
 #[derive(Clone)]
 pub struct AppState {
@@ -21,6 +22,8 @@ pub struct AppState {
     pub limits: Arc<Limits>,
     pub rate_limiter: RateLimiter,
     pub sessions: Arc<Sessions>,
+    /// Caps and timing of the run event streams.
+    pub streams: Arc<StreamHub>,
     /// What counts as this site for cookie-authenticated requests that change something.
     pub origins: Arc<SiteOrigin>,
     /// Seals secret values; the API never opens them.

@@ -2,33 +2,37 @@
 //!
 //! The SSE stream is gap-free by construction: it subscribes to live fan-out *before* reading
 //! history, delivers a live event directly only when it is exactly the next sequence number, and
-//! otherwise (a gap, a lost message, a quiet period) reads Postgres from its cursor. Postgres is
-//! the source of truth; NATS only makes delivery fast.
+//! otherwise (a gap, a lost message, the slow safety poll) reads Postgres from its cursor.
+//! Postgres is the source of truth; NATS makes delivery fast and lets an idle stream cost nothing.
+//! Each stream holds a lease under its caller's cap and re-checks the caller's access while open
+//! (see `crate::streams`).
 
 use std::convert::Infallible;
 use std::time::Duration;
 
 use axum::Json;
 use axum::extract::{Path, State};
-use axum::http::HeaderMap;
+use axum::http::header::{AUTHORIZATION, COOKIE};
+use axum::http::{HeaderMap, Method};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use cadenza_bus::messages::LiveEvent;
 use cadenza_bus::subjects;
-use cadenza_domain::{JournalEvent, RunId, Scope};
+use cadenza_domain::{JournalEvent, OrgId, Permission, RunId, Scope};
 use cadenza_storage::{StorageError, journal, runs};
 use futures::{Stream, StreamExt};
 use serde::Deserialize;
 
-use crate::auth::{Authorized, perm};
+use crate::auth::{Authorized, authenticate, perm};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{ApiQuery, page_limit};
 use crate::routes::runs::load_run;
 use crate::routes::wire::{EventView, Page};
 use crate::state::AppState;
+use crate::streams::StreamLease;
 
-/// How long the stream waits for a live event before checking Postgres anyway.
-const POLL_FALLBACK: Duration = Duration::from_secs(1);
+/// How often a stream whose NATS subscription ended reads Postgres.
+const POLL_WITHOUT_BUS: Duration = Duration::from_secs(2);
 const STREAM_BATCH: i64 = 500;
 
 #[derive(Deserialize)]
@@ -83,7 +87,8 @@ pub struct StreamQuery {
 }
 
 /// `GET /runs/{id}/events/stream`: SSE, each event's `id:` its seq; resumes from `Last-Event-ID`
-/// or `?cursor=`; closes after the run's terminal event.
+/// or `?cursor=`; closes after the run's terminal event, or with a final `stream_closed` event
+/// when the caller loses access or the server shuts down.
 pub async fn stream(
     State(state): State<AppState>,
     auth: Authorized<perm::RunsRead>,
@@ -104,34 +109,119 @@ pub async fn stream(
     // original cursor.
     let cursor = parse_cursor(last_event_id.or(query.cursor.as_deref()))?;
     let include_raw = query.include_raw.unwrap_or(false);
+    let lease = state
+        .streams
+        .open(&auth.principal.rate_limit_bucket())
+        .await?;
     // Subscribe before the first history read, so nothing published in between is missed.
     let live = state
         .bus
         .subscribe_live(&subjects::live_events(run.id))
         .await
         .map_err(|err| ApiError::Unavailable(Box::new(err)))?;
-    let events = journal_stream(
-        state,
-        Scope::Org(run.org_id),
-        run.id,
-        cursor,
-        live,
+    let keepalive = state.streams.settings.keepalive;
+    let reader = StreamReader {
+        scope: Scope::Org(run.org_id),
+        org: run.org_id,
+        run_id: run.id,
+        credentials: credentials(&headers),
         include_raw,
-    )
-    .map(move |event| Ok::<_, Infallible>(to_sse(event, include_raw)));
+        lease,
+        state,
+    };
+    let events = reader
+        .run(cursor, live)
+        .map(move |item| Ok::<_, Infallible>(item.into_sse(include_raw)));
     Ok(Sse::new(events)
-        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .keep_alive(KeepAlive::new().interval(keepalive))
         .into_response())
 }
 
-fn to_sse(event: JournalEvent, include_raw: bool) -> Event {
-    let seq = event.seq;
-    let view = EventView::from_journal(event, include_raw);
-    let data = serde_json::to_string(&view).unwrap_or_else(|_| "{}".to_owned());
-    Event::default()
-        .id(seq.to_string())
-        .event(view.kind.clone())
-        .data(data)
+/// The request headers that say who the caller is, kept to re-check access while the stream is
+/// open (nothing else of the request is held).
+fn credentials(headers: &HeaderMap) -> HeaderMap {
+    let mut kept = HeaderMap::new();
+    for name in [AUTHORIZATION, COOKIE] {
+        for value in headers.get_all(&name) {
+            kept.append(name.clone(), value.clone());
+        }
+    }
+    kept
+}
+
+/// What a stream sends: journal entries, then possibly a last word on why it ended early.
+enum StreamItem {
+    Entry(JournalEvent),
+    Closed(CloseReason),
+}
+
+/// Why a stream ended before the run's terminal entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum CloseReason {
+    /// The token was revoked or expired, the session ended, or the account is gone.
+    Unauthenticated,
+    /// The caller may no longer read this run (removed from the org, demoted, scope narrowed).
+    AccessRevoked,
+    /// This API process is stopping; reconnect with `Last-Event-ID` to go on.
+    ServerShutdown,
+    /// The journal could not be read; reconnect with `Last-Event-ID` to go on.
+    Unavailable,
+}
+
+impl CloseReason {
+    fn code(self) -> &'static str {
+        match self {
+            CloseReason::Unauthenticated => "unauthenticated",
+            CloseReason::AccessRevoked => "access_revoked",
+            CloseReason::ServerShutdown => "server_shutdown",
+            CloseReason::Unavailable => "unavailable",
+        }
+    }
+
+    fn detail(self) -> &'static str {
+        match self {
+            CloseReason::Unauthenticated => {
+                "the credential this stream was opened with is no longer valid; sign in again"
+            }
+            CloseReason::AccessRevoked => "the caller may no longer read this run",
+            CloseReason::ServerShutdown => {
+                "the server is restarting; reconnect with Last-Event-ID to continue"
+            }
+            CloseReason::Unavailable => {
+                "the run journal is unavailable; reconnect with Last-Event-ID to continue"
+            }
+        }
+    }
+
+    /// Whether reconnecting can help (the client should retry with `Last-Event-ID`).
+    fn retryable(self) -> bool {
+        matches!(self, CloseReason::ServerShutdown | CloseReason::Unavailable)
+    }
+}
+
+impl StreamItem {
+    fn into_sse(self, include_raw: bool) -> Event {
+        match self {
+            StreamItem::Entry(event) => {
+                let seq = event.seq;
+                let view = EventView::from_journal(event, include_raw);
+                let data = serde_json::to_string(&view).unwrap_or_else(|_| "{}".to_owned());
+                Event::default()
+                    .id(seq.to_string())
+                    .event(view.kind.clone())
+                    .data(data)
+            }
+            // No `id:`, so a reconnect resumes after the last journal entry.
+            StreamItem::Closed(reason) => Event::default().event("stream_closed").data(
+                serde_json::json!({
+                    "reason": reason.code(),
+                    "detail": reason.detail(),
+                    "retryable": reason.retryable(),
+                })
+                .to_string(),
+            ),
+        }
+    }
 }
 
 fn is_terminal(event: &JournalEvent) -> bool {
@@ -139,110 +229,177 @@ fn is_terminal(event: &JournalEvent) -> bool {
         && event.payload.get("terminal") == Some(&serde_json::Value::Bool(true))
 }
 
-fn journal_stream(
+/// What woke a waiting stream.
+enum Wake {
+    Live(Option<async_nats::Message>),
+    SafetyPoll,
+    Recheck,
+    Shutdown,
+}
+
+/// One open stream: where it reads, who asked, and its place under the caller's cap.
+struct StreamReader {
     state: AppState,
     scope: Scope,
+    org: OrgId,
     run_id: RunId,
-    mut cursor: i64,
-    mut live: async_nats::Subscriber,
+    credentials: HeaderMap,
     include_raw: bool,
-) -> impl Stream<Item = JournalEvent> {
-    async_stream::stream! {
-        loop {
-            // Catch up from Postgres.
-            let batch = match read_after(&state, &scope, run_id, cursor).await {
-                Ok(batch) => batch,
-                Err(err) => {
-                    tracing::warn!(%run_id, error = %err, "journal read failed; closing the stream");
+    lease: StreamLease,
+}
+
+impl StreamReader {
+    /// The stream itself. It reads Postgres when it starts, when NATS delivers an entry out of
+    /// order (or one it must complete with its raw form), and at each slow safety poll; an idle
+    /// stream is woken by NATS alone. At every access re-check it authenticates the caller again
+    /// and renews its lease.
+    fn run(
+        self,
+        mut cursor: i64,
+        mut live: async_nats::Subscriber,
+    ) -> impl Stream<Item = StreamItem> {
+        async_stream::stream! {
+            let settings = self.state.streams.settings.clone();
+            let shutdown = self.state.streams.shutdown.clone();
+            let mut recheck = tokio::time::interval_at(
+                tokio::time::Instant::now() + settings.access_recheck,
+                settings.access_recheck,
+            );
+            recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut live_open = true;
+            'outer: loop {
+                // Catch up from Postgres.
+                let batch = match self.read_after(cursor).await {
+                    Ok(batch) => batch,
+                    Err(err) => {
+                        tracing::warn!(run_id = %self.run_id, error = %err, "journal read failed; closing the stream");
+                        yield StreamItem::Closed(CloseReason::Unavailable);
+                        break;
+                    }
+                };
+                let full = batch.len() as i64 == STREAM_BATCH;
+                let caught_up = batch.is_empty();
+                for event in batch {
+                    cursor = event.seq;
+                    let terminal = is_terminal(&event);
+                    yield StreamItem::Entry(event);
+                    if terminal {
+                        break 'outer;
+                    }
+                }
+                if full {
+                    continue;
+                }
+                // A cursor at or past the end of a finished run has nothing more to wait for.
+                if caught_up && self.finished_and_drained(cursor).await {
                     break;
                 }
-            };
-            let full = batch.len() as i64 == STREAM_BATCH;
-            let mut ended = false;
-            for event in batch {
-                cursor = event.seq;
-                ended = is_terminal(&event);
-                yield event;
-                if ended {
-                    break;
-                }
-            }
-            if ended {
-                break;
-            }
-            if full {
-                continue;
-            }
-            if run_finished_and_drained(&state, &scope, run_id, cursor).await {
-                break;
-            }
-            // Wait for live events; deliver those that continue the sequence exactly.
-            let mut resync = false;
-            while !resync {
-                match tokio::time::timeout(POLL_FALLBACK, live.next()).await {
-                    Ok(Some(message)) => {
-                        let Ok(live_event) = serde_json::from_slice::<LiveEvent>(&message.payload) else {
-                            continue;
-                        };
-                        if live_event.seq <= cursor {
-                            continue;
+                // Wait; deliver live entries that continue the sequence exactly.
+                let safety_poll = tokio::time::sleep(if live_open {
+                    settings.safety_poll
+                } else {
+                    // Without NATS the poll is all there is; keep it brisk.
+                    settings.safety_poll.min(POLL_WITHOUT_BUS)
+                });
+                tokio::pin!(safety_poll);
+                loop {
+                    let wake = tokio::select! {
+                        biased;
+                        _ = shutdown.cancelled() => Wake::Shutdown,
+                        _ = recheck.tick() => Wake::Recheck,
+                        message = live.next(), if live_open => Wake::Live(message),
+                        _ = &mut safety_poll => Wake::SafetyPoll,
+                    };
+                    match wake {
+                        Wake::Shutdown => {
+                            yield StreamItem::Closed(CloseReason::ServerShutdown);
+                            break 'outer;
                         }
-                        // Live messages carry no raw payload: a client that wants it reads
-                        // each event from Postgres, using the message only as a wake-up.
-                        if live_event.seq != cursor + 1 || include_raw {
-                            resync = true;
-                            continue;
+                        Wake::Recheck => {
+                            if let Some(reason) = self.recheck().await {
+                                yield StreamItem::Closed(reason);
+                                break 'outer;
+                            }
                         }
-                        let event = JournalEvent {
-                            run_id: live_event.run_id,
-                            org_id: live_event.org_id,
-                            seq: live_event.seq,
-                            kind: live_event.kind,
-                            payload: live_event.payload,
-                            raw: None,
-                            occurred_at: live_event.occurred_at,
-                        };
-                        cursor = event.seq;
-                        let terminal = is_terminal(&event);
-                        yield event;
-                        if terminal {
-                            ended = true;
-                            break;
+                        Wake::SafetyPoll => continue 'outer,
+                        Wake::Live(None) => {
+                            // The subscription ended (the NATS client closed): poll from now on.
+                            tracing::warn!(run_id = %self.run_id, "live subscription ended; the stream polls Postgres");
+                            live_open = false;
+                            continue 'outer;
+                        }
+                        Wake::Live(Some(message)) => {
+                            let Ok(live_event) = serde_json::from_slice::<LiveEvent>(&message.payload) else {
+                                continue;
+                            };
+                            if live_event.seq <= cursor {
+                                continue;
+                            }
+                            // Live messages carry no raw payload: a client that wants it reads
+                            // each entry from Postgres, using the message only as a wake-up.
+                            if live_event.seq != cursor + 1 || self.include_raw {
+                                continue 'outer;
+                            }
+                            let event = JournalEvent {
+                                run_id: live_event.run_id,
+                                org_id: live_event.org_id,
+                                seq: live_event.seq,
+                                kind: live_event.kind,
+                                payload: live_event.payload,
+                                raw: None,
+                                occurred_at: live_event.occurred_at,
+                            };
+                            cursor = event.seq;
+                            let terminal = is_terminal(&event);
+                            yield StreamItem::Entry(event);
+                            if terminal {
+                                break 'outer;
+                            }
                         }
                     }
-                    // The subscription ended (NATS reconnecting) or nothing arrived: read Postgres.
-                    Ok(None) | Err(_) => resync = true,
                 }
-            }
-            if ended {
-                break;
             }
         }
     }
-}
 
-async fn read_after(
-    state: &AppState,
-    scope: &Scope,
-    run_id: RunId,
-    cursor: i64,
-) -> Result<Vec<JournalEvent>, StorageError> {
-    let mut conn = state.pool.acquire().await?;
-    journal::list_after(&mut conn, scope, run_id, cursor, STREAM_BATCH).await
-}
+    /// Authenticates the caller again and checks it may still read the run; `Some` says why the
+    /// stream must end. A dependency that does not answer keeps the stream open (the next
+    /// re-check tries again): losing Redis or Postgres for a moment must not cut every reader off.
+    async fn recheck(&self) -> Option<CloseReason> {
+        let verdict = match authenticate(&self.state, &Method::GET, &self.credentials).await {
+            Ok(principal) => principal.require(self.org, Permission::RunsRead),
+            Err(err) => Err(err),
+        };
+        match verdict {
+            Ok(()) => {
+                self.lease.renew().await;
+                None
+            }
+            Err(ApiError::Unauthenticated) => Some(CloseReason::Unauthenticated),
+            Err(ApiError::NotFound(_) | ApiError::Forbidden(_)) => Some(CloseReason::AccessRevoked),
+            Err(err) => {
+                tracing::warn!(run_id = %self.run_id, error = %err, "could not re-check a stream's access; trying again later");
+                None
+            }
+        }
+    }
 
-/// True when the run has ended and the client has everything (for cursors at or past the end).
-async fn run_finished_and_drained(
-    state: &AppState,
-    scope: &Scope,
-    run_id: RunId,
-    cursor: i64,
-) -> bool {
-    let Ok(mut conn) = state.pool.acquire().await else {
-        return false;
-    };
-    match runs::get(&mut conn, scope, run_id).await {
-        Ok(run) => run.state.is_terminal() && cursor >= run.last_event_seq,
-        Err(_) => false,
+    async fn read_after(&self, cursor: i64) -> Result<Vec<JournalEvent>, StorageError> {
+        self.state.streams.stats.count_read();
+        let mut conn = self.state.pool.acquire().await?;
+        journal::list_after(&mut conn, &self.scope, self.run_id, cursor, STREAM_BATCH).await
+    }
+
+    /// True when the run has ended and the client has everything (for cursors at or past the
+    /// end).
+    async fn finished_and_drained(&self, cursor: i64) -> bool {
+        self.state.streams.stats.count_read();
+        let Ok(mut conn) = self.state.pool.acquire().await else {
+            return false;
+        };
+        match runs::get(&mut conn, &self.scope, self.run_id).await {
+            Ok(run) => run.state.is_terminal() && cursor >= run.last_event_seq,
+            Err(_) => false,
+        }
     }
 }

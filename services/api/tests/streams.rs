@@ -1,0 +1,437 @@
+//! Run event streams: the per-caller cap, access re-checks while a stream is open, what an idle
+//! stream costs, and shutdown. Against the real router with real Postgres, NATS and Redis.
+
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use cadenza_api::state::AppState;
+use cadenza_domain::{AgentSettings, EventKind, OrgId, Repository, Role, RunId, UserId};
+use cadenza_storage::journal::{self, NewJournalEvent};
+use cadenza_storage::runs::{NewRun, Submitted};
+use cadenza_storage::{memberships, orgs, projects, runs};
+use cadenza_testkit::fixtures::user_with_token;
+use cadenza_testkit::infra::{TestDatabase, nats_url, redis_url, unique_name};
+use http_body_util::BodyExt;
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
+
+/// Every wait in these tests is bounded by this.
+const BUDGET: Duration = Duration::from_secs(20);
+
+struct App {
+    router: Router,
+    state: AppState,
+    db: TestDatabase,
+    shutdown: CancellationToken,
+}
+
+impl Drop for App {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+async fn app(extra: Value) -> App {
+    let db = TestDatabase::create().await.expect("db");
+    let (kek_id, kek) = cadenza_crypto::KeyRing::generate_key().expect("kek");
+    let mut settings = json!({
+        "secret_keks": format!("{kek_id}:{}", secrecy::ExposeSecret::expose_secret(&kek)),
+        "database_url": db.url,
+        "nats_url": nats_url(),
+        "redis_url": redis_url(),
+        "bus_prefix": unique_name("t"),
+        "migrate_on_start": false,
+    });
+    if let (Some(target), Some(extra)) = (settings.as_object_mut(), extra.as_object()) {
+        target.extend(extra.clone());
+    }
+    let config: cadenza_api::ApiConfig = serde_json::from_value(settings).expect("config");
+    let shutdown = CancellationToken::new();
+    let api = cadenza_api::build(&config, shutdown.clone())
+        .await
+        .expect("api builds");
+    App {
+        router: api.router(),
+        state: api.state(),
+        db,
+        shutdown,
+    }
+}
+
+/// An org with one run that has not ended, and a member (with a personal token) who may read it.
+struct Fixture {
+    org: OrgId,
+    run: RunId,
+    member: UserId,
+    token: String,
+}
+
+async fn fixture(app: &App) -> Fixture {
+    let mut conn = app.db.pool.acquire().await.expect("conn");
+    let org = orgs::create(&mut conn, &unique_name("s"), "s")
+        .await
+        .expect("org");
+    let project = projects::create(
+        &mut conn,
+        org.id,
+        "p",
+        "p",
+        &AgentSettings::with_image("img"),
+        &Repository::default(),
+    )
+    .await
+    .expect("project");
+    let Submitted::Created(run) = runs::submit(
+        &mut conn,
+        NewRun {
+            org_id: org.id,
+            project_id: project.id,
+            prompt: "$ true",
+            idempotency_key: None,
+        },
+    )
+    .await
+    .expect("run") else {
+        panic!("new run");
+    };
+    let (member, token) = user_with_token(
+        &mut conn,
+        &format!("{}@example.com", unique_name("viewer-")),
+        &[(org.id, Role::Viewer)],
+        false,
+        None,
+    )
+    .await
+    .expect("member");
+    Fixture {
+        org: org.id,
+        run: run.id,
+        member,
+        token,
+    }
+}
+
+/// One SSE block: a comment (keep-alive) or an event.
+#[derive(Debug)]
+enum Frame {
+    Comment,
+    Event {
+        id: Option<String>,
+        event: String,
+        data: Value,
+    },
+}
+
+/// Reads SSE blocks off an in-process response body.
+struct Reader {
+    body: Body,
+    buffer: String,
+}
+
+impl Reader {
+    /// The next block, `None` when the server ended the stream.
+    async fn next(&mut self) -> Option<Frame> {
+        loop {
+            if let Some(end) = self.buffer.find("\n\n") {
+                let block: String = self.buffer.drain(..end + 2).collect();
+                let mut id = None;
+                let mut event = None;
+                let mut data = String::new();
+                for line in block.lines() {
+                    if let Some(value) = line.strip_prefix("id:") {
+                        id = Some(value.trim().to_owned());
+                    } else if let Some(value) = line.strip_prefix("event:") {
+                        event = Some(value.trim().to_owned());
+                    } else if let Some(value) = line.strip_prefix("data:") {
+                        data.push_str(value.trim_start());
+                    }
+                }
+                return Some(match event {
+                    None if data.is_empty() => Frame::Comment,
+                    event => Frame::Event {
+                        id,
+                        event: event.unwrap_or_else(|| "message".to_owned()),
+                        data: serde_json::from_str(&data).expect("event data is JSON"),
+                    },
+                });
+            }
+            let frame = tokio::time::timeout(BUDGET, self.body.frame())
+                .await
+                .expect("the stream says something within the budget")?
+                .expect("the body reads");
+            if let Ok(chunk) = frame.into_data() {
+                self.buffer
+                    .push_str(std::str::from_utf8(&chunk).expect("utf-8"));
+            }
+        }
+    }
+
+    /// The next event, skipping keep-alive comments.
+    async fn next_event(&mut self) -> Option<(Option<String>, String, Value)> {
+        loop {
+            match self.next().await? {
+                Frame::Comment => continue,
+                Frame::Event { id, event, data } => return Some((id, event, data)),
+            }
+        }
+    }
+}
+
+async fn open(app: &App, run: RunId, token: &str) -> Result<Reader, (StatusCode, Value)> {
+    let request = Request::get(format!("/api/v1/runs/{run}/events/stream"))
+        .header("authorization", format!("Bearer {token}"))
+        .header("accept", "text/event-stream")
+        .body(Body::empty())
+        .expect("request");
+    let response = app.router.clone().oneshot(request).await.expect("answer");
+    let status = response.status();
+    if status != StatusCode::OK {
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes();
+        return Err((
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        ));
+    }
+    Ok(Reader {
+        body: response.into_body(),
+        buffer: String::new(),
+    })
+}
+
+/// Opens a stream and reads the run's first entry (`queued`), so what follows is new.
+async fn open_caught_up(app: &App, run: RunId, token: &str) -> Reader {
+    let mut reader = open(app, run, token).await.expect("the stream opens");
+    let (id, event, _) = reader.next_event().await.expect("the first entry");
+    assert_eq!((id.as_deref(), event.as_str()), (Some("1"), "run_state"));
+    reader
+}
+
+/// Appends an entry to the run's journal and fans it out, as the worker does.
+async fn append(app: &App, fixture: &Fixture, text: &str) -> i64 {
+    let mut conn = app.db.pool.acquire().await.expect("conn");
+    let event = journal::append(
+        &mut conn,
+        NewJournalEvent {
+            run_id: fixture.run,
+            org_id: fixture.org,
+            kind: EventKind::Message,
+            payload: json!({ "role": "assistant", "text": text }),
+            raw: None,
+            source_event_id: None,
+            source_seq: None,
+            occurred_at: time::OffsetDateTime::now_utc(),
+        },
+    )
+    .await
+    .expect("append")
+    .expect("appended");
+    app.state.bus.publish_journal_event(&event).await;
+    event.seq
+}
+
+/// Reads the stream to its end and returns the final event, which must say why it closed.
+async fn closing_event(reader: &mut Reader) -> Value {
+    let mut last = None;
+    while let Some((id, event, data)) = reader.next_event().await {
+        if event == "stream_closed" {
+            assert_eq!(
+                id, None,
+                "the closing event carries no id, so a resume skips it"
+            );
+            last = Some(data);
+            break;
+        }
+    }
+    let closed = last.expect("a stream_closed event before the end");
+    assert!(
+        reader.next_event().await.is_none(),
+        "nothing follows stream_closed"
+    );
+    closed
+}
+
+#[tokio::test]
+async fn one_caller_holds_at_most_the_configured_number_of_streams() {
+    let app = app(json!({ "max_streams_per_caller": 2 })).await;
+    let fixture = fixture(&app).await;
+    let first = open(&app, fixture.run, &fixture.token)
+        .await
+        .expect("first");
+    let _second = open(&app, fixture.run, &fixture.token)
+        .await
+        .expect("second");
+    let Err((status, problem)) = open(&app, fixture.run, &fixture.token).await else {
+        panic!("a third stream of the same caller was accepted");
+    };
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(problem["code"], "too_many_streams", "{problem}");
+    assert!(
+        problem["detail"].as_str().unwrap_or_default().contains('2'),
+        "{problem}"
+    );
+
+    // Another caller is not affected.
+    let mut conn = app.db.pool.acquire().await.expect("conn");
+    let (_, other) = user_with_token(
+        &mut conn,
+        &format!("{}@example.com", unique_name("other-")),
+        &[(fixture.org, Role::Viewer)],
+        false,
+        None,
+    )
+    .await
+    .expect("other");
+    let _theirs = open(&app, fixture.run, &other)
+        .await
+        .expect("another caller's stream");
+
+    // Closing a stream gives its place back (released asynchronously; bounded wait).
+    drop(first);
+    let deadline = tokio::time::Instant::now() + BUDGET;
+    loop {
+        match open(&app, fixture.run, &fixture.token).await {
+            Ok(_) => break,
+            Err((status, _)) if status == StatusCode::TOO_MANY_REQUESTS => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "the closed stream's place was never released"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(other) => panic!("unexpected answer {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_stream_closes_with_a_reason_when_its_token_is_revoked() {
+    let app = app(json!({ "stream_access_recheck": "200ms" })).await;
+    let fixture = fixture(&app).await;
+    let mut reader = open_caught_up(&app, fixture.run, &fixture.token).await;
+    let seq = append(&app, &fixture, "before").await;
+    let (id, _, _) = reader.next_event().await.expect("the entry arrives");
+    assert_eq!(id, Some(seq.to_string()));
+
+    sqlx::query("update api_tokens set revoked_at = now() where user_id = $1")
+        .bind(fixture.member.as_uuid())
+        .execute(&app.db.pool)
+        .await
+        .expect("revoke");
+    let closed = closing_event(&mut reader).await;
+    assert_eq!(closed["reason"], "unauthenticated", "{closed}");
+    assert_eq!(closed["retryable"], false);
+}
+
+#[tokio::test]
+async fn a_stream_closes_with_a_reason_when_its_member_is_removed() {
+    let app = app(json!({ "stream_access_recheck": "200ms" })).await;
+    let fixture = fixture(&app).await;
+    let mut reader = open_caught_up(&app, fixture.run, &fixture.token).await;
+    let mut conn = app.db.pool.acquire().await.expect("conn");
+    memberships::remove(&mut conn, fixture.org, fixture.member)
+        .await
+        .expect("remove");
+    let closed = closing_event(&mut reader).await;
+    assert_eq!(closed["reason"], "access_revoked", "{closed}");
+    // Once closed, the same caller cannot open it again.
+    let Err((status, _)) = open(&app, fixture.run, &fixture.token).await else {
+        panic!("a removed member reopened the stream");
+    };
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn an_idle_stream_reads_postgres_only_when_woken() {
+    // Keep-alives every 100 ms are the clock: 15 of them span 1.5 s, in which the old 1 s
+    // fallback poll read Postgres at least once.
+    let app = app(json!({
+        "stream_keepalive": "100ms",
+        "stream_safety_poll": "1h",
+        "stream_access_recheck": "60s",
+    }))
+    .await;
+    let fixture = fixture(&app).await;
+    let stats = app.state.streams.stats.clone();
+    let mut reader = open_caught_up(&app, fixture.run, &fixture.token).await;
+    let mut comments = 0;
+    let mut reads_when_parked = None;
+    while comments < 15 {
+        match reader.next().await.expect("stream open") {
+            Frame::Comment => {
+                comments += 1;
+                // The first keep-alive comes only once the stream waits: its catch-up is done.
+                reads_when_parked.get_or_insert(stats.journal_reads());
+            }
+            Frame::Event { event, .. } => panic!("unexpected {event}"),
+        }
+    }
+    let parked = reads_when_parked.expect("parked");
+    assert_eq!(
+        stats.journal_reads(),
+        parked,
+        "an idle stream read Postgres with nothing to read"
+    );
+
+    // A new entry arrives over NATS, in order, without a Postgres read.
+    for text in ["one", "two", "three"] {
+        let seq = append(&app, &fixture, text).await;
+        let (id, event, data) = reader.next_event().await.expect("entry");
+        assert_eq!((id, event.as_str()), (Some(seq.to_string()), "message"));
+        assert_eq!(data["payload"]["text"], text);
+    }
+    assert_eq!(
+        stats.journal_reads(),
+        parked,
+        "entries delivered in order over NATS need no Postgres read"
+    );
+    assert_eq!(stats.open(), 1);
+    drop(reader);
+    assert_eq!(stats.open(), 0, "a dropped stream is no longer counted");
+}
+
+#[tokio::test]
+async fn a_missed_live_message_is_recovered_from_postgres() {
+    // The safety poll recovers an entry whose NATS message never came.
+    let app = app(json!({ "stream_safety_poll": "200ms" })).await;
+    let fixture = fixture(&app).await;
+    let mut reader = open_caught_up(&app, fixture.run, &fixture.token).await;
+    let mut conn = app.db.pool.acquire().await.expect("conn");
+    let event = journal::append(
+        &mut conn,
+        NewJournalEvent {
+            run_id: fixture.run,
+            org_id: fixture.org,
+            kind: EventKind::Message,
+            payload: json!({ "role": "assistant", "text": "never published" }),
+            raw: None,
+            source_event_id: None,
+            source_seq: None,
+            occurred_at: time::OffsetDateTime::now_utc(),
+        },
+    )
+    .await
+    .expect("append")
+    .expect("appended");
+    let (id, _, data) = reader.next_event().await.expect("recovered");
+    assert_eq!(id, Some(event.seq.to_string()));
+    assert_eq!(data["payload"]["text"], "never published");
+}
+
+#[tokio::test]
+async fn shutting_down_closes_open_streams_with_a_retryable_reason() {
+    let app = app(json!({})).await;
+    let fixture = fixture(&app).await;
+    let mut reader = open_caught_up(&app, fixture.run, &fixture.token).await;
+    app.shutdown.cancel();
+    let closed = closing_event(&mut reader).await;
+    assert_eq!(closed["reason"], "server_shutdown", "{closed}");
+    assert_eq!(closed["retryable"], true);
+}
