@@ -281,10 +281,12 @@ async fn two_posts_with_one_idempotency_key_create_one_run() {
 }
 
 #[tokio::test]
-async fn a_run_whose_image_is_missing_fails_with_a_reason() {
+async fn a_run_whose_image_is_missing_fails_with_a_short_reason() {
     let stack = Stack::start().await.expect("stack starts");
+    // Allowed, but its registry is a closed port on the worker's loopback: the pull fails at once.
+    let image = "127.0.0.1:1/cadenza-test/does-not-exist:never";
     let project = stack
-        .create_project("broken", "cadenza-test/does-not-exist:never")
+        .create_project("broken", image)
         .await
         .expect("project");
     let api = Api::new(&stack.api_url, &stack.token);
@@ -304,13 +306,125 @@ async fn a_run_whose_image_is_missing_fails_with_a_reason() {
         .as_str()
         .unwrap_or_default();
     assert!(
-        message.contains("cadenza-test/does-not-exist:never") && message.contains("image"),
+        message.contains(image) && message.contains("could not be pulled"),
         "{message}"
+    );
+    // The daemon's own words (which tell an open port from a closed one) stay in the worker's log.
+    for daemon_text in ["connection refused", "dial tcp", "127.0.0.1:1/v2", "Get \""] {
+        assert!(!message.contains(daemon_text), "{message}");
+    }
+    assert!(
+        stack.logs().contains("could not be pulled"),
+        "the worker logs the details"
     );
     assert!(started.elapsed() < Duration::from_secs(60));
     assert!(
         containers_with_label("io.cadenza.run", run["id"].as_str().unwrap_or_default()).is_empty()
     );
+}
+
+#[tokio::test]
+async fn a_run_whose_image_is_not_allowed_fails_before_anything_is_pulled() {
+    let stack = Stack::start().await.expect("stack starts");
+    // Stored directly, as a project made before the allowlist would be.
+    let project = stack
+        .create_project("unlisted", "10.0.3.7:8080/internal/agent:1")
+        .await
+        .expect("project");
+    let api = Api::new(&stack.api_url, &stack.token);
+    let (status, run) = api
+        .submit_run(&project.id.to_string(), HELLO, None)
+        .await
+        .expect("submit");
+    assert_eq!(status, 201);
+    let run = api
+        .wait_for_end(run["id"].as_str().expect("id"), Duration::from_secs(60))
+        .await
+        .expect("the run ends");
+    assert_eq!(run["state"], "failed", "{run}");
+    assert_eq!(run["terminal_reason"]["code"], "image_refused", "{run}");
+    let message = run["terminal_reason"]["message"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        message.contains("10.0.3.7:8080/internal/agent:1"),
+        "{message}"
+    );
+    assert!(
+        containers_with_label("io.cadenza.run", run["id"].as_str().unwrap_or_default()).is_empty()
+    );
+}
+
+/// Builds `cadenza-test/user:<tag>`: the fake agent image with `USER <user>`.
+fn image_with_user(tag: &str, user: &str) -> String {
+    let image = format!("cadenza-test/user:{tag}");
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        dir.path().join("Dockerfile"),
+        format!(
+            "FROM {}\nUSER {user}\n",
+            cadenza_testkit::docker::fake_agent_image()
+        ),
+    )
+    .expect("dockerfile");
+    let output = std::process::Command::new("docker")
+        .env("DOCKER_BUILDKIT", "0")
+        .args([
+            "build",
+            "--quiet",
+            "--label",
+            "io.cadenza.test=user-image",
+            "-t",
+            &image,
+        ])
+        .arg(dir.path())
+        .output()
+        .expect("docker build");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    image
+}
+
+#[tokio::test]
+async fn an_image_that_would_run_as_root_runs_as_the_configured_user() {
+    let stack = Stack::start().await.expect("stack starts");
+    let api = Api::new(&stack.api_url, &stack.token);
+    // Every spelling of root, and a user name, run as the fallback; a numeric user is kept.
+    for (tag, user, expected) in [
+        ("root-root", "root:root", "10001 10001"),
+        ("zero-group", "0:1000", "10001 10001"),
+        ("root-zero", "root:0", "10001 10001"),
+        ("named", "nobody", "10001 10001"),
+        ("numeric", "2000:2001", "2000 2001"),
+    ] {
+        let image = image_with_user(tag, user);
+        let project = stack.create_project(tag, &image).await.expect("project");
+        let (status, run) = api
+            .submit_run(
+                &project.id.to_string(),
+                "$ echo \"ids $(id -u) $(id -g)\"\ndone",
+                None,
+            )
+            .await
+            .expect("submit");
+        assert_eq!(status, 201);
+        let run_id = run["id"].as_str().expect("id").to_owned();
+        let run = api.wait_for_end(&run_id, RUN_BUDGET).await.expect("ends");
+        assert_eq!(run["state"], "succeeded", "{user}: {run}\n{}", stack.logs());
+        let events = api.all_events(&run_id, 100).await.expect("events");
+        let printed = events
+            .iter()
+            .filter(|event| event["kind"] == "observation")
+            .map(|event| event["payload"].to_string())
+            .collect::<String>();
+        assert!(
+            printed.contains(&format!("ids {expected}")),
+            "{user}: {printed}"
+        );
+    }
 }
 
 /// Waits (bounded) until the run's journal holds the action that runs `command`.

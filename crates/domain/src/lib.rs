@@ -2,12 +2,14 @@
 
 pub mod entities;
 pub mod ids;
+pub mod images;
 pub mod journal;
 pub mod run;
 pub mod validation;
 
 pub use entities::{AgentSettings, JournalEvent, Org, Project, Repository, Run, Worker};
 pub use ids::{InvitationId, OrgId, ProjectId, RunId, TokenId, UserId, WorkerId};
+pub use images::{ImagePolicy, ImageRef, ImageRule};
 pub use journal::EventKind;
 pub use run::{RunEvent, RunState, TerminalCode, TerminalReason, apply};
 pub mod scope;

@@ -115,6 +115,8 @@ pub enum TerminalCode {
     LlmUnconfigured,
     /// A follow-up turn's workspace is gone (its worker stopped or removed it).
     WorkspaceUnavailable,
+    /// The project's agent image is not one this instance (or its org) allows.
+    ImageRefused,
     /// Anything else: a bug or an infrastructure failure; the detail says which.
     Internal,
 }
@@ -134,6 +136,7 @@ impl TerminalCode {
             TerminalCode::SecretUnavailable => "secret_unavailable",
             TerminalCode::LlmUnconfigured => "llm_unconfigured",
             TerminalCode::WorkspaceUnavailable => "workspace_unavailable",
+            TerminalCode::ImageRefused => "image_refused",
             TerminalCode::Internal => "internal",
         }
     }
@@ -149,7 +152,8 @@ impl FromStr for TerminalCode {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        const ALL: [TerminalCode; 13] = [
+        const ALL: [TerminalCode; 14] = [
+            TerminalCode::ImageRefused,
             TerminalCode::WorkspaceUnavailable,
             TerminalCode::RepositoryUnavailable,
             TerminalCode::SecretUnavailable,

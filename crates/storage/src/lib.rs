@@ -3,6 +3,7 @@
 //! Repository functions take an executor (`&mut PgConnection` or a pool), so the caller owns the
 //! transaction: a state change, its journal entry and its outbox message commit together.
 
+pub mod agent_images;
 pub mod audit;
 pub mod diffs;
 pub mod domain_rules;

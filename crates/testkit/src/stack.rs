@@ -296,6 +296,7 @@ impl Stack {
             ("CADENZA_IMAGE_PULL_TIMEOUT".into(), "20s".into()),
             // Tests that want follow-up turns keep workspaces with `extra_env`.
             ("CADENZA_WORKSPACE_IDLE_TTL".into(), "0s".into()),
+            ("CADENZA_AGENT_IMAGES".into(), test_agent_images()),
         ];
         env.extend(options.extra_env);
 
@@ -405,6 +406,17 @@ impl Drop for Stack {
 }
 
 /// Agent settings small enough for a shared test machine.
+/// The agent images a test stack allows: the test kit's fake agent, the real agent-server's local
+/// build, images tests build themselves (`cadenza-test/…`), and a registry on a closed loopback
+/// port (its pulls fail at once, without leaving the machine).
+pub fn test_agent_images() -> String {
+    let fake = fake_agent_image()
+        .parse::<cadenza_domain::ImageRef>()
+        .map(|image| image.name())
+        .unwrap_or_else(|_| "cadenza/fake-agent-server".to_owned());
+    format!("{fake}, cadenza/openhands-agent-server, cadenza-test/, 127.0.0.1:1/")
+}
+
 pub fn test_agent_settings(image: &str) -> AgentSettings {
     AgentSettings {
         cpus: 1.0,

@@ -101,6 +101,11 @@ pub struct ApiConfig {
     /// How often an idle event stream sends a keep-alive comment.
     #[serde(default = "default_stream_keepalive", with = "humantime_serde")]
     pub stream_keepalive: std::time::Duration,
+    /// The agent images projects may use (comma-separated rules: `registry/`, `registry/path/`
+    /// or `registry/repository`; `*` allows any). Instance administrators can allow more per org.
+    /// Must match the workers' setting, which checks again before each run.
+    #[serde(default = "default_agent_images")]
+    pub agent_images: String,
     #[serde(default)]
     pub log_json: bool,
 }
@@ -156,6 +161,12 @@ impl ApiConfig {
         })
     }
 
+    /// The instance's agent-image allowlist.
+    pub fn image_policy(&self) -> anyhow::Result<cadenza_domain::ImagePolicy> {
+        cadenza_domain::ImagePolicy::parse(&self.agent_images)
+            .map_err(|err| anyhow::anyhow!("CADENZA_AGENT_IMAGES: {err}"))
+    }
+
     pub fn keyring(&self) -> anyhow::Result<cadenza_crypto::KeyRing> {
         cadenza_service_runtime::load_keyring(
             self.secret_keks.as_ref(),
@@ -205,6 +216,11 @@ fn default_request_timeout() -> std::time::Duration {
 
 fn default_max_body_bytes() -> usize {
     1024 * 1024
+}
+
+/// The official agent-server image and its local build.
+pub fn default_agent_images() -> String {
+    "ghcr.io/openhands/agent-server, cadenza/openhands-agent-server".to_owned()
 }
 
 fn default_max_streams() -> u64 {

@@ -69,6 +69,8 @@ pub async fn build(config: &ApiConfig, shutdown: CancellationToken) -> anyhow::R
     warn_when_the_runtime_role_owns_the_audit_log(&pool).await?;
     let keyring = config.keyring()?;
     let dns = config.dns_verifier()?;
+    let images = config.image_policy()?;
+    let stream_settings = config.stream_settings()?;
     check_keyring(&pool, &keyring).await?;
     let bus = Bus::connect(&config.nats_url, &config.bus_prefix)
         .await
@@ -118,7 +120,7 @@ pub async fn build(config: &ApiConfig, shutdown: CancellationToken) -> anyhow::R
     let streams = streams::StreamHub::new(
         redis.clone(),
         config.bus_prefix.clone(),
-        config.stream_settings()?,
+        stream_settings,
         shutdown.clone(),
     );
     let (relay, relay_handle) =
@@ -142,6 +144,7 @@ pub async fn build(config: &ApiConfig, shutdown: CancellationToken) -> anyhow::R
             origins: Arc::new(origins),
             keyring: Arc::new(keyring),
             dns: Arc::new(dns),
+            images: Arc::new(images),
         },
         http,
         relay: relay_handle,

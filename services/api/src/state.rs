@@ -28,6 +28,8 @@ pub struct AppState {
     pub origins: Arc<SiteOrigin>,
     /// Seals secret values; the API never opens them.
     pub keyring: Arc<cadenza_crypto::KeyRing>,
+    /// The agent images every org may use (instance administrators add more per org).
+    pub images: Arc<cadenza_domain::ImagePolicy>,
     /// Looks up the TXT records that prove an org controls an email domain.
     pub dns: Arc<crate::domain_verification::DnsVerifier>,
 }

@@ -273,6 +273,7 @@ fn example_body(spec: &RouteSpec) -> Option<Value> {
         ("POST", "/admin/secrets/rewrap") => return None,
         ("POST", "/orgs/{org_id}/domains/{domain}/verify") => return None,
         ("POST", "/admin/orgs/{org_id}/domains/{domain}/approve") => return None,
+        ("PUT", "/admin/orgs/{org_id}/agent-images") => json!({"rules": ["ghcr.io/acme/"]}),
         ("POST", "/invitations/accept") => json!({"token": "cdzi_unknown"}),
         ("POST", "/auth/logout") => return None,
         ("POST", "/runs/{run_id}/cancel") => return None,

@@ -3,63 +3,23 @@
 
 use std::time::Duration;
 
-use axum::Router;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
-use cadenza_api::state::AppState;
 use cadenza_domain::{AgentSettings, EventKind, OrgId, Repository, Role, RunId, UserId};
 use cadenza_storage::journal::{self, NewJournalEvent};
 use cadenza_storage::runs::{NewRun, Submitted};
 use cadenza_storage::{memberships, orgs, projects, runs};
 use cadenza_testkit::fixtures::user_with_token;
-use cadenza_testkit::infra::{TestDatabase, nats_url, redis_url, unique_name};
+use cadenza_testkit::infra::unique_name;
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
-use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
+
+mod common;
+use common::{App, app};
 
 /// Every wait in these tests is bounded by this.
 const BUDGET: Duration = Duration::from_secs(20);
-
-struct App {
-    router: Router,
-    state: AppState,
-    db: TestDatabase,
-    shutdown: CancellationToken,
-}
-
-impl Drop for App {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
-    }
-}
-
-async fn app(extra: Value) -> App {
-    let db = TestDatabase::create().await.expect("db");
-    let (kek_id, kek) = cadenza_crypto::KeyRing::generate_key().expect("kek");
-    let mut settings = json!({
-        "secret_keks": format!("{kek_id}:{}", secrecy::ExposeSecret::expose_secret(&kek)),
-        "database_url": db.url,
-        "nats_url": nats_url(),
-        "redis_url": redis_url(),
-        "bus_prefix": unique_name("t"),
-        "migrate_on_start": false,
-    });
-    if let (Some(target), Some(extra)) = (settings.as_object_mut(), extra.as_object()) {
-        target.extend(extra.clone());
-    }
-    let config: cadenza_api::ApiConfig = serde_json::from_value(settings).expect("config");
-    let shutdown = CancellationToken::new();
-    let api = cadenza_api::build(&config, shutdown.clone())
-        .await
-        .expect("api builds");
-    App {
-        router: api.router(),
-        state: api.state(),
-        db,
-        shutdown,
-    }
-}
 
 /// An org with one run that has not ended, and a member (with a personal token) who may read it.
 struct Fixture {

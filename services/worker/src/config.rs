@@ -68,10 +68,26 @@ pub struct WorkerConfig {
     /// The key ring as a JSON key file (see docs/SECURITY.md).
     #[serde(default)]
     pub secret_keks_file: Option<String>,
+    /// The agent images runs may use (comma-separated rules: `registry/`, `registry/path/` or
+    /// `registry/repository`; `*` allows any), checked before every run together with the rules
+    /// an instance administrator added for the run's org. Should match the API's setting.
+    #[serde(default = "default_agent_images")]
+    pub agent_images: String,
+    /// The numeric `uid:gid` agent containers run as unless their image names a non-zero
+    /// numeric user. Never 0.
+    #[serde(default = "default_container_user")]
+    pub container_user: String,
     #[serde(default)]
     pub log_json: bool,
 }
 
+/// The official agent-server image and its local build.
+pub fn default_agent_images() -> String {
+    "ghcr.io/openhands/agent-server, cadenza/openhands-agent-server".to_owned()
+}
+fn default_container_user() -> String {
+    "10001:10001".to_owned()
+}
 fn default_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 8082))
 }
@@ -136,6 +152,8 @@ impl WorkerConfig {
             attach_containers: None,
             secret_keks: None,
             secret_keks_file: None,
+            agent_images: default_agent_images(),
+            container_user: default_container_user(),
             log_json: false,
         }
     }
@@ -145,6 +163,29 @@ impl WorkerConfig {
             self.secret_keks.as_ref(),
             self.secret_keks_file.as_deref(),
         )
+    }
+
+    /// The instance's agent-image allowlist.
+    pub fn image_policy(&self) -> anyhow::Result<cadenza_domain::ImagePolicy> {
+        cadenza_domain::ImagePolicy::parse(&self.agent_images)
+            .map_err(|err| anyhow::anyhow!("CADENZA_AGENT_IMAGES: {err}"))
+    }
+
+    /// The non-root `(uid, gid)` for images that would run as root or by name.
+    pub fn fallback_user(&self) -> anyhow::Result<(u32, u32)> {
+        let invalid = || {
+            anyhow::anyhow!(
+                "CADENZA_CONTAINER_USER must be a numeric non-root `uid:gid` (e.g. `10001:10001`), got `{}`",
+                self.container_user
+            )
+        };
+        let (uid, gid) = self.container_user.split_once(':').ok_or_else(invalid)?;
+        let uid: u32 = uid.trim().parse().map_err(|_| invalid())?;
+        let gid: u32 = gid.trim().parse().map_err(|_| invalid())?;
+        if uid == 0 || gid == 0 {
+            return Err(invalid());
+        }
+        Ok((uid, gid))
     }
 
     pub fn attached_containers(&self) -> Vec<String> {

@@ -30,12 +30,10 @@ pub const LABEL_SCRIPTED_AGENT: &str = "io.cadenza.agent.scripted";
 
 /// The port the agent-server listens on inside the container.
 pub const AGENT_PORT: &str = "8000/tcp";
-/// The user agent containers run as when the image would run as root (the official image's
-/// `openhands` user).
-const FALLBACK_USER: &str = "10001:10001";
-
 #[derive(Debug, thiserror::Error)]
 pub enum ContainerError {
+    /// The daemon's own words (which can describe hosts and ports it reached) are in `detail`,
+    /// for the worker's log; the run's reason shows only [`ContainerError::tenant_message`].
     #[error(
         "agent image `{image}` is not present on this worker's Docker Engine and could not be pulled: {detail}"
     )]
@@ -48,6 +46,23 @@ pub enum ContainerError {
     },
     #[error("the container published no host port for {AGENT_PORT}")]
     NoPort,
+}
+
+impl ContainerError {
+    /// What the run's end reason says: short and fixed, never the daemon's text.
+    pub fn tenant_message(&self) -> String {
+        match self {
+            ContainerError::ImageUnavailable { image, .. } => format!(
+                "agent image `{image}` is not present on this worker and could not be pulled \
+                 (check the name and that the worker may pull it; the worker's log has the details)"
+            ),
+            ContainerError::Docker { operation, .. } => format!(
+                "the workspace container could not be set up (Docker Engine request `{operation}` \
+                 failed; the worker's log has the details)"
+            ),
+            ContainerError::NoPort => self.to_string(),
+        }
+    }
 }
 
 fn docker_err(operation: &'static str) -> impl FnOnce(DockerError) -> ContainerError {
@@ -76,6 +91,8 @@ pub struct WorkspaceSpec {
     pub pids_limit: i64,
     /// Existing containers to connect to the workspace's network (by name, as their alias).
     pub attach: Vec<String>,
+    /// The numeric user the container runs as unless the image names a non-zero numeric one.
+    pub fallback_user: (u32, u32),
 }
 
 /// A started workspace container.
@@ -174,7 +191,8 @@ impl DockerRuntime {
         pull_timeout: Duration,
     ) -> Result<Workspace, ContainerError> {
         let image_user = self.ensure_image(&spec.image, pull_timeout).await?;
-        let runs_as_root = matches!(image_user.as_str(), "" | "root" | "0" | "0:0");
+        let (uid, gid) = cadenza_domain::images::container_user(&image_user, spec.fallback_user);
+        let user = format!("{uid}:{gid}");
         let network = spec.name.clone();
         self.docker
             .create_network(CreateNetworkOptions {
@@ -204,7 +222,7 @@ impl DockerRuntime {
                 return Err(docker_err("connect an attached container")(err));
             }
         }
-        match self.create_and_start(spec, &network, runs_as_root).await {
+        match self.create_and_start(spec, &network, &user).await {
             Ok(workspace) => Ok(workspace),
             Err(err) => {
                 self.remove_workspace(&spec.name, &network).await;
@@ -217,7 +235,7 @@ impl DockerRuntime {
         &self,
         spec: &WorkspaceSpec,
         network: &str,
-        runs_as_root: bool,
+        user: &str,
     ) -> Result<Workspace, ContainerError> {
         let port_bindings = HashMap::from([(
             AGENT_PORT.to_owned(),
@@ -247,7 +265,8 @@ impl DockerRuntime {
             env: Some(env),
             labels: Some(spec.labels.clone()),
             exposed_ports: Some(HashMap::from([(AGENT_PORT.to_owned(), HashMap::new())])),
-            user: runs_as_root.then(|| FALLBACK_USER.to_owned()),
+            // Always numeric and never 0 (see `cadenza_domain::images::container_user`).
+            user: Some(user.to_owned()),
             host_config: Some(host_config),
             ..Default::default()
         };

@@ -36,6 +36,10 @@ pub(crate) struct Core {
     pub(crate) config: WorkerConfig,
     pub(crate) worker: Worker,
     pub(crate) keyring: cadenza_crypto::KeyRing,
+    /// The agent images runs may use (each org may have more, in Postgres).
+    pub(crate) images: cadenza_domain::ImagePolicy,
+    /// Who containers run as when their image would run as root.
+    pub(crate) fallback_user: (u32, u32),
     /// The stop handles of the runs this worker is executing.
     pub(crate) active:
         std::sync::Mutex<std::collections::HashMap<cadenza_domain::RunId, supervisor::Stop>>,
@@ -54,6 +58,8 @@ pub async fn build(
         .await
         .context("connecting to Postgres (CADENZA_DATABASE_URL)")?;
     let keyring = config.keyring()?;
+    let images = config.image_policy()?;
+    let fallback_user = config.fallback_user()?;
     {
         let mut conn = pool.acquire().await?;
         cadenza_storage::secrets::check_keyring(&mut conn, &keyring)
@@ -83,6 +89,8 @@ pub async fn build(
             config,
             worker,
             keyring,
+            images,
+            fallback_user,
             active: Default::default(),
         }),
         shutdown,

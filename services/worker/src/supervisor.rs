@@ -297,13 +297,17 @@ async fn execute(
         .await;
     }
 
-    // 1. The workspace container.
+    // 1. The workspace container, from an image this instance allows for the org.
+    check_image(core, run, &project).await?;
     let session_key = random_key();
     let spec = workspace_spec(core, run, &project, container, &session_key);
     let workspace = tokio::select! {
         reason = cancel.requested() => return Err(reason),
         started = core.docker.start_workspace(&spec, core.config.image_pull_timeout) => {
-            started.map_err(|err| fail(TerminalCode::ContainerFailed, err.to_string()))?
+            started.map_err(|err| {
+                tracing::warn!(error = %redactor.redact(&err.to_string()), "the workspace container could not start");
+                fail(TerminalCode::ContainerFailed, err.tenant_message())
+            })?
         }
     };
     tracing::info!(
@@ -648,6 +652,22 @@ async fn follow_up_turn(
     .await
 }
 
+/// Refuses an image the allowlist (with the org's own rules) does not allow: the project may
+/// predate the allowlist, or an administrator may have narrowed it since.
+async fn check_image(core: &Core, run: &Run, project: &Project) -> Result<(), TerminalReason> {
+    let org_rules = async {
+        let mut conn = core.pool.acquire().await?;
+        cadenza_storage::agent_images::rules_of(&mut conn, run.org_id).await
+    }
+    .await
+    .map_err(internal)?;
+    core.images
+        .with(org_rules)
+        .check(&project.agent.image)
+        .map(|_| ())
+        .map_err(|message| fail(TerminalCode::ImageRefused, message))
+}
+
 fn shutdown_reason() -> TerminalReason {
     fail(
         TerminalCode::WorkerShutdown,
@@ -702,6 +722,7 @@ fn workspace_spec(
         memory_mb: project.agent.memory_mb,
         pids_limit: project.agent.pids_limit,
         attach: core.config.attached_containers(),
+        fallback_user: core.fallback_user,
     }
 }
 

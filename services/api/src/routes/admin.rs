@@ -2,9 +2,9 @@ use std::time::{Duration, Instant};
 
 use axum::Json;
 use axum::extract::State;
-use cadenza_domain::{OrgId, Scope, UserId};
+use cadenza_domain::{ImageRule, OrgId, Scope, UserId};
 use cadenza_storage::domain_rules::{self, VerificationMethod};
-use cadenza_storage::{StorageError, orgs, secrets, users};
+use cadenza_storage::{StorageError, agent_images, orgs, secrets, users};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -192,4 +192,66 @@ pub async fn approve_domain(
     super::invitations::record_verification(&mut tx, &admin.principal, &meta, &approved).await?;
     tx.commit().await?;
     Ok(Json(super::invitations::domain_rule_view(&approved)))
+}
+
+/// `GET /admin/orgs/{org_id}/agent-images`: the instance's image rules and the org's own.
+pub async fn agent_images(
+    State(state): State<AppState>,
+    _admin: Authorized<perm::InstanceAdmin>,
+    axum::extract::Path(org_id): axum::extract::Path<String>,
+) -> ApiResult<Json<Value>> {
+    let org_id: OrgId = crate::extract::parse_id(&org_id, "org")?;
+    let mut conn = state.pool.acquire().await?;
+    orgs::get(&mut conn, &Scope::Instance, org_id).await?;
+    let org_rules = agent_images::rules_of(&mut conn, org_id).await?;
+    Ok(Json(images_view(&state, &org_rules)))
+}
+
+fn images_view(state: &AppState, org_rules: &[ImageRule]) -> Value {
+    let texts = |rules: &[ImageRule]| rules.iter().map(ToString::to_string).collect::<Vec<_>>();
+    json!({"instance": texts(&state.images.rules), "org": texts(org_rules)})
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentImagesBody {
+    rules: Vec<String>,
+}
+
+/// `PUT /admin/orgs/{org_id}/agent-images {"rules": [...]}`: replaces the images this org may use
+/// beyond the instance's rules (an empty list removes them all).
+pub async fn put_agent_images(
+    State(state): State<AppState>,
+    admin: Authorized<perm::InstanceAdmin>,
+    meta: RequestMeta,
+    axum::extract::Path(org_id): axum::extract::Path<String>,
+    crate::extract::ApiJson(body): crate::extract::ApiJson<AgentImagesBody>,
+) -> ApiResult<Json<Value>> {
+    let org_id: OrgId = crate::extract::parse_id(&org_id, "org")?;
+    if body.rules.len() > 100 {
+        return Err(ApiError::BadRequest(
+            "at most 100 image rules per org".into(),
+        ));
+    }
+    let rules = body
+        .rules
+        .iter()
+        .map(|rule| rule.parse::<ImageRule>())
+        .collect::<Result<Vec<_>, String>>()
+        .map_err(ApiError::BadRequest)?;
+    let mut tx = AuditedTx::begin(&state.pool, &admin.principal, &meta).await?;
+    orgs::get(&mut tx, &Scope::Instance, org_id).await?;
+    let before = agent_images::replace(&mut tx, org_id, &rules, admin.principal.user_id()).await?;
+    let after = agent_images::rules_of(&mut tx, org_id).await?;
+    let texts = |rules: &[ImageRule]| rules.iter().map(ToString::to_string).collect::<Vec<_>>();
+    tx.record(Change {
+        org: Some(org_id),
+        action: "org.agent_images.replace",
+        resource_type: "org",
+        resource_id: Some(org_id.to_string()),
+        diff: json!({"rules": {"before": texts(&before), "after": texts(&after)}}),
+    })
+    .await?;
+    tx.commit().await?;
+    Ok(Json(images_view(&state, &after)))
 }

@@ -125,6 +125,8 @@ fn table() -> Table {
         .add(M::GET,    "/admin/secrets/keys",                        Instance,               admin::secret_keys)
         .add(M::POST,   "/admin/secrets/rewrap",                      Instance,               admin::rewrap_secrets)
         .add(M::POST,   "/admin/orgs/{org_id}/domains/{domain}/approve", Instance,            admin::approve_domain)
+        .add(M::GET,    "/admin/orgs/{org_id}/agent-images",          Instance,               admin::agent_images)
+        .add(M::PUT,    "/admin/orgs/{org_id}/agent-images",          Instance,               admin::put_agent_images)
 }
 
 /// `handler` behind the access layer that enforces `access` (see `crate::auth`).

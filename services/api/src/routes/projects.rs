@@ -236,6 +236,22 @@ pub struct CreateProject {
     repository: Option<RepositoryPatch>,
 }
 
+/// Refuses an image the instance's allowlist, with the org's own rules, does not allow.
+async fn check_image(
+    state: &AppState,
+    conn: &mut sqlx::PgConnection,
+    org: OrgId,
+    image: &str,
+) -> ApiResult<()> {
+    let org_rules = cadenza_storage::agent_images::rules_of(conn, org).await?;
+    state
+        .images
+        .with(org_rules)
+        .check(image)
+        .map(|_| ())
+        .map_err(ApiError::BadRequest)
+}
+
 /// The agent image used when a project names none.
 const DEFAULT_AGENT_IMAGE: &str = "ghcr.io/openhands/agent-server:1.58.0-python";
 
@@ -262,6 +278,7 @@ pub async fn create(
     let mut repository = Repository::default();
     body.repository.unwrap_or_default().apply(&mut repository)?;
     let mut tx = AuditedTx::begin(&state.pool, &auth.principal, &meta).await?;
+    check_image(&state, &mut tx, org_id, &agent.image).await?;
     let project = projects::create(&mut tx, org_id, &body.slug, &body.name, &agent, &repository)
         .await
         .map_err(|err| match err {
@@ -316,6 +333,11 @@ pub async fn update(
         patch.apply(&mut repository)?;
     }
     let mut tx = AuditedTx::begin(&state.pool, &auth.principal, &meta).await?;
+    // An image chosen before the allowlist (or before an org rule was removed) stays until the
+    // project changes it; the worker refuses it at run time either way.
+    if agent.image != before.agent.image {
+        check_image(&state, &mut tx, before.org_id, &agent.image).await?;
+    }
     let after = projects::update(&mut tx, before.id, &name, &agent, &repository).await?;
     tx.record(Change {
         org: Some(after.org_id),
