@@ -86,6 +86,9 @@ impl FakeLlm {
                 &name,
                 "--label",
                 "io.cadenza.test=fake-llm",
+                // Published on loopback only, for the test to read what reached it.
+                "--publish",
+                "127.0.0.1::8080",
                 &image,
             ])
             .output()
@@ -101,6 +104,35 @@ impl FakeLlm {
     /// The base URL agents use to reach it.
     pub fn base_url(&self) -> String {
         format!("http://{}:8080/v1", self.name)
+    }
+
+    /// Every distinct API key presented to it so far.
+    pub async fn presented_keys(&self) -> Vec<String> {
+        let output = Command::new("docker")
+            .args(["port", &self.name, "8080/tcp"])
+            .output()
+            .expect("docker port");
+        let published = String::from_utf8_lossy(&output.stdout);
+        let address = published
+            .lines()
+            .find(|line| line.starts_with("127.0.0.1:"))
+            .expect("the fake LLM publishes its port on loopback")
+            .trim()
+            .to_owned();
+        let answer: serde_json::Value = reqwest::get(format!("http://{address}/_fake/api-keys"))
+            .await
+            .expect("the fake LLM answers")
+            .json()
+            .await
+            .expect("json");
+        answer["api_keys"]
+            .as_array()
+            .map(|keys| {
+                keys.iter()
+                    .filter_map(|key| key.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 }
 

@@ -156,3 +156,100 @@ async fn the_real_agent_server_runs_a_task_on_a_cloned_repository() {
         "the second diff is relative to the same base {base}: {patch}"
     );
 }
+
+#[tokio::test]
+async fn the_operators_llm_key_never_reaches_an_endpoint_a_tenant_chose() {
+    let operator_llm = FakeLlm::start();
+    let tenant_llm = FakeLlm::start();
+    let operator_key = format!("sk-operator-{}", uuid::Uuid::now_v7().simple());
+    let tenant_key = format!("sk-tenant-{}", uuid::Uuid::now_v7().simple());
+    let stack = Stack::start_with(StackOptions {
+        extra_env: vec![
+            (
+                "CADENZA_ATTACH_CONTAINERS".into(),
+                format!("{},{}", operator_llm.name, tenant_llm.name),
+            ),
+            (
+                "CADENZA_DEFAULT_LLM_MODEL".into(),
+                "openai/fake-model".into(),
+            ),
+            (
+                "CADENZA_DEFAULT_LLM_BASE_URL".into(),
+                operator_llm.base_url(),
+            ),
+            ("CADENZA_DEFAULT_LLM_API_KEY".into(), operator_key.clone()),
+            ("CADENZA_LLM_API_MODE".into(), "chat".into()),
+        ],
+        ..Default::default()
+    })
+    .await
+    .expect("stack starts");
+    let api = Api::new(&stack.api_url, &stack.token);
+    let project_id = stack.project.id.to_string();
+    let patch = |body: serde_json::Value| {
+        api.http
+            .patch(api.url(&format!("/projects/{project_id}")))
+            .bearer_auth(&api.token)
+            .json(&body)
+            .send()
+    };
+
+    // A tenant's own endpoint, no key of its own: the run fails at once and nothing is sent.
+    let patched = patch(json!({
+        "agent": {"image": REAL_IMAGE, "memory_mb": 2048, "cpus": 2.0, "llm_base_url": tenant_llm.base_url()},
+    }))
+    .await
+    .expect("patch");
+    assert_eq!(patched.status(), 200);
+    let (_, run) = api
+        .submit_run(&project_id, "$ echo hi\ndone", None)
+        .await
+        .expect("submit");
+    let run = api
+        .wait_for_end(run["id"].as_str().expect("id"), Duration::from_secs(120))
+        .await
+        .expect("ends");
+    assert_eq!(run["state"], "failed", "{run}");
+    assert_eq!(run["terminal_reason"]["code"], "llm_unconfigured", "{run}");
+    assert!(
+        run["terminal_reason"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("agent.llm_base_url"),
+        "{run}"
+    );
+    assert!(tenant_llm.presented_keys().await.is_empty());
+
+    // With its own key the run goes to its endpoint with that key, and only that key.
+    let stored = api
+        .http
+        .put(api.url(&format!("/projects/{project_id}/secrets/TENANT_LLM_KEY")))
+        .bearer_auth(&api.token)
+        .json(&json!({"value": tenant_key}))
+        .send()
+        .await
+        .expect("secret");
+    assert!(stored.status().is_success(), "{}", stored.status());
+    let patched = patch(json!({"agent": {"llm_api_key_secret": "TENANT_LLM_KEY"}}))
+        .await
+        .expect("patch");
+    assert_eq!(patched.status(), 200);
+    let (_, run) = api
+        .submit_run(&project_id, "$ echo hi\ndone", None)
+        .await
+        .expect("submit");
+    let run = api
+        .wait_for_end(run["id"].as_str().expect("id"), Duration::from_secs(300))
+        .await
+        .expect("ends");
+    assert_eq!(run["state"], "succeeded", "{run}\n{}", stack.logs());
+    assert_eq!(tenant_llm.presented_keys().await, vec![tenant_key]);
+    assert!(
+        operator_llm.presented_keys().await.is_empty(),
+        "the operator's endpoint was not used"
+    );
+    assert!(
+        !stack.logs().contains(&operator_key),
+        "the operator key is in no log"
+    );
+}

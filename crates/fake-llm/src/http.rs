@@ -33,6 +33,7 @@ pub(crate) fn build_router(config: FakeLlmConfig) -> Router {
         ));
     Router::new()
         .route("/health", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/_fake/api-keys", get(presented_keys))
         .merge(openai)
         .fallback(|| async {
             error(
@@ -49,19 +50,32 @@ fn error(status: StatusCode, message: &str, kind: &str, code: Option<&str>) -> R
     (status, Json(error_body(message, kind, code))).into_response()
 }
 
+async fn presented_keys(State(config): State<Arc<FakeLlmConfig>>) -> Json<Value> {
+    Json(json!({"api_keys": config.presented_keys()}))
+}
+
 async fn require_api_key(
     State(config): State<Arc<FakeLlmConfig>>,
     request: Request,
     next: Next,
 ) -> Response {
-    let Some(expected) = config.api_key.as_deref() else {
-        return next.run(request).await;
-    };
     let presented = request
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.strip_prefix("Bearer "));
+    if let Some(key) = presented {
+        let mut keys = match config.presented.lock() {
+            Ok(keys) => keys,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if !keys.iter().any(|seen| seen == key) {
+            keys.push(key.to_owned());
+        }
+    }
+    let Some(expected) = config.api_key.as_deref() else {
+        return next.run(request).await;
+    };
     if presented == Some(expected) {
         next.run(request).await
     } else {

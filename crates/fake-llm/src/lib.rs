@@ -39,9 +39,20 @@ pub struct FakeLlmConfig {
     /// Listed by `GET /v1/models`; completions echo the requested model instead. Empty means
     /// [`DEFAULT_MODEL`].
     pub model: String,
+    /// Every distinct bearer key presented to `/v1/*` (accepted or not), in order, so a test can
+    /// prove which keys reached this endpoint (`GET /_fake/api-keys`).
+    pub presented: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl FakeLlmConfig {
+    /// The keys presented so far.
+    pub fn presented_keys(&self) -> Vec<String> {
+        match self.presented.lock() {
+            Ok(keys) => keys.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
     pub fn with_api_key(api_key: impl Into<String>) -> Self {
         Self {
             api_key: Some(api_key.into()),

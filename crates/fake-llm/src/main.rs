@@ -46,6 +46,7 @@ async fn main() -> anyhow::Result<()> {
     let config = FakeLlmConfig {
         api_key: args.api_key.filter(|key| !key.is_empty()),
         model: args.model,
+        ..FakeLlmConfig::default()
     };
     if config.api_key.is_none() {
         tracing::warn!("no API key configured: the API is open to anyone who can reach it");

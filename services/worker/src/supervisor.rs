@@ -284,7 +284,7 @@ async fn execute(
         &core.keyring,
         run,
         &project,
-        core.config.default_llm_api_key.as_ref(),
+        operator_llm_key(&core.config, &core.images, &project)?,
     )
     .await?;
     *redactor = secrets.redactor.clone();
@@ -650,6 +650,56 @@ async fn follow_up_turn(
         deadline,
     )
     .await
+}
+
+/// The instance's LLM key, when this run may have it: only with the operator's own model and
+/// endpoint, and only in an image the instance itself allows (not one allowed for the org
+/// alone). A project that changes any of these names its own key (`agent.llm_api_key_secret`),
+/// or the run fails at once: the operator's key must never reach an endpoint or an image a
+/// tenant chose.
+fn operator_llm_key<'a>(
+    config: &'a crate::WorkerConfig,
+    images: &cadenza_domain::ImagePolicy,
+    project: &Project,
+) -> Result<Option<&'a SecretString>, TerminalReason> {
+    let Some(key) = config.default_llm_api_key.as_ref() else {
+        return Ok(None);
+    };
+    if project.agent.llm_api_key_secret.is_some() {
+        return Ok(None);
+    }
+    let differs = |own: &Option<String>, instance: &Option<String>| {
+        own.as_deref()
+            .is_some_and(|own| Some(own.trim()) != instance.as_deref().map(str::trim))
+    };
+    let mut own = Vec::new();
+    if differs(&project.agent.llm_base_url, &config.default_llm_base_url) {
+        own.push("`agent.llm_base_url`");
+    }
+    if differs(&project.agent.llm_model, &config.default_llm_model) {
+        own.push("`agent.llm_model`");
+    }
+    let instance_image = project
+        .agent
+        .image
+        .parse::<cadenza_domain::ImageRef>()
+        .is_ok_and(|image| images.allows(&image));
+    if !instance_image {
+        own.push("an `agent.image` allowed only for this org");
+    }
+    if own.is_empty() {
+        return Ok(Some(key));
+    }
+    Err(fail(
+        TerminalCode::LlmUnconfigured,
+        format!(
+            "this project sets its own {}, so it must name its own LLM key: store it as a secret \
+             and set `agent.llm_api_key_secret` (PATCH /api/v1/projects/{}); the instance's key \
+             is used only with the instance's own model, endpoint and images",
+            own.join(" and "),
+            project.id
+        ),
+    ))
 }
 
 /// Refuses an image the allowlist (with the org's own rules) does not allow: the project may
@@ -1209,6 +1259,91 @@ impl Follower<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn project(image: &str) -> Project {
+        Project {
+            id: cadenza_domain::ProjectId::new(),
+            org_id: cadenza_domain::OrgId::new(),
+            slug: "p".into(),
+            name: "p".into(),
+            agent: cadenza_domain::AgentSettings::with_image(image),
+            repository: Default::default(),
+            created_at: OffsetDateTime::now_utc(),
+            updated_at: OffsetDateTime::now_utc(),
+        }
+    }
+
+    #[test]
+    fn the_operator_key_goes_only_with_the_operators_model_endpoint_and_images() {
+        let mut config = crate::WorkerConfig::new(
+            SecretString::from("postgres://unused"),
+            "nats://unused".into(),
+            "t".into(),
+            "w".into(),
+        );
+        config.default_llm_api_key = Some(SecretString::from("sk-operator"));
+        config.default_llm_model = Some("openai/gpt".into());
+        config.default_llm_base_url = Some("https://llm.internal/v1".into());
+        let images =
+            cadenza_domain::ImagePolicy::parse("ghcr.io/openhands/agent-server").expect("policy");
+        let official = "ghcr.io/openhands/agent-server:1.58.0-python";
+
+        let plain = project(official);
+        let key = operator_llm_key(&config, &images, &plain).expect("allowed");
+        assert_eq!(key.map(ExposeSecret::expose_secret), Some("sk-operator"));
+        // Naming the operator's own values explicitly is the same as naming none.
+        let mut same = project(official);
+        same.agent.llm_model = Some("openai/gpt".into());
+        same.agent.llm_base_url = Some("https://llm.internal/v1".into());
+        assert!(
+            operator_llm_key(&config, &images, &same)
+                .expect("allowed")
+                .is_some()
+        );
+
+        for (what, change) in [
+            (
+                "`agent.llm_base_url`",
+                Box::new(|p: &mut Project| {
+                    p.agent.llm_base_url = Some("https://attacker.example/v1".into())
+                }) as Box<dyn Fn(&mut Project)>,
+            ),
+            (
+                "`agent.llm_model`",
+                Box::new(|p: &mut Project| p.agent.llm_model = Some("openai/other".into())),
+            ),
+            (
+                "`agent.image`",
+                Box::new(|p: &mut Project| p.agent.image = "ghcr.io/acme/agent:1".into()),
+            ),
+        ] {
+            let mut tenant = project(official);
+            change(&mut tenant);
+            let refused = operator_llm_key(&config, &images, &tenant).expect_err(what);
+            assert_eq!(refused.code, TerminalCode::LlmUnconfigured);
+            assert!(refused.message.contains(what), "{}", refused.message);
+            assert!(
+                refused.message.contains("agent.llm_api_key_secret"),
+                "{}",
+                refused.message
+            );
+            // With its own key the project needs nothing from the operator.
+            tenant.agent.llm_api_key_secret = Some("MY_KEY".into());
+            assert!(
+                operator_llm_key(&config, &images, &tenant)
+                    .expect("own key")
+                    .is_none()
+            );
+        }
+        config.default_llm_api_key = None;
+        let mut tenant = project(official);
+        tenant.agent.llm_base_url = Some("https://attacker.example/v1".into());
+        assert!(
+            operator_llm_key(&config, &images, &tenant)
+                .expect("no key to give")
+                .is_none()
+        );
+    }
 
     #[test]
     fn git_credentials_travel_in_a_header_never_in_the_url() {
