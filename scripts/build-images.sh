@@ -2,6 +2,7 @@
 # Builds the container images Cadenza runs and tests against, locally and without a registry:
 #
 #   cadenza/base-bookworm:<hash>                 minimal Debian base (deploy/images/base/build.sh)
+#   cadenza/git-helper:dev                       the base, as the worker's clone helper
 #   cadenza/fake-agent-server:<hash>             the scripted fake agent-server, also tagged :dev
 #   cadenza/fake-llm:<hash>                      the scripted OpenAI-compatible LLM, also :dev
 #   cadenza/openhands-agent-server:1.58.0        the real agent-server from PyPI
@@ -34,6 +35,9 @@ command -v cargo >/dev/null 2>&1 || die "cargo is not installed (or not on PATH)
 started=$(date +%s)
 base_image=$(deploy/images/base/build.sh) || die "building the base image failed"
 echo "$base_image"
+# The base has git, sh and chown: all the worker's clone helper needs (CADENZA_GIT_IMAGE).
+docker tag "$base_image" cadenza/git-helper:dev
+echo cadenza/git-helper:dev
 
 contexts=()
 trap 'for context in "${contexts[@]}"; do rm -rf "$context"; done' EXIT

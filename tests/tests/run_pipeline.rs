@@ -846,3 +846,99 @@ async fn a_message_to_a_finished_run_starts_a_follow_up_turn_on_the_same_workspa
     let late = send(&second_id, "anything else?").await.expect("message");
     assert_eq!(late.status(), 409);
 }
+
+#[tokio::test]
+async fn git_credentials_never_enter_the_agents_container() {
+    use base64::Engine;
+    let git = cadenza_e2e::services::GitServer::start();
+    let stack = Stack::start_with(cadenza_testkit::stack::StackOptions {
+        extra_env: vec![
+            ("CADENZA_ATTACH_CONTAINERS".into(), git.name.clone()),
+            // Kept after the run, so the test can look inside.
+            ("CADENZA_WORKSPACE_IDLE_TTL".into(), "5m".into()),
+        ],
+        ..Default::default()
+    })
+    .await
+    .expect("stack starts");
+    let api = Api::new(&stack.api_url, &stack.token);
+    let project_id = stack.project.id.to_string();
+    let canary = format!("ghp_canary{}", uuid::Uuid::now_v7().simple());
+    let stored = api
+        .http
+        .put(api.url(&format!("/projects/{project_id}/secrets/GIT_TOKEN")))
+        .bearer_auth(&api.token)
+        .json(&serde_json::json!({"value": canary}))
+        .send()
+        .await
+        .expect("secret");
+    assert!(stored.status().is_success());
+    let patched = api
+        .http
+        .patch(api.url(&format!("/projects/{project_id}")))
+        .bearer_auth(&api.token)
+        .json(&serde_json::json!({"repository": {
+            "url": format!("git://{}/repo.git", git.name),
+            "branch": "main",
+            "credentials_secret": "GIT_TOKEN",
+        }}))
+        .send()
+        .await
+        .expect("patch");
+    assert_eq!(patched.status(), 200);
+
+    let (_, run) = api
+        .submit_run(&project_id, "$ cat README.md\n$ ps -eo args\ndone", None)
+        .await
+        .expect("submit");
+    let run_id = run["id"].as_str().expect("id").to_owned();
+    let run = api.wait_for_end(&run_id, RUN_BUDGET).await.expect("ends");
+    assert_eq!(run["state"], "succeeded", "{run}\n{}", stack.logs());
+
+    // The credential in every form git could carry it: as given, and inside the Basic header.
+    let forms = [
+        canary.clone(),
+        base64::engine::general_purpose::STANDARD.encode(format!("x-access-token:{canary}")),
+    ];
+    let containers = containers_with_label("io.cadenza.run", &run_id);
+    assert_eq!(containers.len(), 1, "only the agent's container is left");
+    let look = std::process::Command::new("docker")
+        .args(["exec", &containers[0], "bash", "-c"])
+        .arg(
+            "ps -eo args; cat /proc/[0-9]*/environ 2>/dev/null | tr '\\0' '\\n'; \
+             git -C /workspace/project config --list; \
+             grep -ra . /workspace 2>/dev/null | head -c 10000000",
+        )
+        .output()
+        .expect("docker exec");
+    let inside = String::from_utf8_lossy(&look.stdout);
+    assert!(
+        inside.contains("remote.origin.url=git://"),
+        "the look inside worked: {inside}"
+    );
+    let inspect = std::process::Command::new("docker")
+        .args(["inspect", &containers[0]])
+        .output()
+        .expect("inspect");
+    let inspect = String::from_utf8_lossy(&inspect.stdout);
+    let events = api.all_events(&run_id, 200).await.expect("events");
+    let journal = serde_json::to_string(&events).expect("json");
+    for form in &forms {
+        assert!(
+            !inside.contains(form.as_str()),
+            "the agent's container holds the credential"
+        );
+        assert!(
+            !inspect.contains(form.as_str()),
+            "the container's settings hold the credential"
+        );
+        assert!(
+            !journal.contains(form.as_str()),
+            "the journal holds the credential"
+        );
+        assert!(
+            !stack.logs().contains(form.as_str()),
+            "a log holds the credential"
+        );
+    }
+}

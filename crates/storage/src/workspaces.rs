@@ -130,6 +130,24 @@ pub async fn expired(
         .collect())
 }
 
+/// The kept workspace of `worker` that has waited longest for a follow-up, as (run, container):
+/// the one to give up when the worker needs its network for a new run.
+pub async fn oldest_kept(
+    conn: &mut PgConnection,
+    worker: WorkerId,
+) -> StorageResult<Option<(RunId, String)>> {
+    let row = sqlx::query!(
+        r#"select id, workspace_container as "container!" from runs
+           where workspace_worker = $1 and workspace_kept_until is not null
+             and workspace_container is not null
+           order by workspace_kept_until limit 1"#,
+        worker.as_uuid()
+    )
+    .fetch_optional(conn)
+    .await?;
+    Ok(row.map(|row| (RunId::from(row.id), row.container)))
+}
+
 /// Forgets a kept workspace (its container was removed). Guarded: a workspace a follow-up has
 /// claimed meanwhile is left alone, and `false` says so.
 pub async fn release(conn: &mut PgConnection, run: RunId) -> StorageResult<bool> {

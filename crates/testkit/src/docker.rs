@@ -59,6 +59,21 @@ impl ContainerSweeper {
                     .output();
             }
         }
+        if let Ok(output) = Command::new("docker")
+            .args(["volume", "ls", "-q", "--filter", &label])
+            .output()
+        {
+            let volumes: Vec<String> = String::from_utf8_lossy(&output.stdout)
+                .split_whitespace()
+                .map(str::to_owned)
+                .collect();
+            if !volumes.is_empty() {
+                let _ = Command::new("docker")
+                    .args(["volume", "rm", "-f"])
+                    .args(&volumes)
+                    .output();
+            }
+        }
     }
 }
 

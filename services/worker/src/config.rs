@@ -77,6 +77,22 @@ pub struct WorkerConfig {
     /// numeric user. Never 0.
     #[serde(default = "default_container_user")]
     pub container_user: String,
+    /// The image that clones a project's repository into its workspace, outside the agent's
+    /// container (needs `sh`, `git` and `chown`; `scripts/build-images.sh` builds it).
+    #[serde(default = "default_git_image")]
+    pub git_image: String,
+    /// The IPv4 range workspace networks are carved from (never Docker's default pools, which
+    /// hold only about thirty networks per host). Must not overlap the host's own networks.
+    #[serde(default = "default_workspace_subnets")]
+    pub workspace_subnets: String,
+    /// The prefix length of each workspace network's subnet (at most 29).
+    #[serde(default = "default_workspace_subnet_prefix")]
+    pub workspace_subnet_prefix: u8,
+    /// Workspace networks this worker holds at most: running and kept workspaces together.
+    /// When a run needs one and none is free, the kept workspace that has waited longest for a
+    /// follow-up is given up. At least the capacity.
+    #[serde(default = "default_max_workspace_networks")]
+    pub max_workspace_networks: usize,
     #[serde(default)]
     pub log_json: bool,
 }
@@ -84,6 +100,18 @@ pub struct WorkerConfig {
 /// The official agent-server image and its local build.
 pub fn default_agent_images() -> String {
     "ghcr.io/openhands/agent-server, cadenza/openhands-agent-server".to_owned()
+}
+fn default_git_image() -> String {
+    "cadenza/git-helper:dev".to_owned()
+}
+fn default_workspace_subnets() -> String {
+    "10.213.0.0/16".to_owned()
+}
+fn default_workspace_subnet_prefix() -> u8 {
+    28
+}
+fn default_max_workspace_networks() -> usize {
+    64
 }
 fn default_container_user() -> String {
     "10001:10001".to_owned()
@@ -154,6 +182,10 @@ impl WorkerConfig {
             secret_keks_file: None,
             agent_images: default_agent_images(),
             container_user: default_container_user(),
+            git_image: default_git_image(),
+            workspace_subnets: default_workspace_subnets(),
+            workspace_subnet_prefix: default_workspace_subnet_prefix(),
+            max_workspace_networks: default_max_workspace_networks(),
             log_json: false,
         }
     }
@@ -169,6 +201,34 @@ impl WorkerConfig {
     pub fn image_policy(&self) -> anyhow::Result<cadenza_domain::ImagePolicy> {
         cadenza_domain::ImagePolicy::parse(&self.agent_images)
             .map_err(|err| anyhow::anyhow!("CADENZA_AGENT_IMAGES: {err}"))
+    }
+
+    /// The subnets workspace networks come from, checked against the network bound and the
+    /// capacity.
+    pub fn subnet_pool(&self) -> anyhow::Result<crate::docker::SubnetPool> {
+        let pool =
+            crate::docker::SubnetPool::new(&self.workspace_subnets, self.workspace_subnet_prefix)
+                .map_err(|err| {
+                anyhow::anyhow!(
+                    "CADENZA_WORKSPACE_SUBNETS / CADENZA_WORKSPACE_SUBNET_PREFIX: {err}"
+                )
+            })?;
+        let capacity = usize::try_from(self.worker_capacity.max(0)).unwrap_or(0);
+        if self.max_workspace_networks < capacity.max(1) {
+            anyhow::bail!(
+                "CADENZA_MAX_WORKSPACE_NETWORKS ({}) must be at least CADENZA_WORKER_CAPACITY ({capacity}): every running workspace holds a network",
+                self.max_workspace_networks
+            );
+        }
+        if pool.len() < self.max_workspace_networks {
+            anyhow::bail!(
+                "CADENZA_WORKSPACE_SUBNETS holds {} subnets of /{}, fewer than CADENZA_MAX_WORKSPACE_NETWORKS ({})",
+                pool.len(),
+                self.workspace_subnet_prefix,
+                self.max_workspace_networks
+            );
+        }
+        Ok(pool)
     }
 
     /// The non-root `(uid, gid)` for images that would run as root or by name.

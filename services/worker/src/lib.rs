@@ -40,6 +40,9 @@ pub(crate) struct Core {
     pub(crate) images: cadenza_domain::ImagePolicy,
     /// Who containers run as when their image would run as root.
     pub(crate) fallback_user: (u32, u32),
+    /// Held while a run makes room for its network and creates it, so two runs never both take
+    /// the last free one.
+    pub(crate) network_room: tokio::sync::Mutex<()>,
     /// The stop handles of the runs this worker is executing.
     pub(crate) active:
         std::sync::Mutex<std::collections::HashMap<cadenza_domain::RunId, supervisor::Stop>>,
@@ -71,7 +74,7 @@ pub async fn build(
     let bus = Bus::connect(&config.nats_url, &config.bus_prefix)
         .await
         .context("connecting to NATS (CADENZA_NATS_URL)")?;
-    let docker = DockerRuntime::connect()
+    let docker = DockerRuntime::connect(config.subnet_pool()?)
         .await
         .context("connecting to the Docker Engine (DOCKER_HOST or the local socket)")?;
     let name = config.resolved_name();
@@ -91,6 +94,7 @@ pub async fn build(
             keyring,
             images,
             fallback_user,
+            network_room: tokio::sync::Mutex::new(()),
             active: Default::default(),
         }),
         shutdown,

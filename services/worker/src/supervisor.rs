@@ -300,14 +300,52 @@ async fn execute(
     // 1. The workspace container, from an image this instance allows for the org.
     check_image(core, run, &project).await?;
     let session_key = random_key();
-    let spec = workspace_spec(core, run, &project, container, &session_key);
-    let workspace = tokio::select! {
+    let spec = workspace_spec(
+        core,
+        run,
+        &project,
+        container,
+        &session_key,
+        secrets.git_credentials.as_ref(),
+    );
+    let container_failed = |err: crate::docker::ContainerError| {
+        tracing::warn!(error = %redactor.redact(&err.to_string()), "the workspace container could not start");
+        fail(TerminalCode::ContainerFailed, err.tenant_message())
+    };
+    let image_user = tokio::select! {
         reason = cancel.requested() => return Err(reason),
-        started = core.docker.start_workspace(&spec, core.config.image_pull_timeout) => {
-            started.map_err(|err| {
-                tracing::warn!(error = %redactor.redact(&err.to_string()), "the workspace container could not start");
-                fail(TerminalCode::ContainerFailed, err.tenant_message())
-            })?
+        pulled = core.docker.ensure_image(&spec.image, core.config.image_pull_timeout) => {
+            pulled.map_err(container_failed)?
+        }
+    };
+    if let Some(clone) = &spec.clone {
+        tokio::select! {
+            reason = cancel.requested() => return Err(reason),
+            pulled = core.docker.ensure_image(&clone.image, core.config.image_pull_timeout) => {
+                pulled.map_err(container_failed)?;
+            }
+        }
+    }
+    let workspace = {
+        let _room = core.network_room.lock().await;
+        make_room(core, cancel).await?;
+        tokio::select! {
+            reason = cancel.requested() => return Err(reason),
+            started = core.docker.start_workspace(&spec, &image_user) => {
+                started.map_err(|err| match err {
+                    crate::docker::ContainerError::CloneFailed { .. }
+                    | crate::docker::ContainerError::CloneTimedOut(_) => fail(
+                        TerminalCode::RepositoryUnavailable,
+                        redactor
+                            .redact(&format!(
+                                "cloning {} failed: {err}",
+                                project.repository.url.as_deref().unwrap_or_default()
+                            ))
+                            .into_owned(),
+                    ),
+                    other => container_failed(other),
+                })?
+            }
         }
     };
     tracing::info!(
@@ -354,22 +392,19 @@ async fn execute(
     // 2. Wait for the agent-server, watching the container so a crash fails fast.
     wait_healthy(core, &client, container, cancel).await?;
 
-    // 3. The repository, when the project names one.
-    let base_commit = match &project.repository.url {
-        Some(url) => Some(
-            prepare_repository(
-                core,
-                run,
-                &client,
-                url,
-                project.repository.branch.as_deref(),
-                secrets.git_credentials.as_ref(),
-                redactor,
-            )
-            .await?,
-        ),
-        None => None,
-    };
+    // 3. The repository, cloned before the agent started (see `docker::CloneSpec`).
+    let base_commit = workspace.base_commit.clone();
+    if let (Some(url), Some(base_commit)) = (&project.repository.url, &base_commit) {
+        journal_workspace(
+            core,
+            run,
+            url,
+            project.repository.branch.as_deref(),
+            base_commit,
+            redactor,
+        )
+        .await?;
+    }
 
     // 4. The conversation. Its id is the run's, so a retried create returns the same one.
     let conversation_id = run.id.as_uuid();
@@ -652,6 +687,63 @@ async fn follow_up_turn(
     .await
 }
 
+/// Waits until this worker holds fewer workspace networks than its bound, giving up the kept
+/// workspace that has waited longest for a follow-up when that makes room (kept workspaces count
+/// toward the bound). The caller holds `network_room`. Bounded by the agent start timeout.
+async fn make_room(core: &Core, cancel: &Stop) -> Result<(), TerminalReason> {
+    let max = core.config.max_workspace_networks;
+    let deadline = Instant::now() + core.config.agent_start_timeout;
+    loop {
+        let held = core
+            .docker
+            .networks_of(&core.worker.name)
+            .await
+            .map_err(|err| {
+                tracing::warn!(error = %err, "listing workspace networks failed");
+                fail(TerminalCode::ContainerFailed, err.tenant_message())
+            })?;
+        if held < max {
+            return Ok(());
+        }
+        let oldest = async {
+            let mut conn = core.pool.acquire().await?;
+            let Some((run_id, container)) =
+                workspaces::oldest_kept(&mut conn, core.worker.id).await?
+            else {
+                return Ok(None);
+            };
+            let released = workspaces::release(&mut conn, run_id).await?;
+            Ok::<_, StorageError>(Some((run_id, container, released)))
+        }
+        .await
+        .map_err(internal)?;
+        match oldest {
+            Some((run_id, container, released)) => {
+                if released {
+                    tracing::info!(%run_id, container, held, max, "giving up a kept workspace to make room for a new run");
+                    core.docker.remove_workspace(&container, &container).await;
+                }
+                continue;
+            }
+            None if Instant::now() >= deadline => {
+                return Err(fail(
+                    TerminalCode::ContainerFailed,
+                    format!(
+                        "no workspace network became free within {:?}: this worker holds {held} of at most {max}",
+                        core.config.agent_start_timeout
+                    ),
+                ));
+            }
+            None => {
+                tokio::select! {
+                    reason = cancel.requested() => return Err(reason),
+                    _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+                }
+            }
+        }
+    }
+}
+
 /// The instance's LLM key, when this run may have it: only with the operator's own model and
 /// endpoint, and only in an image the instance itself allows (not one allowed for the org
 /// alone). A project that changes any of these names its own key (`agent.llm_api_key_secret`),
@@ -731,6 +823,7 @@ fn workspace_spec(
     project: &Project,
     container: &str,
     session_key: &str,
+    git_credentials: Option<&SecretString>,
 ) -> WorkspaceSpec {
     let labels = HashMap::from([
         (LABEL_MANAGED.to_owned(), "true".to_owned()),
@@ -773,47 +866,37 @@ fn workspace_spec(
         pids_limit: project.agent.pids_limit,
         attach: core.config.attached_containers(),
         fallback_user: core.fallback_user,
+        clone: project
+            .repository
+            .url
+            .as_ref()
+            .map(|url| crate::docker::CloneSpec {
+                image: core.config.git_image.clone(),
+                url: url.clone(),
+                branch: project.repository.branch.clone(),
+                auth_header: git_credentials.map(basic_auth_header),
+                timeout: Duration::from_secs(600),
+            }),
+        workspace_dir: core.config.workspace_dir.clone(),
     }
 }
 
-fn shell_quote(value: &str) -> String {
-    format!("'{}'", value.replace('\'', "'\\''"))
-}
-
-/// The clone command. Credentials (`token`, or `user:token`; the user defaults to
-/// `x-access-token`, which GitHub and Gitea accept, GitLab takes `oauth2`) travel as an HTTP
-/// header given on the command line: never in the URL, so not in `.git/config`, the remote
-/// name or git's error messages. The command itself is never logged or journaled.
-fn clone_command(
-    url: &str,
-    branch: Option<&str>,
-    credentials: Option<&SecretString>,
-    dir: &str,
-) -> String {
+/// The `Authorization` header the clone sends (`token`, or `user:token`; the user defaults to
+/// `x-access-token`, which GitHub and Gitea accept, GitLab takes `oauth2`). It travels as git
+/// configuration in the clone helper's environment: never in the URL, so not in `.git/config`,
+/// the remote name or git's error messages, and never in the agent's container.
+fn basic_auth_header(credentials: &SecretString) -> SecretString {
     use base64::Engine;
-    let branch_flag = branch
-        .map(|branch| format!("--branch {} ", shell_quote(branch)))
-        .unwrap_or_default();
-    let auth = credentials
-        .map(|credentials| {
-            let credentials = credentials.expose_secret().trim();
-            let pair = if credentials.contains(':') {
-                credentials.to_owned()
-            } else {
-                format!("x-access-token:{credentials}")
-            };
-            let header = format!(
-                "http.extraHeader=Authorization: Basic {}",
-                base64::engine::general_purpose::STANDARD.encode(pair)
-            );
-            format!("-c credential.helper= -c {} ", shell_quote(&header))
-        })
-        .unwrap_or_default();
-    format!(
-        "GIT_TERMINAL_PROMPT=0 git {auth}clone --quiet {branch_flag}-- {} {} 2>&1",
-        shell_quote(url),
-        shell_quote(dir)
-    )
+    let credentials = credentials.expose_secret().trim();
+    let pair = if credentials.contains(':') {
+        credentials.to_owned()
+    } else {
+        format!("x-access-token:{credentials}")
+    };
+    SecretString::from(format!(
+        "Authorization: Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(pair)
+    ))
 }
 
 /// Follows the workspace container's output into this worker's log (at debug level, target
@@ -843,46 +926,15 @@ fn forward_container_logs(core: &Core, container: &str, secrets: &RunSecrets) {
     );
 }
 
-/// Clones the project's repository into the workspace and returns the base commit the run's
-/// diff is taken against.
-async fn prepare_repository(
+/// Journals the `workspace` entry: which repository and commit the run started from.
+async fn journal_workspace(
     core: &Core,
     run: &Run,
-    client: &AgentServerClient,
     url: &str,
     branch: Option<&str>,
-    credentials: Option<&SecretString>,
+    base_commit: &str,
     redactor: &Redactor,
-) -> Result<String, TerminalReason> {
-    let dir = &core.config.workspace_dir;
-    let clone = clone_command(url, branch, credentials, dir);
-    let unavailable = |detail: String| fail(TerminalCode::RepositoryUnavailable, detail);
-    let output = client
-        .execute_bash(&clone, None, Duration::from_secs(600))
-        .await
-        .map_err(|err| unavailable(format!("cloning {url} failed: {err}")))?;
-    if output.exit_code != Some(0) {
-        return Err(unavailable(format!(
-            "cloning {url} failed (exit code {:?}): {}",
-            output.exit_code,
-            output.stdout.trim()
-        )));
-    }
-    let head = client
-        .execute_bash(
-            &format!("git -C {} rev-parse HEAD", shell_quote(dir)),
-            None,
-            Duration::from_secs(60),
-        )
-        .await
-        .map_err(|err| unavailable(format!("reading the base commit failed: {err}")))?;
-    let base_commit = head.stdout.trim().to_owned();
-    if head.exit_code != Some(0) || base_commit.len() < 40 {
-        return Err(unavailable(format!(
-            "reading the base commit failed: {}",
-            head.stderr.trim()
-        )));
-    }
+) -> Result<(), TerminalReason> {
     let entry = NewJournalEvent {
         run_id: run.id,
         org_id: run.org_id,
@@ -906,7 +958,7 @@ async fn prepare_repository(
         core.bus.publish_journal_event(&entry).await;
     }
     tracing::info!(repository = %redactor.redact(url), %base_commit, "repository cloned");
-    Ok(base_commit)
+    Ok(())
 }
 
 async fn wait_healthy(
@@ -1346,42 +1398,21 @@ mod tests {
     }
 
     #[test]
-    fn git_credentials_travel_in_a_header_never_in_the_url() {
+    fn git_credentials_become_a_basic_header() {
         use base64::Engine;
-        let token = SecretString::from("ghp_tokenvalue123");
-        let command = clone_command(
-            "https://git.example.com/org/repo.git",
-            Some("main"),
-            Some(&token),
-            "/workspace/project",
-        );
-        let header =
+        let header = basic_auth_header(&SecretString::from("ghp_tokenvalue123"));
+        let encoded =
             base64::engine::general_purpose::STANDARD.encode("x-access-token:ghp_tokenvalue123");
-        assert!(
-            command.contains(&format!("Authorization: Basic {header}")),
-            "{command}"
+        assert_eq!(
+            header.expose_secret(),
+            format!("Authorization: Basic {encoded}")
         );
-        assert!(
-            command.contains("'https://git.example.com/org/repo.git'"),
-            "{command}"
-        );
-        assert!(!command.contains("ghp_tokenvalue123"), "{command}");
-        assert!(command.contains("-c credential.helper= "), "{command}");
-
-        let with_user = clone_command(
-            "https://gitlab.example.com/r.git",
-            None,
-            Some(&SecretString::from("oauth2:glpat-abc")),
-            "/w",
-        );
-        let header = base64::engine::general_purpose::STANDARD.encode("oauth2:glpat-abc");
-        assert!(with_user.contains(&header), "{with_user}");
-
-        let anonymous = clone_command("git://host/repo.git", None, None, "/w");
-        assert!(!anonymous.contains("extraHeader"), "{anonymous}");
-        assert!(
-            anonymous.starts_with("GIT_TERMINAL_PROMPT=0 git clone"),
-            "{anonymous}"
+        assert!(!header.expose_secret().contains("ghp_tokenvalue123"));
+        let with_user = basic_auth_header(&SecretString::from(" oauth2:glpat-abc\n"));
+        let encoded = base64::engine::general_purpose::STANDARD.encode("oauth2:glpat-abc");
+        assert_eq!(
+            with_user.expose_secret(),
+            format!("Authorization: Basic {encoded}")
         );
     }
 }
