@@ -74,25 +74,37 @@ pub struct FakeLlm {
 }
 
 impl FakeLlm {
+    /// Answers any API key.
     pub fn start() -> Self {
+        Self::start_with(None)
+    }
+
+    /// Answers only `Authorization: Bearer <api_key>` (401 otherwise), so a run that finishes
+    /// proves the key reached the LLM.
+    pub fn start_requiring_key(api_key: &str) -> Self {
+        Self::start_with(Some(api_key))
+    }
+
+    fn start_with(api_key: Option<&str>) -> Self {
         let name = cadenza_testkit::infra::unique_name("cadenza-test-llm-");
         let image = std::env::var("CADENZA_TEST_FAKE_LLM_IMAGE")
             .unwrap_or_else(|_| "cadenza/fake-llm:dev".to_owned());
-        let output = Command::new("docker")
-            .args([
-                "run",
-                "-d",
-                "--name",
-                &name,
-                "--label",
-                "io.cadenza.test=fake-llm",
-                // Published on loopback only, for the test to read what reached it.
-                "--publish",
-                "127.0.0.1::8080",
-                &image,
-            ])
-            .output()
-            .expect("docker run");
+        let mut command = Command::new("docker");
+        command.args([
+            "run",
+            "-d",
+            "--name",
+            &name,
+            "--label",
+            "io.cadenza.test=fake-llm",
+            // Published on loopback only, for the test to read what reached it.
+            "--publish",
+            "127.0.0.1::8080",
+        ]);
+        if let Some(key) = api_key {
+            command.args(["-e", &format!("CADENZA_FAKE_LLM_API_KEY={key}")]);
+        }
+        let output = command.arg(&image).output().expect("docker run");
         assert!(
             output.status.success(),
             "starting {image} failed (run scripts/build-images.sh): {}",

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use base64::Engine;
 use cadenza_e2e::Api;
+use cadenza_e2e::services::FakeLlm;
 use cadenza_e2e::sse::SseReader;
 use cadenza_testkit::infra::nats_url;
 use cadenza_testkit::stack::{Stack, StackOptions};
@@ -14,6 +15,11 @@ use futures::StreamExt;
 use serde_json::{Value, json};
 
 const RUN_BUDGET: Duration = Duration::from_secs(120);
+/// The real image starts in seconds but makes an LLM call per step, each through tmux.
+const REAL_RUN_BUDGET: Duration = Duration::from_secs(300);
+const REAL_IMAGE: &str = "cadenza/openhands-agent-server:1.58.0";
+/// What the real agent-server writes in a command's output in place of a secret's value.
+const REAL_SERVER_SECRET_MASK: &str = "<secret-hidden>";
 
 fn random_hex(bytes: usize) -> String {
     (0..bytes)
@@ -106,15 +112,53 @@ async fn dump_database(pool: &sqlx::PgPool) -> String {
     dump
 }
 
+/// Which agent-server the canary run uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum AgentServer {
+    /// The scripted fake (the stack's default image).
+    Fake,
+    /// The real OpenHands image, driven by the scripted LLM.
+    Real,
+}
+
 #[tokio::test]
 async fn an_injected_canary_is_usable_by_the_agent_and_appears_nowhere_cadenza_records() {
+    injected_canary_run(AgentServer::Fake).await;
+}
+
+#[tokio::test]
+async fn an_injected_canary_is_usable_by_the_real_agent_and_appears_nowhere_cadenza_records() {
+    injected_canary_run(AgentServer::Real).await;
+}
+
+async fn injected_canary_run(agent: AgentServer) {
+    let canary = format!("cdz-canary-{}", random_hex(12));
+    let llm_key = format!("sk-llm-canary-{}", random_hex(12));
+    let mut extra_env = vec![(
+        "RUST_LOG".into(),
+        "info,cadenza_worker=debug,cadenza_api=debug,cadenza_scheduler=debug,\
+         cadenza_agent_client=debug,cadenza_storage=debug"
+            .into(),
+    )];
+    // The real server calls the LLM with the project's key, which this LLM insists on.
+    let llm = (agent == AgentServer::Real).then(|| FakeLlm::start_requiring_key(&llm_key));
+    if let Some(llm) = &llm {
+        extra_env.extend([
+            ("CADENZA_ATTACH_CONTAINERS".into(), llm.name.clone()),
+            (
+                "CADENZA_DEFAULT_LLM_MODEL".into(),
+                "openai/fake-model".into(),
+            ),
+            ("CADENZA_DEFAULT_LLM_BASE_URL".into(), llm.base_url()),
+            ("CADENZA_LLM_API_MODE".into(), "chat".into()),
+        ]);
+    }
+    let budget = match agent {
+        AgentServer::Fake => RUN_BUDGET,
+        AgentServer::Real => REAL_RUN_BUDGET,
+    };
     let stack = Stack::start_with(StackOptions {
-        extra_env: vec![(
-            "RUST_LOG".into(),
-            "info,cadenza_worker=debug,cadenza_api=debug,cadenza_scheduler=debug,\
-             cadenza_agent_client=debug,cadenza_storage=debug"
-                .into(),
-        )],
+        extra_env,
         ..Default::default()
     })
     .await
@@ -122,6 +166,14 @@ async fn an_injected_canary_is_usable_by_the_agent_and_appears_nowhere_cadenza_r
     let api = Api::new(&stack.api_url, &stack.token);
     let project_id = stack.project.id.to_string();
     let org_id = stack.org.id.to_string();
+    if agent == AgentServer::Real {
+        patch_project(
+            &api,
+            &project_id,
+            json!({"agent": {"image": REAL_IMAGE, "memory_mb": 2048, "cpus": 2.0}}),
+        )
+        .await;
+    }
 
     // Capture every message on this stack's NATS subjects from before the run exists.
     let nats = async_nats::connect(nats_url()).await.expect("nats");
@@ -142,8 +194,6 @@ async fn an_injected_canary_is_usable_by_the_agent_and_appears_nowhere_cadenza_r
         })
     };
 
-    let canary = format!("cdz-canary-{}", random_hex(12));
-    let llm_key = format!("sk-llm-canary-{}", random_hex(12));
     put_secret(
         &api,
         &format!("/orgs/{org_id}/secrets/CANARY"),
@@ -185,15 +235,17 @@ async fn an_injected_canary_is_usable_by_the_agent_and_appears_nowhere_cadenza_r
     .await
     .expect("stream");
     let mut streamed = String::new();
-    while let Some(event) = sse.next(RUN_BUDGET).await.expect("stream event") {
+    while let Some(event) = sse.next(budget).await.expect("stream event") {
         streamed.push_str(&event.data);
         streamed.push('\n');
     }
-    let run = api.wait_for_end(&run_id, RUN_BUDGET).await.expect("ends");
+    let run = api.wait_for_end(&run_id, budget).await.expect("ends");
     assert_eq!(run["state"], "succeeded", "{run}\n{}", stack.logs());
 
-    // The agent really had the value: each command's output is there, redacted.
-    let events = api.all_events(&run_id, 50).await.expect("events");
+    // The agent really had the value: each command's output is there, redacted. The real server
+    // masks the plain value itself (`<secret-hidden>`) before Cadenza sees it; the encodings
+    // reach Cadenza and are redacted there.
+    let events = api.all_events(&run_id, 200).await.expect("events");
     let outputs: Vec<String> = events
         .iter()
         .filter(|event| event["kind"] == "observation")
@@ -201,11 +253,21 @@ async fn an_injected_canary_is_usable_by_the_agent_and_appears_nowhere_cadenza_r
         .collect();
     let redacted = outputs
         .iter()
-        .filter(|output| output.contains("[REDACTED:CANARY]"))
+        .filter(|output| {
+            output.contains("[REDACTED:CANARY]") || output.contains(REAL_SERVER_SECRET_MASK)
+        })
         .count();
     assert!(
         redacted >= 3,
         "echo, base64 and od each printed the canary, redacted: {outputs:?}"
+    );
+    let redacted_by_cadenza = outputs
+        .iter()
+        .filter(|output| output.contains("[REDACTED:CANARY]"))
+        .count();
+    assert!(
+        redacted_by_cadenza >= 2,
+        "base64 and od printed encodings only Cadenza redacts: {outputs:?}"
     );
     assert!(
         !outputs.iter().any(|output| output.contains("org-value")),
@@ -276,6 +338,53 @@ async fn an_injected_canary_is_usable_by_the_agent_and_appears_nowhere_cadenza_r
             }
         }
     }
+}
+
+/// When the agent-server refuses the conversation Cadenza asks for (its contract differs from
+/// the one Cadenza speaks), the run fails at once with `agent_contract`, naming the refused
+/// field and never a secret value, even though the request carried one.
+#[tokio::test]
+async fn a_conversation_the_agent_server_refuses_fails_with_agent_contract_naming_the_field() {
+    let stack = Stack::start().await.expect("stack starts");
+    let api = Api::new(&stack.api_url, &stack.token);
+    let project_id = stack.project.id.to_string();
+    let canary = format!("cdz-canary-{}", random_hex(12));
+    put_secret(
+        &api,
+        &format!("/projects/{project_id}/secrets/CANARY"),
+        &canary,
+    )
+    .await;
+    patch_project(&api, &project_id, json!({"agent": {"secrets": ["CANARY"]}})).await;
+    // The API and the schema keep `max_iterations` at 1 or more; lifting that guard in this
+    // test's own database is the simplest way to make Cadenza send a field the server refuses.
+    let mut owner = stack.db.owner_connection().await.expect("owner connection");
+    sqlx::query("alter table projects drop constraint projects_agent_max_iterations_check")
+        .execute(&mut owner)
+        .await
+        .expect("drop the check");
+    sqlx::query("update projects set agent_max_iterations = 0 where id = $1")
+        .bind(stack.project.id.as_uuid())
+        .execute(&stack.db.pool)
+        .await
+        .expect("update");
+
+    let run = api
+        .run_to_end(&project_id, "$ echo $CANARY\ndone", RUN_BUDGET)
+        .await
+        .expect("the run ends");
+    assert_eq!(run["state"], "failed", "{run}");
+    assert_eq!(run["terminal_reason"]["code"], "agent_contract", "{run}");
+    let message = run["terminal_reason"]["message"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(message.contains("body.max_iterations"), "{message}");
+    assert!(message.contains("422"), "{message}");
+    assert!(
+        !stack.logs().contains(&canary),
+        "the canary leaked into the logs"
+    );
+    assert!(!run.to_string().contains(&canary), "{run}");
 }
 
 #[tokio::test]

@@ -109,7 +109,8 @@ pub struct StartConversationRequest {
     /// First user message. When present the server starts a run at once.
     pub initial_message: Option<String>,
     pub max_iterations: Option<u32>,
-    /// Exposed to the agent's shell as environment variables, masked in its output.
+    /// Exposed to the agent's shell as environment variables, masked in its output. Sent as
+    /// `{"kind": "StaticSecret", "value": ...}`, the only static shape the create route takes.
     pub secrets: BTreeMap<String, SecretString>,
     pub autotitle: Option<bool>,
     /// Top-level fields this type does not model (`worktree`, `tags`, `confirmation_policy`,
@@ -180,10 +181,17 @@ impl StartConversationRequest {
             body.insert("max_iterations".into(), json!(max_iterations));
         }
         if !self.secrets.is_empty() {
+            // The create route takes `SecretSource` objects only: unlike the secrets-update
+            // route it does not turn a plain string into a `StaticSecret`, it refuses it (422).
             let secrets: Map<String, Value> = self
                 .secrets
                 .iter()
-                .map(|(name, value)| (name.clone(), json!(value.expose_secret())))
+                .map(|(name, value)| {
+                    (
+                        name.clone(),
+                        json!({"kind": "StaticSecret", "value": value.expose_secret()}),
+                    )
+                })
                 .collect();
             body.insert("secrets".into(), Value::Object(secrets));
         }
@@ -544,7 +552,7 @@ mod tests {
                     "run": true
                 },
                 "max_iterations": 100,
-                "secrets": {"GITHUB_TOKEN": "ghp-secret"},
+                "secrets": {"GITHUB_TOKEN": {"kind": "StaticSecret", "value": "ghp-secret"}},
                 "autotitle": false,
                 "tags": {"run": "r1"}
             })

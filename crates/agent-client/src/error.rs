@@ -58,6 +58,18 @@ pub enum Error {
     #[error("{endpoint}: agent-server run capacity is full (429): {detail}")]
     CapacityFull { endpoint: String, detail: String },
 
+    /// 422: the server's request validation refused the body, a query parameter or a path
+    /// segment. The same request can never succeed. Each problem keeps where the server found
+    /// it and what it says, never the refused value (`input`), which can be a secret.
+    #[error(
+        "{endpoint}: the agent-server refused the request (422): {}",
+        describe_problems(problems)
+    )]
+    Invalid {
+        endpoint: String,
+        problems: Vec<FieldProblem>,
+    },
+
     /// Any other non-success status, with the body's `detail` (or the start of the body).
     #[error("{endpoint}: HTTP {status}: {detail}")]
     Status {
@@ -124,6 +136,7 @@ impl Error {
             Error::NotFound { .. } => Some(StatusCode::NOT_FOUND),
             Error::Conflict { .. } => Some(StatusCode::CONFLICT),
             Error::CapacityFull { .. } => Some(StatusCode::TOO_MANY_REQUESTS),
+            Error::Invalid { .. } => Some(StatusCode::UNPROCESSABLE_ENTITY),
             Error::Status { status, .. } => Some(*status),
             Error::Transport { source, .. } => source.status(),
             _ => None,
@@ -135,6 +148,25 @@ impl Error {
         match self {
             Error::SocketClosed { code, .. } => Some(*code),
             _ => None,
+        }
+    }
+
+    /// The server answered and refused the call as it was made: a 4xx that waiting cannot
+    /// change (not full capacity, not a retryable conflict). For a call that is always valid
+    /// when the server keeps its contract (creating a conversation), this means Cadenza and the
+    /// server disagree about the contract.
+    pub fn is_refused_request(&self) -> bool {
+        self.status().is_some_and(|status| status.is_client_error()) && !self.is_retryable()
+    }
+
+    /// The fields a 422 refused, as dotted locations such as `body.secrets.GITHUB_TOKEN`.
+    pub fn refused_fields(&self) -> Vec<&str> {
+        match self {
+            Error::Invalid { problems, .. } => problems
+                .iter()
+                .map(|problem| problem.location.as_str())
+                .collect(),
+            _ => Vec::new(),
         }
     }
 
@@ -226,6 +258,15 @@ pub(crate) fn status_error(endpoint: String, status: StatusCode, body: &[u8]) ->
         .and_then(|value| value.get("retryable"))
         .and_then(serde_json::Value::as_bool)
         .unwrap_or(false);
+    if status == StatusCode::UNPROCESSABLE_ENTITY
+        && let Some(problems) = parsed
+            .as_ref()
+            .and_then(|value| value.get("detail"))
+            .and_then(serde_json::Value::as_array)
+    {
+        let problems = problems.iter().map(FieldProblem::from_wire).collect();
+        return Error::Invalid { endpoint, problems };
+    }
     match status {
         StatusCode::UNAUTHORIZED => Error::Unauthorized { endpoint, detail },
         StatusCode::NOT_FOUND => Error::NotFound { endpoint, detail },
@@ -243,10 +284,77 @@ pub(crate) fn status_error(endpoint: String, status: StatusCode, body: &[u8]) ->
     }
 }
 
-/// `detail` is a string for most errors but a list of validation errors for a 422.
+/// One entry of a 422's `detail` list (`{"type","loc","msg","input",...}`), without `input`
+/// and `ctx`: both can carry the refused value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldProblem {
+    /// `loc` joined with dots, e.g. `body.secrets.GITHUB_TOKEN`.
+    pub location: String,
+    /// pydantic's error type, e.g. `model_attributes_type` or `missing`.
+    pub kind: String,
+    /// pydantic's message, e.g. `Field required`.
+    pub message: String,
+}
+
+impl FieldProblem {
+    fn from_wire(entry: &serde_json::Value) -> Self {
+        let location = entry
+            .get("loc")
+            .and_then(serde_json::Value::as_array)
+            .map(|segments| {
+                segments
+                    .iter()
+                    .map(|segment| match segment {
+                        serde_json::Value::String(text) => text.clone(),
+                        other => other.to_string(),
+                    })
+                    .collect::<Vec<_>>()
+                    .join(".")
+            })
+            .unwrap_or_default();
+        let text = |key: &str| {
+            entry
+                .get(key)
+                .and_then(serde_json::Value::as_str)
+                .unwrap_or_default()
+                .to_owned()
+        };
+        Self {
+            location,
+            kind: text("type"),
+            message: text("msg"),
+        }
+    }
+}
+
+impl std::fmt::Display for FieldProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.location, self.message)
+    }
+}
+
+fn describe_problems(problems: &[FieldProblem]) -> String {
+    if problems.is_empty() {
+        return "no detail given".to_owned();
+    }
+    problems
+        .iter()
+        .map(FieldProblem::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// `detail` is a string for most errors. A list (validation errors outside a 422) is reduced to
+/// locations and messages, so the refused values it echoes never reach a log line.
 fn detail_text(detail: &serde_json::Value) -> String {
     match detail {
         serde_json::Value::String(text) => text.clone(),
+        serde_json::Value::Array(entries) => describe_problems(
+            &entries
+                .iter()
+                .map(FieldProblem::from_wire)
+                .collect::<Vec<_>>(),
+        ),
         other => other.to_string(),
     }
 }
@@ -338,16 +446,58 @@ mod tests {
     }
 
     #[test]
-    fn validation_details_and_non_json_bodies_become_readable_text() {
+    fn a_validation_refusal_names_the_field_and_never_the_refused_value() {
+        // What the real server answers to a plain-string secret: `input` is the value itself.
+        let error = status_error(
+            "POST /api/conversations".to_owned(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            br#"{"detail":[{"type":"model_attributes_type","loc":["body","secrets","CANARY"],"msg":"Input should be a valid dictionary or object to extract fields from","input":"hunter2-value"},{"type":"missing","loc":["body","workspace"],"msg":"Field required","input":{"api_key":"hunter2-value"},"ctx":{"error":"hunter2-value"}}]}"#,
+        );
+        assert_eq!(error.status(), Some(StatusCode::UNPROCESSABLE_ENTITY));
+        assert_eq!(
+            error.refused_fields(),
+            vec!["body.secrets.CANARY", "body.workspace"]
+        );
+        assert!(error.is_refused_request());
+        assert!(!error.is_retryable());
+        let message = error.to_string();
+        assert_eq!(
+            message,
+            "POST /api/conversations: the agent-server refused the request (422): \
+             body.secrets.CANARY: Input should be a valid dictionary or object to extract fields \
+             from; body.workspace: Field required"
+        );
+        assert!(!format!("{error:?}").contains("hunter2"), "{error:?}");
+
+        // A validation list under another status is reduced the same way.
         let error = status_error(
             endpoint(),
-            StatusCode::UNPROCESSABLE_ENTITY,
-            br#"{"detail":[{"loc":["body","workspace"],"msg":"Field required"}]}"#,
+            StatusCode::BAD_REQUEST,
+            br#"{"detail":[{"type":"x","loc":["query","limit",0],"msg":"bad","input":"hunter2-value"}]}"#,
         );
         assert!(
-            matches!(&error, Error::Status { detail, .. } if detail.contains("Field required"))
+            matches!(&error, Error::Status { detail, .. } if detail == "query.limit.0: bad"),
+            "{error:?}"
         );
+        assert!(error.is_refused_request());
+    }
 
+    #[test]
+    fn capacity_and_retryable_conflicts_are_not_refusals() {
+        for (status, body) in [
+            (StatusCode::TOO_MANY_REQUESTS, &br#"{"detail":"full"}"#[..]),
+            (
+                StatusCode::CONFLICT,
+                br#"{"detail":"credential_binding_activation_required","retryable":true}"#,
+            ),
+            (StatusCode::BAD_GATEWAY, b"<html></html>"),
+        ] {
+            assert!(!status_error(endpoint(), status, body).is_refused_request());
+        }
+    }
+
+    #[test]
+    fn non_json_bodies_become_readable_text() {
         let long_page = format!("<html>{}</html>", "x".repeat(1000));
         let error = status_error(endpoint(), StatusCode::BAD_GATEWAY, long_page.as_bytes());
         let Error::Status { detail, .. } = &error else {

@@ -56,7 +56,8 @@ pub use conversation::{
     LlmConfig, RunOutcome, StartConversationRequest, ToolSpec, tool_names,
 };
 pub use error::{
-    CLOSE_ABNORMAL, CLOSE_NOT_FOUND, CLOSE_TRY_AGAIN_LATER, CLOSE_UNAUTHORIZED, Error, Result,
+    CLOSE_ABNORMAL, CLOSE_NOT_FOUND, CLOSE_TRY_AGAIN_LATER, CLOSE_UNAUTHORIZED, Error,
+    FieldProblem, Result,
 };
 pub use events::{
     ActionEvent, AgentErrorEvent, AgentEvent, ConversationErrorEvent, ConversationStateUpdateEvent,

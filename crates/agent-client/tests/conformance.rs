@@ -17,9 +17,11 @@ use cadenza_agent_client::{
     AgentEvent, AgentSpec, CreateOutcome, Error, ExecutionStatus, RunOutcome, SessionFrame,
     SessionSocket, StartConversationRequest, TypedEvent,
 };
+use secrecy::SecretString;
+use serde_json::json;
 use uuid::Uuid;
 
-use support::{AgentServerUnderTest, Backend, WORKSPACE};
+use support::{AgentServerUnderTest, Backend, CONTAINER_ENV, LLM_KEY, WORKSPACE};
 
 /// The same task for both servers: two commands, then the final answer.
 const HELLO_TASK: &str = "$ echo hello > hello.txt\n$ cat hello.txt\ndone";
@@ -63,6 +65,8 @@ conformance!(
     the_git_delta_against_a_recorded_base_holds_only_the_agents_changes,
     a_wrong_key_is_refused_on_rest_and_on_the_socket,
     an_unknown_conversation_is_not_found_on_rest_and_closes_the_socket_with_4004,
+    a_plain_string_secret_or_a_non_string_llm_key_is_refused_with_422_naming_the_field,
+    a_static_secret_and_the_container_environment_reach_the_agents_shell,
 );
 
 // ---------------------------------------------------------------------------------------------
@@ -693,4 +697,99 @@ async fn an_unknown_conversation_is_not_found_on_rest_and_closes_the_socket_with
     assert_eq!(error.close_code(), Some(4004), "{error:?}");
     assert!(error.is_not_found());
     assert!(!error.is_retryable());
+}
+
+/// The create route takes `SecretSource` objects only, and the LLM key only as a string. Both
+/// refusals are a 422 whose `loc` names the field; the error Cadenza builds from it names the
+/// field too but never carries the refused value (the server echoes it in `input`).
+async fn a_plain_string_secret_or_a_non_string_llm_key_is_refused_with_422_naming_the_field(
+    server: &AgentServerUnderTest,
+) {
+    let value = "plain-secret-value-4711";
+    let request = server
+        .request(Some("$ true\ndone"))
+        .with_extra("secrets", json!({ "PLAIN_TOKEN": value }));
+    let id = request.conversation_id.unwrap();
+    let error = server
+        .client
+        .create_conversation(&request)
+        .await
+        .expect_err("a plain-string secret is refused");
+    assert_eq!(error.status(), Some(http::StatusCode::UNPROCESSABLE_ENTITY));
+    assert_eq!(error.refused_fields(), vec!["body.secrets.PLAIN_TOKEN"]);
+    assert!(error.is_refused_request() && !error.is_retryable());
+    let message = error.to_string();
+    assert!(message.contains("body.secrets.PLAIN_TOKEN"), "{message}");
+    assert!(!message.contains(value), "{message}");
+    assert!(!format!("{error:?}").contains(value), "{error:?}");
+    assert!(
+        server
+            .client
+            .get_conversation(id)
+            .await
+            .unwrap_err()
+            .is_not_found(),
+        "nothing was created"
+    );
+
+    let mut llm = server.llm(false);
+    llm.api_key = None;
+    llm.extra.insert(
+        "api_key".into(),
+        json!({ "kind": "StaticSecret", "value": value }),
+    );
+    let request = StartConversationRequest::new(WORKSPACE, AgentSpec::with_standard_tools(llm))
+        .with_conversation_id(Uuid::new_v4())
+        .with_autotitle(false);
+    let error = server
+        .client
+        .create_conversation(&request)
+        .await
+        .expect_err("an LLM key that is not a string is refused");
+    assert_eq!(error.status(), Some(http::StatusCode::UNPROCESSABLE_ENTITY));
+    let fields = error.refused_fields();
+    assert_eq!(
+        fields.first(),
+        Some(&"body.agent.llm.api_key.str"),
+        "{error}"
+    );
+    assert!(
+        fields
+            .iter()
+            .all(|field| field.starts_with("body.agent.llm.api_key.")),
+        "{error}"
+    );
+    assert!(!error.to_string().contains(value), "{error}");
+}
+
+/// What the worker hands the agent reaches its shell: a project secret, sent as a
+/// `StaticSecret`, and the container's environment (the project's `agent.env`). The LLM key
+/// travels as a string (the real server's LLM refuses any other key, so the run finishing shows
+/// it arrived), and neither it nor the secret comes back in the conversation's info.
+async fn a_static_secret_and_the_container_environment_reach_the_agents_shell(
+    server: &AgentServerUnderTest,
+) {
+    let value = "static-secret-value-0815";
+    let (name, _) = CONTAINER_ENV;
+    let task =
+        format!("$ echo \"$CONFORMANCE_TOKEN\" > secret.txt\n$ echo \"${name}\" > env.txt\ndone");
+    let request = server
+        .request(Some(&task))
+        .with_secret("CONFORMANCE_TOKEN", SecretString::from(value));
+    let (info, outcome) = server.client.create_conversation(&request).await.unwrap();
+    assert_eq!(outcome, CreateOutcome::Created);
+    let status = server
+        .wait_for_status(info.id, "terminal", ExecutionStatus::is_terminal)
+        .await;
+    assert_eq!(status, ExecutionStatus::Finished, "{}", server.logs());
+
+    assert_eq!(server.shell("cat secret.txt").await, format!("{value}\n"));
+    assert_eq!(
+        server.shell("cat env.txt").await,
+        format!("{}\n", CONTAINER_ENV.1)
+    );
+    let info = server.client.get_conversation(info.id).await.unwrap();
+    let shown = info.raw.to_string();
+    assert!(!shown.contains(value), "the secret came back: {shown}");
+    assert!(!shown.contains(LLM_KEY), "the LLM key came back: {shown}");
 }

@@ -99,6 +99,10 @@ pub enum TerminalCode {
     ContainerFailed,
     /// The agent-server in the container never became healthy or stopped answering.
     AgentUnreachable,
+    /// The agent-server answered and refused what Cadenza sent as malformed (a 4xx such as a
+    /// 422 on creating the conversation): the image speaks another version of the contract.
+    /// Retrying cannot help; the detail names the refused fields, never their values.
+    AgentContract,
     /// The run exceeded its wall-clock budget.
     TimedOut,
     /// The worker holding the run stopped renewing its lease.
@@ -128,6 +132,7 @@ impl TerminalCode {
             TerminalCode::AgentError => "agent_error",
             TerminalCode::ContainerFailed => "container_failed",
             TerminalCode::AgentUnreachable => "agent_unreachable",
+            TerminalCode::AgentContract => "agent_contract",
             TerminalCode::TimedOut => "timed_out",
             TerminalCode::LeaseExpired => "lease_expired",
             TerminalCode::Cancelled => "cancelled",
@@ -152,7 +157,7 @@ impl FromStr for TerminalCode {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        const ALL: [TerminalCode; 14] = [
+        const ALL: [TerminalCode; 15] = [
             TerminalCode::ImageRefused,
             TerminalCode::WorkspaceUnavailable,
             TerminalCode::RepositoryUnavailable,
@@ -162,6 +167,7 @@ impl FromStr for TerminalCode {
             TerminalCode::AgentError,
             TerminalCode::ContainerFailed,
             TerminalCode::AgentUnreachable,
+            TerminalCode::AgentContract,
             TerminalCode::TimedOut,
             TerminalCode::LeaseExpired,
             TerminalCode::Cancelled,
@@ -351,6 +357,14 @@ mod tests {
         assert_eq!(
             "lease_expired".parse::<TerminalCode>(),
             Ok(TerminalCode::LeaseExpired)
+        );
+        assert_eq!(
+            "agent_contract".parse::<TerminalCode>(),
+            Ok(TerminalCode::AgentContract)
+        );
+        assert_eq!(
+            serde_json::to_value(TerminalCode::AgentContract).ok(),
+            Some(serde_json::json!("agent_contract"))
         );
     }
 

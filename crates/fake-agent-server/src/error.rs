@@ -4,7 +4,7 @@
 use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
+use serde_json::{Value, json};
 
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum ApiError {
@@ -16,21 +16,69 @@ pub(crate) enum ApiError {
     BadRequest(String),
     #[error("{0}")]
     Conflict(String),
-    #[error("invalid {location}: {message}")]
-    Validation {
-        location: &'static str,
-        message: String,
-    },
+    #[error("invalid request: {}", .0.first().map(|error| error.msg.as_str()).unwrap_or_default())]
+    Validation(Vec<FieldError>),
     #[error("internal error")]
     Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
-impl ApiError {
-    pub(crate) fn validation(location: &'static str, message: impl std::fmt::Display) -> Self {
-        Self::Validation {
-            location,
-            message: message.to_string(),
+/// One pydantic validation error as FastAPI renders it in a 422's `detail` list. Like the real
+/// server, `input` is the refused value as sent (a plain-string secret included).
+#[derive(Debug)]
+pub(crate) struct FieldError {
+    pub(crate) kind: &'static str,
+    pub(crate) loc: Vec<Value>,
+    pub(crate) msg: String,
+    pub(crate) input: Value,
+    pub(crate) ctx: Option<Value>,
+}
+
+impl FieldError {
+    pub(crate) fn new(
+        kind: &'static str,
+        loc: Vec<Value>,
+        msg: impl Into<String>,
+        input: Value,
+    ) -> Self {
+        Self {
+            kind,
+            loc,
+            msg: msg.into(),
+            input,
+            ctx: None,
         }
+    }
+
+    pub(crate) fn with_ctx(mut self, ctx: Value) -> Self {
+        self.ctx = Some(ctx);
+        self
+    }
+
+    fn to_json(&self) -> Value {
+        let mut entry = json!({
+            "type": self.kind,
+            "loc": self.loc,
+            "msg": self.msg,
+            "input": self.input,
+        });
+        if let Some(ctx) = &self.ctx {
+            entry["ctx"] = ctx.clone();
+        }
+        entry
+    }
+}
+
+impl ApiError {
+    /// A refusal the fake checks in its own words: `location` is dotted (`body.max_iterations`)
+    /// and becomes the `loc` list; the refused value is not at hand, so `input` is null.
+    pub(crate) fn validation(location: &'static str, message: impl std::fmt::Display) -> Self {
+        let loc = location.split('.').map(Value::from).collect();
+        Self::Validation(vec![FieldError::new(
+            "value_error",
+            loc,
+            message.to_string(),
+            Value::Null,
+        )])
     }
 
     pub(crate) fn internal(error: impl std::error::Error + Send + Sync + 'static) -> Self {
@@ -45,14 +93,10 @@ impl IntoResponse for ApiError {
             Self::NotFound => detail(StatusCode::NOT_FOUND, "Not Found"),
             Self::BadRequest(message) => detail(StatusCode::BAD_REQUEST, &message),
             Self::Conflict(message) => detail(StatusCode::CONFLICT, &message),
-            Self::Validation { location, message } => (
+            Self::Validation(errors) => (
                 StatusCode::UNPROCESSABLE_ENTITY,
                 Json(json!({
-                    "detail": [{
-                        "type": "value_error",
-                        "loc": [location],
-                        "msg": message,
-                    }]
+                    "detail": errors.iter().map(FieldError::to_json).collect::<Vec<_>>(),
                 })),
             )
                 .into_response(),

@@ -1,5 +1,6 @@
 //! The REST surface: health, server info, conversations, events, bash and file archive.
 
+use std::collections::BTreeMap;
 use std::path::{Path as FsPath, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -183,11 +184,22 @@ async fn create_conversation(
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let request: StartConversationRequest = wire::parse_body(&body)?;
     let agent = resolve_agent(&request)?;
-    if request.max_iterations == 0 {
-        return Err(ApiError::validation(
-            "body.max_iterations",
-            "must be at least 1",
-        ));
+    // Field by field in the model's order, every refusal at once, as pydantic reports them.
+    let mut refused = request
+        .agent
+        .as_ref()
+        .map(wire::check_llm_api_key)
+        .unwrap_or_default();
+    refused.extend(wire::check_max_iterations(request.max_iterations));
+    let secrets = match wire::start_secrets(request.secrets.as_ref()) {
+        Ok(secrets) => secrets,
+        Err(errors) => {
+            refused.extend(errors);
+            BTreeMap::new()
+        }
+    };
+    if !refused.is_empty() {
+        return Err(ApiError::Validation(refused));
     }
     let initial_content = request
         .initial_message
@@ -210,7 +222,7 @@ async fn create_conversation(
             agent,
             max_iterations: request.max_iterations,
             stuck_detection: request.stuck_detection,
-            secrets: wire::resolve_secrets(request.secrets),
+            secrets,
             tags: request.tags.unwrap_or_else(|| json!({})),
         },
         &server.shutdown,

@@ -4,13 +4,13 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::{Value, json};
 use time::format_description::well_known::Rfc3339;
 use time::macros::format_description;
 use time::{OffsetDateTime, PrimitiveDateTime, UtcOffset};
 use uuid::Uuid;
 
-use super::error::ApiError;
+use super::error::{ApiError, FieldError};
 
 pub(crate) fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     serde_json::from_slice(body).map_err(|error| ApiError::validation("body", error))
@@ -87,9 +87,16 @@ pub(crate) struct StartConversationRequest {
     pub(crate) max_iterations: u32,
     #[serde(default = "default_true")]
     pub(crate) stuck_detection: bool,
-    #[serde(default)]
-    pub(crate) secrets: BTreeMap<String, SecretValue>,
+    /// Kept raw (an explicit `null` included) for [`start_secrets`], which refuses what the
+    /// real server's `dict[str, SecretSource]` refuses.
+    #[serde(default, deserialize_with = "present")]
+    pub(crate) secrets: Option<Value>,
     pub(crate) tags: Option<Value>,
+}
+
+/// Tells an explicit `null` (`Some(Value::Null)`) from an absent field (`None`).
+fn present<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<Value>, D::Error> {
+    Value::deserialize(deserializer).map(Some)
 }
 
 #[derive(Debug, Deserialize)]
@@ -105,8 +112,147 @@ fn default_true() -> bool {
     true
 }
 
-/// A secret as the API takes it: a plain string or a `StaticSecret`. Other kinds (lookups through
-/// a URL) cannot be resolved by the fake and are skipped.
+const SECRET_KINDS: &str = "['LookupSecret', 'StaticSecret']";
+
+/// The create route's `secrets`, checked as the real server's pydantic model checks
+/// `dict[str, SecretSource]`: each value must be an object with a known `kind`. Unlike the
+/// secrets-update route it does **not** take plain strings. Every refused entry is reported, with
+/// the real server's `type`, `loc`, `msg` and `input` (the refused value itself, as there).
+/// Returns the static values; a `StaticSecret` without a value and lookups are skipped.
+pub(crate) fn start_secrets(
+    raw: Option<&Value>,
+) -> Result<BTreeMap<String, String>, Vec<FieldError>> {
+    let Some(raw) = raw else {
+        return Ok(BTreeMap::new());
+    };
+    let Value::Object(entries) = raw else {
+        return Err(vec![FieldError::new(
+            "dict_type",
+            vec![json!("body"), json!("secrets")],
+            "Input should be a valid dictionary",
+            raw.clone(),
+        )]);
+    };
+    let mut resolved = BTreeMap::new();
+    let mut errors = Vec::new();
+    for (name, source) in entries {
+        let loc = |extra: &[&str]| {
+            let mut loc = vec![json!("body"), json!("secrets"), json!(name)];
+            loc.extend(extra.iter().map(|segment| json!(segment)));
+            loc
+        };
+        let Value::Object(fields) = source else {
+            errors.push(FieldError::new(
+                "model_attributes_type",
+                loc(&[]),
+                "Input should be a valid dictionary or object to extract fields from",
+                source.clone(),
+            ));
+            continue;
+        };
+        let string_field = |field: &str, errors: &mut Vec<FieldError>| match fields.get(field) {
+            None | Some(Value::Null) => None,
+            Some(Value::String(text)) => Some(text.clone()),
+            Some(other) => {
+                errors.push(FieldError::new(
+                    "string_type",
+                    loc(&[field]),
+                    "Input should be a valid string",
+                    other.clone(),
+                ));
+                None
+            }
+        };
+        string_field("description", &mut errors);
+        match fields.get("kind").and_then(Value::as_str) {
+            Some("StaticSecret") => {
+                if let Some(value) = string_field("value", &mut errors) {
+                    resolved.insert(name.clone(), value);
+                }
+            }
+            Some("LookupSecret") => match fields.get("url") {
+                None => {
+                    let mut input = fields.clone();
+                    input.remove("kind");
+                    errors.push(FieldError::new(
+                        "missing",
+                        loc(&["url"]),
+                        "Field required",
+                        Value::Object(input),
+                    ));
+                }
+                Some(_) => {
+                    string_field("url", &mut errors);
+                }
+            },
+            kind => {
+                let error = format!(
+                    "Unknown kind '{}' for openhands.sdk.secret.secrets.SecretSource; \
+                     Expected one of: {SECRET_KINDS}",
+                    kind.unwrap_or_default()
+                );
+                errors.push(
+                    FieldError::new(
+                        "value_error",
+                        loc(&[]),
+                        format!("Value error, {error}"),
+                        source.clone(),
+                    )
+                    .with_ctx(json!({ "error": error })),
+                );
+            }
+        }
+    }
+    if errors.is_empty() {
+        Ok(resolved)
+    } else {
+        Err(errors)
+    }
+}
+
+/// pydantic's `loc` for the second branch of `LLM.api_key: str | SecretStr | None`, verbatim.
+const SECRET_STR_BRANCH: &str = "lax-or-strict[lax=json-or-python[json=function-after[SecretStr(), str],python=union[is-instance[SecretStr],function-after[SecretStr(), str]]],strict=json-or-python[json=function-after[SecretStr(), str],python=union[is-instance[SecretStr],function-after[SecretStr(), str]]]]";
+
+/// `agent.llm.api_key` is `str | SecretStr | None`: anything else (a number, a `StaticSecret`
+/// object) is refused with one error per union branch, as pydantic does.
+pub(crate) fn check_llm_api_key(agent: &Value) -> Vec<FieldError> {
+    match agent.get("llm").and_then(|llm| llm.get("api_key")) {
+        None | Some(Value::Null | Value::String(_)) => Vec::new(),
+        Some(other) => ["str", SECRET_STR_BRANCH]
+            .into_iter()
+            .map(|branch| {
+                FieldError::new(
+                    "string_type",
+                    ["body", "agent", "llm", "api_key", branch]
+                        .into_iter()
+                        .map(Value::from)
+                        .collect(),
+                    "Input should be a valid string",
+                    other.clone(),
+                )
+            })
+            .collect(),
+    }
+}
+
+/// `max_iterations` is `int = Field(ge=1)`.
+pub(crate) fn check_max_iterations(max_iterations: u32) -> Vec<FieldError> {
+    if max_iterations >= 1 {
+        return Vec::new();
+    }
+    vec![
+        FieldError::new(
+            "greater_than_equal",
+            vec![json!("body"), json!("max_iterations")],
+            "Input should be greater than or equal to 1",
+            json!(max_iterations),
+        )
+        .with_ctx(json!({ "ge": 1 })),
+    ]
+}
+
+/// A secret as the secrets-update route takes it: a plain string or a `StaticSecret`. Other
+/// kinds (lookups through a URL) cannot be resolved by the fake and are skipped.
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
 pub(crate) enum SecretValue {

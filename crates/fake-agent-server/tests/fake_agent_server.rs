@@ -857,15 +857,16 @@ async fn exceeding_max_iterations_is_a_conversation_error() {
 }
 
 #[tokio::test]
-async fn secrets_are_exported_to_the_commands() {
+async fn static_secrets_are_exported_to_the_commands() {
     let fake = Fake::start().await;
     let mut body = fake.create_body(Some("$ printf %s \"$API_TOKEN-$OTHER\" > token.txt\nok"));
     body["secrets"] = json!({
-        "API_TOKEN": "s3cret",
-        "OTHER": { "kind": "StaticSecret", "value": "static" },
+        "API_TOKEN": { "kind": "StaticSecret", "value": "s3cret" },
+        "OTHER": { "kind": "StaticSecret", "value": "static", "description": "d" },
+        "UNSET": { "kind": "StaticSecret" },
     });
     let (status, info) = fake.post("/api/conversations", body).await;
-    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(status, StatusCode::CREATED, "{info}");
     assert_eq!(info["agent"]["llm"]["api_key"], "**********");
     let id = info["id"].as_str().expect("id").to_owned();
     fake.wait_for_status(&id, "finished").await;
@@ -873,6 +874,108 @@ async fn secrets_are_exported_to_the_commands() {
         std::fs::read_to_string(fake.workspace().join("token.txt")).expect("token.txt"),
         "s3cret-static"
     );
+}
+
+/// The bodies are what the real server answered to the same requests.
+#[tokio::test]
+async fn create_refuses_plain_string_secrets_and_non_string_llm_keys_like_the_real_server() {
+    let fake = Fake::start().await;
+    let mut body = fake.create_body(Some("$ true\nok"));
+    body["secrets"] = json!({
+        "A": "x",
+        "B": { "kind": "StaticSecret", "value": "y" },
+        "C": { "kind": "Nope", "value": "z" },
+    });
+    let (status, refused) = fake.post("/api/conversations", body).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    let unknown_kind = "Unknown kind 'Nope' for openhands.sdk.secret.secrets.SecretSource; \
+                        Expected one of: ['LookupSecret', 'StaticSecret']";
+    assert_eq!(
+        refused,
+        json!({"detail": [
+            {
+                "type": "model_attributes_type",
+                "loc": ["body", "secrets", "A"],
+                "msg": "Input should be a valid dictionary or object to extract fields from",
+                "input": "x",
+            },
+            {
+                "type": "value_error",
+                "loc": ["body", "secrets", "C"],
+                "msg": format!("Value error, {unknown_kind}"),
+                "input": { "kind": "Nope", "value": "z" },
+                "ctx": { "error": unknown_kind },
+            },
+        ]})
+    );
+
+    let mut body = fake.create_body(None);
+    body["secrets"] = json!({ "N": { "kind": "StaticSecret", "value": 7 } });
+    let (status, refused) = fake.post("/api/conversations", body).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(
+        refused["detail"],
+        json!([{
+            "type": "string_type",
+            "loc": ["body", "secrets", "N", "value"],
+            "msg": "Input should be a valid string",
+            "input": 7,
+        }])
+    );
+
+    let mut body = fake.create_body(None);
+    body["secrets"] = Value::Null;
+    let (status, refused) = fake.post("/api/conversations", body).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(refused["detail"][0]["type"], "dict_type");
+    assert_eq!(refused["detail"][0]["loc"], json!(["body", "secrets"]));
+
+    let mut body = fake.create_body(None);
+    body.as_object_mut()
+        .expect("object")
+        .remove("agent_settings");
+    body["agent"] = json!({
+        "kind": "Agent",
+        "llm": { "model": "openai/fake-model", "api_key": { "kind": "StaticSecret", "value": "sk" } },
+        "tools": [],
+    });
+    let (status, refused) = fake.post("/api/conversations", body).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    let detail = refused["detail"].as_array().expect("detail list");
+    assert_eq!(detail.len(), 2, "one error per union branch: {refused}");
+    assert_eq!(
+        detail[0]["loc"],
+        json!(["body", "agent", "llm", "api_key", "str"])
+    );
+    assert_eq!(detail[0]["type"], "string_type");
+
+    let mut body = fake.create_body(None);
+    body["max_iterations"] = json!(0);
+    let (status, refused) = fake.post("/api/conversations", body).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(
+        refused["detail"],
+        json!([{
+            "type": "greater_than_equal",
+            "loc": ["body", "max_iterations"],
+            "msg": "Input should be greater than or equal to 1",
+            "input": 0,
+            "ctx": { "ge": 1 },
+        }])
+    );
+
+    // The secrets-update route, unlike create, takes plain strings.
+    let (_, info) = fake
+        .post("/api/conversations", fake.create_body(None))
+        .await;
+    let id = info["id"].as_str().expect("id");
+    let (status, _) = fake
+        .post(
+            &format!("/api/conversations/{id}/secrets"),
+            json!({ "secrets": { "A": "x" } }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
 }
 
 #[tokio::test]

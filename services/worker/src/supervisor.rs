@@ -436,10 +436,13 @@ async fn execute(
     }
     let created = with_retries(cancel, || client.create_conversation(&request)).await;
     created.map_err(|err| {
-        fail(
-            TerminalCode::AgentUnreachable,
-            format!("creating the conversation failed: {err}"),
-        )
+        // A refusal names the fields (a 422's `loc`), never their values: the error drops `input`.
+        let code = if err.is_refused_request() {
+            TerminalCode::AgentContract
+        } else {
+            TerminalCode::AgentUnreachable
+        };
+        fail(code, format!("creating the conversation failed: {err}"))
     })?;
 
     run_turn(

@@ -24,7 +24,10 @@ use self::docker::{Container, Network, require_image};
 
 pub const WORKSPACE: &str = "/workspace/project";
 const SESSION_KEY: &str = "conformance-session-key";
-const LLM_KEY: &str = "sk-conformance";
+/// The LLM key every conversation carries; the real server's LLM (the fake) refuses any other.
+pub const LLM_KEY: &str = "sk-conformance";
+/// Set in every server container's environment, as the worker sets a project's `agent.env`.
+pub const CONTAINER_ENV: (&str, &str) = ("CONFORMANCE_PROJECT_ENV", "from-the-container");
 const LLM_ALIAS: &str = "fake-llm";
 const LLM_PORT: u16 = 8080;
 /// The real server imports its whole tool stack before binding its port (about 6 s on two
@@ -79,6 +82,7 @@ impl AgentServerUnderTest {
         let run = Uuid::new_v4().simple().to_string();
         let prefix = format!("cadenza-conformance-{}", &run[..12]);
         let session_key_env = format!("OH_SESSION_API_KEYS_0={SESSION_KEY}");
+        let project_env = format!("{}={}", CONTAINER_ENV.0, CONTAINER_ENV.1);
 
         // In this order so that, should anything below panic, the locals drop in reverse: the
         // containers leave the network before it is removed.
@@ -88,7 +92,15 @@ impl AgentServerUnderTest {
                 require_image(&image);
                 let server = Container::run(
                     format!("{prefix}-agent"),
-                    &["-p", "127.0.0.1::8000", "-e", &session_key_env, &image],
+                    &[
+                        "-p",
+                        "127.0.0.1::8000",
+                        "-e",
+                        &session_key_env,
+                        "-e",
+                        &project_env,
+                        &image,
+                    ],
                 );
                 (None, None, server)
             }
@@ -127,6 +139,8 @@ impl AgentServerUnderTest {
                         &session_key_env,
                         "-e",
                         "OH_LEASE_TTL_SECONDS=0",
+                        "-e",
+                        &project_env,
                         &agent_image,
                     ],
                 );
