@@ -494,3 +494,50 @@ async fn a_worker_without_a_key_its_secrets_need_refuses_to_start_and_names_it()
     let stderr = String::from_utf8_lossy(&none.stderr);
     assert!(stderr.contains("CADENZA_SECRET_KEKS"), "{stderr}");
 }
+
+/// The value after `OH_SESSION_API_KEYS_0=` wherever it appears, up to the end of the token.
+fn session_key_values(text: &str) -> Vec<String> {
+    text.match_indices("OH_SESSION_API_KEYS_0=")
+        .map(|(at, marker)| {
+            text[at + marker.len()..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || matches!(c, '[' | ']' | '_' | ':'))
+                .collect()
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn an_agent_printing_its_environment_does_not_put_the_session_key_in_the_journal() {
+    let stack = Stack::start().await.expect("stack starts");
+    let api = Api::new(&stack.api_url, &stack.token);
+    let run = api
+        .run_to_end(&stack.project.id.to_string(), "$ env\ndone", RUN_BUDGET)
+        .await
+        .expect("the run ends");
+    assert_eq!(run["state"], "succeeded", "{run}\n{}", stack.logs());
+    let run_id = run["id"].as_str().expect("id");
+
+    let events = api.all_events(run_id, 100).await.expect("events");
+    let journal = serde_json::to_string(&events).expect("json");
+    let shown = session_key_values(&journal);
+    assert!(
+        !shown.is_empty(),
+        "the agent printed its environment: {journal}"
+    );
+    assert!(
+        shown
+            .iter()
+            .all(|value| value == "[REDACTED:AGENT_SESSION_KEY]"),
+        "{shown:?}"
+    );
+    // Nor anywhere else Cadenza keeps: raw events, the diff, the end reason.
+    let dump = dump_database(&stack.db.pool).await;
+    assert!(
+        session_key_values(&dump)
+            .iter()
+            .all(|value| value == "[REDACTED:AGENT_SESSION_KEY]"),
+        "{:?}",
+        session_key_values(&dump)
+    );
+}

@@ -14,10 +14,16 @@ use zeroize::Zeroizing;
 use crate::error::{Error, Result, SealedPart};
 use crate::keyring::{self, KEY_LEN, KeyRing};
 
-/// The version of the sealed-secret format this build writes (and the only one it reads). It
-/// is the first byte of [`SealedSecret::to_bytes`] and part of the associated data, so a
-/// future format can never be confused with this one.
-pub const FORMAT_VERSION: u8 = 1;
+/// The version of the sealed-secret format this build writes. It is the first byte of
+/// [`SealedSecret::to_bytes`] and part of the data key's associated data, so one format can
+/// never be confused with another.
+///
+/// Format 2 binds the secret's project and name as well as its org, id and version. Format 1
+/// (org, id and version only) is still read, and [`rewrap`] upgrades it to format 2.
+pub const FORMAT_VERSION: u8 = 2;
+/// The first format, which bound org, secret id and version but not project and name. Still
+/// opened; [`SealedSecret::needs_rewrap`] reports it, and [`rewrap`] upgrades it.
+pub const FORMAT_V1: u8 = 1;
 /// Length of the AES-GCM nonces.
 pub const NONCE_LEN: usize = 12;
 /// Length of the AES-GCM authentication tag at the end of each ciphertext.
@@ -30,56 +36,96 @@ const PAYLOAD_LABEL: &[u8] = b"cadenza.secret.payload";
 const DATA_KEY_LABEL: &[u8] = b"cadenza.secret.data-key";
 
 /// What a sealed secret is bound to. Both the payload and the wrapped data key are
-/// authenticated against it, so a ciphertext copied to another org or secret, or an older
-/// version put back in place of the current one, fails to open.
+/// authenticated against it, so a ciphertext copied to another org, project, secret or name, or
+/// an older version put back in place of the current one, fails to open.
 ///
-/// Canonical encoding (the associated data passed to AES-GCM):
+/// Canonical encoding of the data key's associated data, format 2:
 ///
 /// | bytes | field |
 /// |---|---|
-/// | variable | label: `cadenza.secret.payload` or `cadenza.secret.data-key` (ASCII) |
+/// | 24 | label `cadenza.secret.data-key` (ASCII) |
 /// | 1 | `0x00` (ends the label) |
-/// | 1 | format version (`0x01`) |
+/// | 1 | format version (`0x02`) |
 /// | 16 | `org_id`, RFC 4122 byte order |
 /// | 16 | `secret_id`, RFC 4122 byte order |
 /// | 4 | `version`, big-endian two's complement |
-/// | 1 + n | data key only: length of the KEK id, then its ASCII bytes |
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// | 1 | `0x00` for an org-wide secret, `0x01` for a project's |
+/// | 0 or 16 | `project_id`, RFC 4122 byte order, when there is one |
+/// | 4 + n | length of the name, big-endian, then its UTF-8 bytes |
+/// | 1 + n | length of the KEK id, then its ASCII bytes |
+///
+/// Format 1 stopped after `version`, before the KEK id: project and name were not bound.
+///
+/// The payload's associated data is the label `cadenza.secret.payload`, `0x00`, `0x01`,
+/// `org_id`, `secret_id` and `version`, the same in both formats. Project and name reach the
+/// payload through the data key: it is unique to one secret version and only unwraps with the
+/// full binding. This keeps the format upgrade, like key rotation, a re-wrap of the data key
+/// that never decrypts a value.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Aad {
     pub org_id: Uuid,
+    /// `None` for an org-wide secret.
+    pub project_id: Option<Uuid>,
     pub secret_id: Uuid,
+    pub name: String,
     pub version: i32,
 }
 
 impl Aad {
-    pub fn new(org_id: Uuid, secret_id: Uuid, version: i32) -> Self {
+    pub fn new(
+        org_id: Uuid,
+        project_id: Option<Uuid>,
+        secret_id: Uuid,
+        name: &str,
+        version: i32,
+    ) -> Self {
         Self {
             org_id,
+            project_id,
             secret_id,
+            name: name.to_owned(),
             version,
         }
     }
 
     fn payload_bytes(&self) -> Vec<u8> {
-        self.encode(PAYLOAD_LABEL, 0)
+        // Unchanged since format 1 (see the type's documentation).
+        self.encode(PAYLOAD_LABEL, FORMAT_V1, 0)
     }
 
     /// The KEK id is bound too, so the id stored beside a wrapped key cannot be changed
     /// without detection. The payload does not include it: re-wrapping changes the id and must
     /// leave the payload untouched.
-    fn data_key_bytes(&self, kek_id: &str) -> Vec<u8> {
-        let mut bytes = self.encode(DATA_KEY_LABEL, 1 + kek_id.len());
+    fn data_key_bytes(&self, format: u8, kek_id: &str) -> Vec<u8> {
+        let scope_len = 1 + 16 + 4 + self.name.len();
+        let mut bytes = self.encode(DATA_KEY_LABEL, format, scope_len + 1 + kek_id.len());
+        if format >= 2 {
+            match self.project_id {
+                Some(project) => {
+                    bytes.push(1);
+                    bytes.extend_from_slice(project.as_bytes());
+                }
+                None => bytes.push(0),
+            }
+            // Names are at most 64 bytes in practice; four length bytes leave no ambiguity.
+            bytes.extend_from_slice(
+                &u32::try_from(self.name.len())
+                    .unwrap_or(u32::MAX)
+                    .to_be_bytes(),
+            );
+            bytes.extend_from_slice(self.name.as_bytes());
+        }
         // Ids are at most 64 bytes, checked when a key ring or sealed secret is built.
         bytes.push(u8::try_from(kek_id.len()).unwrap_or(u8::MAX));
         bytes.extend_from_slice(kek_id.as_bytes());
         bytes
     }
 
-    fn encode(&self, label: &[u8], extra_capacity: usize) -> Vec<u8> {
+    fn encode(&self, label: &[u8], format: u8, extra_capacity: usize) -> Vec<u8> {
         let mut bytes = Vec::with_capacity(label.len() + 2 + 16 + 16 + 4 + extra_capacity);
         bytes.extend_from_slice(label);
         bytes.push(0);
-        bytes.push(FORMAT_VERSION);
+        bytes.push(format);
         bytes.extend_from_slice(self.org_id.as_bytes());
         bytes.extend_from_slice(self.secret_id.as_bytes());
         bytes.extend_from_slice(&self.version.to_be_bytes());
@@ -90,11 +136,12 @@ impl Aad {
 /// An encrypted secret value, safe to store: nothing in it is secret, and it only opens with
 /// the key ring holding `kek_id` and the same [`Aad`].
 ///
-/// Stable byte layout of [`to_bytes`](Self::to_bytes) (format 1):
+/// Stable byte layout of [`to_bytes`](Self::to_bytes), the same in formats 1 and 2 (they differ
+/// only in what the data key is bound to, see [`Aad`]):
 ///
 /// | offset | bytes | field |
 /// |---|---|---|
-/// | 0 | 1 | format version, `0x01` |
+/// | 0 | 1 | format version, `0x02` (or `0x01`) |
 /// | 1 | 1 | `n`, length of the KEK id (1 to 64) |
 /// | 2 | n | KEK id, ASCII (`A-Z a-z 0-9 . _ -`) |
 /// | 2 + n | 12 | nonce of the wrapped data key |
@@ -103,6 +150,7 @@ impl Aad {
 /// | 74 + n | rest | payload: the UTF-8 value encrypted (same length), then the 16-byte tag |
 #[derive(Clone, PartialEq, Eq)]
 pub struct SealedSecret {
+    format: u8,
     kek_id: String,
     wrapped_dek: [u8; WRAPPED_DEK_LEN],
     dek_nonce: [u8; NONCE_LEN],
@@ -111,9 +159,27 @@ pub struct SealedSecret {
 }
 
 impl SealedSecret {
-    /// Reassembles a sealed secret stored as separate columns, checking only its shape;
-    /// authenticity is checked by [`open`].
+    /// Reassembles a sealed secret of the current format stored as separate columns, checking
+    /// only its shape; authenticity is checked by [`open`].
     pub fn from_parts(
+        kek_id: &str,
+        wrapped_dek: &[u8],
+        dek_nonce: &[u8],
+        ciphertext: &[u8],
+        nonce: &[u8],
+    ) -> Result<Self> {
+        Self::from_format_parts(
+            FORMAT_VERSION,
+            kek_id,
+            wrapped_dek,
+            dek_nonce,
+            ciphertext,
+            nonce,
+        )
+    }
+
+    fn from_format_parts(
+        format: u8,
         kek_id: &str,
         wrapped_dek: &[u8],
         dek_nonce: &[u8],
@@ -126,6 +192,7 @@ impl SealedSecret {
             return Err(malformed("the ciphertext is shorter than its tag"));
         }
         Ok(Self {
+            format,
             kek_id: kek_id.to_owned(),
             wrapped_dek: wrapped_dek
                 .try_into()
@@ -144,7 +211,7 @@ impl SealedSecret {
     pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
         let malformed = |reason| Error::MalformedSealedSecret { reason };
         let (&format, rest) = bytes.split_first().ok_or(malformed("it is empty"))?;
-        if format != FORMAT_VERSION {
+        if format != FORMAT_VERSION && format != FORMAT_V1 {
             return Err(Error::UnsupportedFormat { format });
         }
         let (&id_len, rest) = rest
@@ -163,7 +230,7 @@ impl SealedSecret {
         let (nonce, ciphertext) = rest
             .split_at_checked(NONCE_LEN)
             .ok_or(malformed("it ends inside the nonce"))?;
-        Self::from_parts(kek_id, wrapped_dek, dek_nonce, ciphertext, nonce)
+        Self::from_format_parts(format, kek_id, wrapped_dek, dek_nonce, ciphertext, nonce)
     }
 
     /// The layout documented on the type.
@@ -171,7 +238,7 @@ impl SealedSecret {
         let mut bytes = Vec::with_capacity(
             2 + self.kek_id.len() + NONCE_LEN + WRAPPED_DEK_LEN + NONCE_LEN + self.ciphertext.len(),
         );
-        bytes.push(FORMAT_VERSION);
+        bytes.push(self.format);
         // Every constructor checked the id against `MAX_KEY_ID_LEN`.
         bytes.push(u8::try_from(self.kek_id.len()).unwrap_or(u8::MAX));
         bytes.extend_from_slice(self.kek_id.as_bytes());
@@ -180,6 +247,11 @@ impl SealedSecret {
         bytes.extend_from_slice(&self.nonce);
         bytes.extend_from_slice(&self.ciphertext);
         bytes
+    }
+
+    /// The format it was sealed in: [`FORMAT_VERSION`], or [`FORMAT_V1`] until re-wrapped.
+    pub fn format(&self) -> u8 {
+        self.format
     }
 
     /// The id of the key-encryption key that wrapped the data key. Store it in its own column
@@ -205,9 +277,10 @@ impl SealedSecret {
         &self.nonce
     }
 
-    /// Whether [`rewrap`] would move this secret to another key: its KEK is not the active one.
+    /// Whether [`rewrap`] would change more than a nonce: its KEK is not the active one, or it
+    /// is of an older format.
     pub fn needs_rewrap(&self, keyring: &KeyRing) -> bool {
-        self.kek_id != keyring.active_id()
+        self.kek_id != keyring.active_id() || self.format != FORMAT_VERSION
     }
 }
 
@@ -215,7 +288,7 @@ impl fmt::Debug for SealedSecret {
     fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
         formatter
             .debug_struct("SealedSecret")
-            .field("format", &FORMAT_VERSION)
+            .field("format", &self.format)
             .field("kek_id", &self.kek_id)
             .field("ciphertext_len", &self.ciphertext.len())
             .finish_non_exhaustive()
@@ -234,8 +307,9 @@ pub fn seal(keyring: &KeyRing, aad: &Aad, value: &SecretString) -> Result<Sealed
         &aad.payload_bytes(),
         value.expose_secret().as_bytes(),
     )?;
-    let wrapped = wrap(keyring, aad, &dek)?;
+    let wrapped = wrap(keyring, aad, &dek, FORMAT_VERSION)?;
     Ok(SealedSecret {
+        format: FORMAT_VERSION,
         kek_id: wrapped.kek_id,
         wrapped_dek: wrapped.wrapped_dek,
         dek_nonce: wrapped.dek_nonce,
@@ -266,13 +340,15 @@ pub fn open(keyring: &KeyRing, aad: &Aad, sealed: &SealedSecret) -> Result<Secre
     Ok(SecretString::new(Box::from(value)))
 }
 
-/// Moves a sealed secret to the active KEK: unwraps its data key with the KEK it names and
-/// wraps it again with the active one, under a new nonce. The payload ciphertext is kept as it
-/// is, so key rotation never decrypts a secret value.
+/// Moves a sealed secret to the active KEK and the current format: unwraps its data key with
+/// the KEK it names (under the binding of the format it was sealed in) and wraps it again with
+/// the active one, bound as [`FORMAT_VERSION`] binds, under a new nonce. The payload ciphertext
+/// is kept as it is, so neither key rotation nor the format upgrade decrypts a secret value.
 pub fn rewrap(keyring: &KeyRing, aad: &Aad, sealed: &SealedSecret) -> Result<SealedSecret> {
     let dek = unwrap(keyring, aad, sealed)?;
-    let wrapped = wrap(keyring, aad, &dek)?;
+    let wrapped = wrap(keyring, aad, &dek, FORMAT_VERSION)?;
     Ok(SealedSecret {
+        format: FORMAT_VERSION,
         kek_id: wrapped.kek_id,
         wrapped_dek: wrapped.wrapped_dek,
         dek_nonce: wrapped.dek_nonce,
@@ -287,13 +363,13 @@ struct WrappedDataKey {
     dek_nonce: [u8; NONCE_LEN],
 }
 
-fn wrap(keyring: &KeyRing, aad: &Aad, dek: &[u8; KEY_LEN]) -> Result<WrappedDataKey> {
+fn wrap(keyring: &KeyRing, aad: &Aad, dek: &[u8; KEY_LEN], format: u8) -> Result<WrappedDataKey> {
     let active = keyring.active();
     let dek_nonce = random_nonce()?;
     let wrapped = encrypt(
         &active.cipher,
         &dek_nonce,
-        &aad.data_key_bytes(&active.id),
+        &aad.data_key_bytes(format, &active.id),
         dek,
     )?;
     Ok(WrappedDataKey {
@@ -311,7 +387,7 @@ fn unwrap(keyring: &KeyRing, aad: &Aad, sealed: &SealedSecret) -> Result<Zeroizi
     let unwrapped = decrypt(
         kek,
         &sealed.dek_nonce,
-        &aad.data_key_bytes(&sealed.kek_id),
+        &aad.data_key_bytes(sealed.format, &sealed.kek_id),
         &sealed.wrapped_dek,
     )
     .ok_or_else(failed)?;
@@ -375,9 +451,34 @@ mod tests {
     fn aad() -> Aad {
         Aad::new(
             Uuid::from_u128(0x0191_0000_0000_7000_8000_0000_0000_0001),
+            Some(Uuid::from_u128(0x0191_0000_0000_7000_8000_0000_0000_0003)),
             Uuid::from_u128(0x0191_0000_0000_7000_8000_0000_0000_0002),
+            "GIT_TOKEN",
             3,
         )
+    }
+
+    /// What a build that wrote format 1 sealed: the same payload, the data key bound to org,
+    /// secret and version only.
+    fn seal_v1(keyring: &KeyRing, aad: &Aad, value: &SecretString) -> SealedSecret {
+        let dek = keyring::random_key().unwrap();
+        let nonce = random_nonce().unwrap();
+        let ciphertext = encrypt(
+            &keyring::cipher_for(&dek[..]),
+            &nonce,
+            &aad.payload_bytes(),
+            value.expose_secret().as_bytes(),
+        )
+        .unwrap();
+        let wrapped = wrap(keyring, aad, &dek, FORMAT_V1).unwrap();
+        SealedSecret {
+            format: FORMAT_V1,
+            kek_id: wrapped.kek_id,
+            wrapped_dek: wrapped.wrapped_dek,
+            dek_nonce: wrapped.dek_nonce,
+            ciphertext,
+            nonce,
+        }
     }
 
     fn secret(value: &str) -> SecretString {
@@ -407,10 +508,28 @@ mod tests {
     }
 
     #[test]
-    fn another_org_secret_or_version_cannot_open_it() {
+    fn another_org_project_secret_name_or_version_cannot_open_it() {
         let keys = ring(&format!("kek-1:{KEY_A}"));
         let sealed = seal(&keys, &aad(), &secret("token")).unwrap();
         let elsewhere = [
+            Aad {
+                project_id: Some(Uuid::from_u128(9)),
+                ..aad()
+            },
+            // Moved to the org scope, or from it into a project.
+            Aad {
+                project_id: None,
+                ..aad()
+            },
+            Aad {
+                name: "LLM_KEY".to_owned(),
+                ..aad()
+            },
+            // The name's length is encoded, so a prefix does not match.
+            Aad {
+                name: "GIT_TOKE".to_owned(),
+                ..aad()
+            },
             Aad {
                 org_id: Uuid::from_u128(9),
                 ..aad()
@@ -444,6 +563,55 @@ mod tests {
                 })
             ));
         }
+    }
+
+    #[test]
+    fn a_format_1_secret_still_opens_and_rewrap_upgrades_it() {
+        let keys = ring(&format!("kek-1:{KEY_A}"));
+        let legacy = seal_v1(&keys, &aad(), &secret("token"));
+        let stored = SealedSecret::from_bytes(&legacy.to_bytes()).unwrap();
+        assert_eq!(stored.format(), FORMAT_V1);
+        assert!(stored.needs_rewrap(&keys), "an old format is re-wrapped");
+        assert_eq!(
+            open(&keys, &aad(), &stored).unwrap().expose_secret(),
+            "token"
+        );
+        // Format 1 did not bind the project or name: moved, it still opened.
+        let moved = Aad {
+            project_id: None,
+            name: "LLM_KEY".to_owned(),
+            ..aad()
+        };
+        assert_eq!(
+            open(&keys, &moved, &stored).unwrap().expose_secret(),
+            "token"
+        );
+
+        let upgraded = rewrap(&keys, &aad(), &stored).unwrap();
+        assert_eq!(upgraded.format(), FORMAT_VERSION);
+        assert_eq!(upgraded.to_bytes()[0], FORMAT_VERSION);
+        assert!(!upgraded.needs_rewrap(&keys));
+        assert_eq!(
+            upgraded.ciphertext(),
+            stored.ciphertext(),
+            "no value decrypted"
+        );
+        assert_eq!(
+            open(&keys, &aad(), &upgraded).unwrap().expose_secret(),
+            "token"
+        );
+        assert!(matches!(
+            open(&keys, &moved, &upgraded),
+            Err(Error::Decrypt {
+                what: SealedPart::DataKey
+            })
+        ));
+        // Relabelled as format 1, the upgraded secret does not open: the format is bound.
+        let downgraded = SealedSecret {
+            format: FORMAT_V1,
+            ..upgraded.clone()
+        };
+        assert!(open(&keys, &aad(), &downgraded).is_err());
     }
 
     #[test]
@@ -565,19 +733,47 @@ mod tests {
 
     #[test]
     fn the_associated_data_encoding_is_stable() {
-        let aad = Aad::new(Uuid::from_u128(1), Uuid::from_u128(2), -2);
+        let aad = Aad::new(
+            Uuid::from_u128(1),
+            Some(Uuid::from_u128(4)),
+            Uuid::from_u128(2),
+            "AB",
+            -2,
+        );
         let mut expected = b"cadenza.secret.payload\0\x01".to_vec();
         expected.extend_from_slice(&1_u128.to_be_bytes());
         expected.extend_from_slice(&2_u128.to_be_bytes());
         expected.extend_from_slice(&[0xff, 0xff, 0xff, 0xfe]);
         assert_eq!(aad.payload_bytes(), expected);
 
+        let mut expected = b"cadenza.secret.data-key\0\x02".to_vec();
+        expected.extend_from_slice(&1_u128.to_be_bytes());
+        expected.extend_from_slice(&2_u128.to_be_bytes());
+        expected.extend_from_slice(&[0xff, 0xff, 0xff, 0xfe, 1]);
+        expected.extend_from_slice(&4_u128.to_be_bytes());
+        expected.extend_from_slice(&[0, 0, 0, 2, b'A', b'B', 3]);
+        expected.extend_from_slice(b"k-1");
+        assert_eq!(aad.data_key_bytes(FORMAT_VERSION, "k-1"), expected);
+
+        let org_wide = Aad {
+            project_id: None,
+            ..aad.clone()
+        };
+        let mut expected = b"cadenza.secret.data-key\0\x02".to_vec();
+        expected.extend_from_slice(&1_u128.to_be_bytes());
+        expected.extend_from_slice(&2_u128.to_be_bytes());
+        expected.extend_from_slice(&[0xff, 0xff, 0xff, 0xfe, 0]);
+        expected.extend_from_slice(&[0, 0, 0, 2, b'A', b'B', 3]);
+        expected.extend_from_slice(b"k-1");
+        assert_eq!(org_wide.data_key_bytes(FORMAT_VERSION, "k-1"), expected);
+
+        // Format 1, as earlier builds wrote it: project and name are not part of it.
         let mut expected = b"cadenza.secret.data-key\0\x01".to_vec();
         expected.extend_from_slice(&1_u128.to_be_bytes());
         expected.extend_from_slice(&2_u128.to_be_bytes());
         expected.extend_from_slice(&[0xff, 0xff, 0xff, 0xfe, 3]);
         expected.extend_from_slice(b"k-1");
-        assert_eq!(aad.data_key_bytes("k-1"), expected);
+        assert_eq!(aad.data_key_bytes(FORMAT_V1, "k-1"), expected);
     }
 
     #[test]
@@ -589,10 +785,10 @@ mod tests {
             Err(Error::MalformedSealedSecret { .. })
         ));
         let mut future = bytes.clone();
-        future[0] = 2;
+        future[0] = 3;
         assert!(matches!(
             SealedSecret::from_bytes(&future),
-            Err(Error::UnsupportedFormat { format: 2 })
+            Err(Error::UnsupportedFormat { format: 3 })
         ));
         for length in 1..(2 + 5 + 12 + 48 + 12 + 16) {
             assert!(
@@ -626,7 +822,7 @@ mod tests {
         let sealed = seal(&keys, &aad(), &value).unwrap();
         assert_eq!(
             format!("{sealed:?}"),
-            r#"SealedSecret { format: 1, kek_id: "kek-1", ciphertext_len: 31, .. }"#
+            r#"SealedSecret { format: 2, kek_id: "kek-1", ciphertext_len: 31, .. }"#
         );
         let opened = open(&keys, &aad(), &sealed).unwrap();
         assert!(!format!("{opened:?}").contains("hunter2"));

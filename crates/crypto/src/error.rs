@@ -68,10 +68,11 @@ pub enum Error {
     MissingKeys { ids: Vec<String> },
 
     /// Authenticated decryption failed: the sealed secret was altered, was copied to another
-    /// org, secret or version, or was sealed under different key material with the same key id.
+    /// org, project, secret, name or version, or was sealed under different key material with
+    /// the same key id.
     #[error(
-        "cannot decrypt the secret's {what}: it was altered, belongs to another org, secret or \
-         version, or the key with its id is not the one that sealed it"
+        "cannot decrypt the secret's {what}: it was altered, belongs to another org, project, \
+         secret, name or version, or the key with its id is not the one that sealed it"
     )]
     Decrypt { what: SealedPart },
 
@@ -84,7 +85,7 @@ pub enum Error {
     MalformedSealedSecret { reason: &'static str },
 
     /// The sealed secret uses a format this version of Cadenza does not know.
-    #[error("sealed secret format {format} is not supported (this build knows format 1)")]
+    #[error("sealed secret format {format} is not supported (this build knows formats 1 and 2)")]
     UnsupportedFormat { format: u8 },
 
     /// The operating system's random number generator failed. New keys and nonces cannot be

@@ -12,7 +12,8 @@ mod keyring;
 mod redact;
 
 pub use envelope::{
-    Aad, FORMAT_VERSION, NONCE_LEN, SealedSecret, TAG_LEN, WRAPPED_DEK_LEN, open, rewrap, seal,
+    Aad, FORMAT_V1, FORMAT_VERSION, NONCE_LEN, SealedSecret, TAG_LEN, WRAPPED_DEK_LEN, open,
+    rewrap, seal,
 };
 pub use error::{Error, Result, SealedPart};
 pub use keyring::{KEY_LEN, KeyRing, MAX_KEY_ID_LEN};

@@ -23,9 +23,22 @@ fn new_ring() -> KeyRing {
 }
 
 fn any_aad() -> impl Strategy<Value = Aad> {
-    (any::<u128>(), any::<u128>(), any::<i32>()).prop_map(|(org, secret, version)| {
-        Aad::new(Uuid::from_u128(org), Uuid::from_u128(secret), version)
-    })
+    (
+        any::<u128>(),
+        any::<Option<u128>>(),
+        any::<u128>(),
+        "[A-Z_][A-Z0-9_]{0,63}",
+        any::<i32>(),
+    )
+        .prop_map(|(org, project, secret, name, version)| {
+            Aad::new(
+                Uuid::from_u128(org),
+                project.map(Uuid::from_u128),
+                Uuid::from_u128(secret),
+                &name,
+                version,
+            )
+        })
 }
 
 /// The same binding with exactly one field changed.
@@ -37,6 +50,14 @@ fn one_field_changed(aad: Aad, field: usize, replacement: u128) -> Aad {
         },
         1 => Aad {
             secret_id: Uuid::from_u128(replacement),
+            ..aad
+        },
+        2 => Aad {
+            project_id: (replacement % 2 == 1).then(|| Uuid::from_u128(replacement)),
+            ..aad
+        },
+        3 => Aad {
+            name: format!("N{replacement:X}"),
             ..aad
         },
         _ => Aad {
@@ -111,13 +132,13 @@ proptest! {
     }
 
     #[test]
-    fn another_org_secret_or_version_fails_to_decrypt(
+    fn another_org_project_secret_name_or_version_fails_to_decrypt(
         value in ".{0,40}",
         aad in any_aad(),
-        field in 0..3_usize,
+        field in 0..5_usize,
         replacement in any::<u128>(),
     ) {
-        let other = one_field_changed(aad, field, replacement);
+        let other = one_field_changed(aad.clone(), field, replacement);
         prop_assume!(other != aad);
         let ring = old_ring();
         let sealed = seal(&ring, &aad, &SecretString::from(value)).unwrap();

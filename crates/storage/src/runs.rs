@@ -423,6 +423,20 @@ pub async fn held_by(conn: &mut PgConnection, worker: WorkerId) -> StorageResult
     rows.into_iter().map(Run::try_from).collect()
 }
 
+/// Which of `ids` are runs that still exist. A worker asks about the runs it executes and the
+/// containers it owns: a run that is gone was deleted with its project or org, and its
+/// workspace must go too.
+pub async fn existing(conn: &mut PgConnection, ids: &[RunId]) -> StorageResult<Vec<RunId>> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids: Vec<Uuid> = ids.iter().map(|id| id.as_uuid()).collect();
+    let rows = sqlx::query_scalar!("select id from runs where id = any($1)", &ids)
+        .fetch_all(conn)
+        .await?;
+    Ok(rows.into_iter().map(RunId::from).collect())
+}
+
 /// Records a cancellation request, once: a second request returns the first one's correlation
 /// id. Returns the correlation id in effect.
 pub async fn request_cancel(

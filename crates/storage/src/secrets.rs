@@ -1,7 +1,7 @@
 //! Secrets: sealed values (envelope encryption, `cadenza-crypto`) per org, with per-project
 //! overrides. Plaintext never reaches a row: values are sealed here, before the insert, under an
-//! associated data that binds them to their org, row id and version; only the sealed bytes and
-//! the id of the wrapping key are stored.
+//! associated data that binds them to their org, project (or none), row id, name and version;
+//! only the sealed bytes, their format and the id of the wrapping key are stored.
 //!
 //! Reading a value back is only possible through [`open`], which the worker calls at
 //! provisioning. Everything else returns [`SecretMeta`].
@@ -132,11 +132,12 @@ pub async fn put(
         match existing {
             Some(row) => {
                 let version = row.version + 1;
-                let sealed = seal(keyring, org, row.id, version, value)?;
+                let sealed = seal(keyring, scope, row.id, name, version, value)?;
                 let updated = sqlx::query_as!(
                     MetaRow,
                     r#"update secrets
-                       set version = $2, kek_id = $3, sealed = $4, updated_at = now(), updated_by = $5
+                       set version = $2, kek_id = $3, sealed = $4, format = $5, updated_at = now(),
+                           updated_by = $6
                        where id = $1
                        returning id, org_id, project_id, name, version, kek_id, created_at,
                                  created_by, updated_at, updated_by, last_used_at"#,
@@ -144,6 +145,7 @@ pub async fn put(
                     version,
                     sealed.kek_id(),
                     sealed.to_bytes(),
+                    i16::from(sealed.format()),
                     actor
                 )
                 .fetch_one(&mut *conn)
@@ -152,12 +154,12 @@ pub async fn put(
             }
             None => {
                 let id = Uuid::now_v7();
-                let sealed = seal(keyring, org, id, 1, value)?;
+                let sealed = seal(keyring, scope, id, name, 1, value)?;
                 let inserted = sqlx::query_as!(
                     MetaRow,
                     r#"insert into secrets (id, org_id, project_id, name, version, kek_id, sealed,
-                                            created_by, updated_by)
-                       values ($1, $2, $3, $4, 1, $5, $6, $7, $7)
+                                            format, created_by, updated_by)
+                       values ($1, $2, $3, $4, 1, $5, $6, $7, $8, $8)
                        on conflict do nothing
                        returning id, org_id, project_id, name, version, kek_id, created_at,
                                  created_by, updated_at, updated_by, last_used_at"#,
@@ -167,6 +169,7 @@ pub async fn put(
                     name,
                     sealed.kek_id(),
                     sealed.to_bytes(),
+                    i16::from(sealed.format()),
                     actor
                 )
                 .fetch_optional(&mut *conn)
@@ -182,14 +185,27 @@ pub async fn put(
     )))
 }
 
+/// The binding of a secret's ciphertext: everything that says which secret it is.
+fn aad(org: Uuid, project: Option<Uuid>, id: Uuid, name: &str, version: i32) -> Aad {
+    Aad::new(org, project, id, name, version)
+}
+
 fn seal(
     keyring: &KeyRing,
-    org: Uuid,
+    scope: SecretScope,
     id: Uuid,
+    name: &str,
     version: i32,
     value: &SecretString,
 ) -> StorageResult<SealedSecret> {
-    cadenza_crypto::seal(keyring, &Aad::new(org, id, version), value).map_err(StorageError::Crypto)
+    let aad = aad(
+        scope.org().as_uuid(),
+        scope.project_uuid(),
+        id,
+        name,
+        version,
+    );
+    cadenza_crypto::seal(keyring, &aad, value).map_err(StorageError::Crypto)
 }
 
 pub async fn get(
@@ -305,14 +321,19 @@ pub async fn resolve(
 }
 
 /// Decrypts a stored secret. Fails (without a panic, and without any value in the error) when
-/// the bytes were altered, moved to another org or secret, or wrapped by a key not in `keyring`.
+/// the bytes were altered, moved to another org, project or secret, renamed, or wrapped by a
+/// key not in `keyring`. A secret still in format 1 (written before project and name were
+/// bound) opens until the re-wrap upgrades it.
 pub fn open(keyring: &KeyRing, secret: &StoredSecret) -> cadenza_crypto::Result<SecretString> {
     let sealed = SealedSecret::from_bytes(&secret.sealed)?;
-    cadenza_crypto::open(
-        keyring,
-        &Aad::new(secret.org_id.as_uuid(), secret.id, secret.version),
-        &sealed,
-    )
+    let aad = aad(
+        secret.org_id.as_uuid(),
+        secret.project_id.map(|project| project.as_uuid()),
+        secret.id,
+        &secret.name,
+        secret.version,
+    );
+    cadenza_crypto::open(keyring, &aad, &sealed)
 }
 
 /// Records that a run used these secrets (the `last_used_at` of the metadata).
@@ -342,6 +363,18 @@ pub async fn count_by_kek(conn: &mut PgConnection) -> StorageResult<Vec<(String,
         .collect())
 }
 
+/// How many secrets are sealed in a format older than the one this build writes: they open,
+/// but are bound only to their org, id and version until the re-wrap upgrades them.
+pub async fn count_outdated_format(conn: &mut PgConnection) -> StorageResult<i64> {
+    let count = sqlx::query_scalar!(
+        r#"select count(*) as "count!" from secrets where format < $1"#,
+        i16::from(cadenza_crypto::FORMAT_VERSION)
+    )
+    .fetch_one(conn)
+    .await?;
+    Ok(count)
+}
+
 /// Refuses a key ring that lacks a key some stored secret needs: the error names the missing
 /// ids. Services call this at start-up, so removing a key too early stops a deployment instead
 /// of breaking runs later.
@@ -362,10 +395,11 @@ pub struct RewrapBatch {
     pub last_id: Option<Uuid>,
 }
 
-/// Re-wraps up to `limit` data keys not wrapped by the active key, in id order after `after`,
-/// in one transaction of the caller's. Rows another transaction holds are skipped (they are
-/// picked up by a later pass). Secret values are never decrypted: only each row's data key is
-/// unwrapped and wrapped again. A row that fails is reported and left as it was.
+/// Re-wraps up to `limit` data keys not wrapped by the active key or sealed in an older format,
+/// in id order after `after`, in one transaction of the caller's. Rows another transaction holds
+/// are skipped (they are picked up by a later pass). Secret values are never decrypted: only
+/// each row's data key is unwrapped and wrapped again, with the active key and the current
+/// format's binding. A row that fails is reported and left as it was.
 pub async fn rewrap_batch(
     conn: &mut PgConnection,
     keyring: &KeyRing,
@@ -373,32 +407,35 @@ pub async fn rewrap_batch(
     limit: i64,
 ) -> StorageResult<RewrapBatch> {
     let rows = sqlx::query!(
-        r#"select id, org_id, version, kek_id, sealed from secrets
-           where kek_id <> $1 and id > $2
+        r#"select id, org_id, project_id, name, version, kek_id, format, sealed from secrets
+           where (kek_id <> $1 or format < $4) and id > $2
            order by id
            limit $3
            for update skip locked"#,
         keyring.active_id(),
         after.unwrap_or(Uuid::nil()),
-        limit
+        limit,
+        i16::from(cadenza_crypto::FORMAT_VERSION)
     )
     .fetch_all(&mut *conn)
     .await?;
     let mut batch = RewrapBatch::default();
     for row in rows {
         batch.last_id = Some(row.id);
-        let aad = Aad::new(row.org_id, row.id, row.version);
+        let aad = aad(row.org_id, row.project_id, row.id, &row.name, row.version);
         let rewrapped = SealedSecret::from_bytes(&row.sealed)
             .and_then(|sealed| cadenza_crypto::rewrap(keyring, &aad, &sealed));
         match rewrapped {
             Ok(sealed) => {
                 sqlx::query!(
-                    r#"update secrets set kek_id = $3, sealed = $4
-                       where id = $1 and kek_id = $2"#,
+                    r#"update secrets set kek_id = $3, sealed = $4, format = $6
+                       where id = $1 and kek_id = $2 and format = $5"#,
                     row.id,
                     row.kek_id,
                     sealed.kek_id(),
-                    sealed.to_bytes()
+                    sealed.to_bytes(),
+                    row.format,
+                    i16::from(sealed.format())
                 )
                 .execute(&mut *conn)
                 .await?;
@@ -430,7 +467,9 @@ pub struct RewrapReport {
     pub interrupted: bool,
 }
 
-/// Re-wraps every data key not wrapped by the active key, `batch_size` rows per transaction.
+/// Re-wraps every data key not wrapped by the active key or sealed in an older format (the
+/// upgrade step after the migration that introduced format 2), `batch_size` rows per
+/// transaction.
 /// The rows are the progress marker: the job can be interrupted (`stop` is asked between
 /// batches), crash, or run on several processes at once, and a later run continues. Passes
 /// repeat until one re-wraps nothing (rows locked by a concurrent writer during one pass are

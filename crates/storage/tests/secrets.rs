@@ -481,3 +481,174 @@ async fn rotation_under_concurrent_writes_can_be_interrupted_and_resumed() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_secret_moved_to_another_project_or_renamed_no_longer_opens() {
+    let db = TestDatabase::create().await.expect("db");
+    let keyring = ring(&[("k1", &new_key())]);
+    let (org, project) = org_with_project(&db, "binding").await;
+    let mut conn = db.pool.acquire().await.expect("conn");
+    let other_project = projects::create(
+        &mut conn,
+        org,
+        "other",
+        "other",
+        &AgentSettings::with_image("img"),
+        &Repository::default(),
+    )
+    .await
+    .expect("project")
+    .id;
+    let meta = put(
+        &db,
+        &keyring,
+        SecretScope::Project(org, project),
+        "GIT_TOKEN",
+        "project-token-value",
+    )
+    .await;
+    let stored = resolve_one(&db, org, project, "GIT_TOKEN").await;
+    assert_eq!(
+        secrets::open(&keyring, &stored)
+            .expect("opens in place")
+            .expose_secret(),
+        "project-token-value"
+    );
+
+    // Moved to another project of the same org (as a database edit would).
+    sqlx::query("update secrets set project_id = $2 where id = $1")
+        .bind(meta.id)
+        .bind(other_project.as_uuid())
+        .execute(&mut *conn)
+        .await
+        .expect("move");
+    let moved = resolve_one(&db, org, other_project, "GIT_TOKEN").await;
+    assert!(matches!(
+        secrets::open(&keyring, &moved),
+        Err(cadenza_crypto::Error::Decrypt { .. })
+    ));
+
+    // Made org-wide, so every project's runs would get it.
+    sqlx::query("update secrets set project_id = null where id = $1")
+        .bind(meta.id)
+        .execute(&mut *conn)
+        .await
+        .expect("to the org");
+    let org_wide = resolve_one(&db, org, other_project, "GIT_TOKEN").await;
+    assert_eq!(org_wide.project_id, None);
+    assert!(secrets::open(&keyring, &org_wide).is_err());
+
+    // Back in place, then renamed: a Git token must not become the LLM key.
+    sqlx::query("update secrets set project_id = $2, name = 'LLM_KEY' where id = $1")
+        .bind(meta.id)
+        .bind(project.as_uuid())
+        .execute(&mut *conn)
+        .await
+        .expect("rename");
+    let renamed = resolve_one(&db, org, project, "LLM_KEY").await;
+    assert!(matches!(
+        secrets::open(&keyring, &renamed),
+        Err(cadenza_crypto::Error::Decrypt { .. })
+    ));
+}
+
+/// A secret sealed in format 1, as builds before format 2 wrote it: org-wide, bound to this org,
+/// secret id and version 1 only, its data key wrapped by `kek-legacy`.
+const LEGACY_KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+const LEGACY_ORG: &str = "0191a000-0000-7000-8000-00000000000a";
+const LEGACY_SECRET: &str = "0191a000-0000-7000-8000-00000000000c";
+const LEGACY_SEALED: &str = "010a6b656b2d6c656761637955adf2bb7ee5a6309a1123e67f6c11bb240b665bc4ba18bb\
+720fcf44429fb4cc38db06f9d6d87ab7cfccbfe51259b54d0e45ee46395a2713b63016c295d4f390568fea295bab1c09\
+255adde205a758f14a791ae55db367fb403a1fc5c6e9a1d836608917deaa7209745f7c";
+
+fn hex_bytes(hex: &str) -> Vec<u8> {
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex"))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_format_1_secret_still_opens_and_the_rewrap_upgrades_it_to_the_full_binding() {
+    let db = TestDatabase::create().await.expect("db");
+    let keyring = ring(&[("kek-legacy", LEGACY_KEY)]);
+    let org = uuid::Uuid::parse_str(LEGACY_ORG).expect("uuid");
+    let secret_id = uuid::Uuid::parse_str(LEGACY_SECRET).expect("uuid");
+    let mut conn = db.pool.acquire().await.expect("conn");
+    sqlx::query("insert into orgs (id, slug, name) values ($1, 'legacy', 'Legacy')")
+        .bind(org)
+        .execute(&mut *conn)
+        .await
+        .expect("org");
+    let project = projects::create(
+        &mut conn,
+        org.into(),
+        "p",
+        "p",
+        &AgentSettings::with_image("img"),
+        &Repository::default(),
+    )
+    .await
+    .expect("project")
+    .id;
+    // The row as the migration to format 2 leaves it.
+    sqlx::query(
+        "insert into secrets (id, org_id, project_id, name, version, kek_id, sealed, format)
+         values ($1, $2, null, 'LEGACY_TOKEN', 1, 'kek-legacy', $3, 1)",
+    )
+    .bind(secret_id)
+    .bind(org)
+    .bind(hex_bytes(LEGACY_SEALED))
+    .execute(&mut *conn)
+    .await
+    .expect("legacy row");
+
+    let legacy = resolve_one(&db, org.into(), project, "LEGACY_TOKEN").await;
+    assert_eq!(
+        secrets::open(&keyring, &legacy)
+            .expect("a format 1 row still opens")
+            .expose_secret(),
+        "legacy-format-value"
+    );
+    // Format 1 does not bind the name: renamed, it opens all the same.
+    let mut renamed = legacy.clone();
+    renamed.name = "OTHER_NAME".into();
+    assert!(secrets::open(&keyring, &renamed).is_ok());
+
+    // The re-wrap upgrades it, though its key is already the active one.
+    let report = secrets::rewrap_all(&db.pool, &keyring, 10, |_| {}, || false)
+        .await
+        .expect("rewrap");
+    assert_eq!(report.progress.rewrapped, 1, "{report:?}");
+    assert!(report.failed.is_empty(), "{report:?}");
+    let (format, first_byte): (i16, i32) =
+        sqlx::query_as("select format, get_byte(sealed, 0) from secrets where id = $1")
+            .bind(secret_id)
+            .fetch_one(&mut *conn)
+            .await
+            .expect("row");
+    assert_eq!((format, first_byte), (2, 2));
+
+    let upgraded = resolve_one(&db, org.into(), project, "LEGACY_TOKEN").await;
+    assert_eq!(
+        secrets::open(&keyring, &upgraded)
+            .expect("the upgraded row opens")
+            .expose_secret(),
+        "legacy-format-value"
+    );
+    let mut renamed = upgraded.clone();
+    renamed.name = "OTHER_NAME".into();
+    assert!(matches!(
+        secrets::open(&keyring, &renamed),
+        Err(cadenza_crypto::Error::Decrypt { .. })
+    ));
+    let mut moved = upgraded;
+    moved.project_id = Some(project);
+    assert!(secrets::open(&keyring, &moved).is_err());
+
+    // Nothing is left to upgrade.
+    let again = secrets::rewrap_all(&db.pool, &keyring, 10, |_| {}, || false)
+        .await
+        .expect("rewrap again");
+    assert_eq!(again.progress.rewrapped, 0, "{again:?}");
+}

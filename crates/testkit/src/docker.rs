@@ -23,6 +23,26 @@ pub fn containers_with_label(label: &str, value: &str) -> Vec<String> {
     }
 }
 
+/// Ids of the networks carrying `label=value`.
+pub fn networks_with_label(label: &str, value: &str) -> Vec<String> {
+    let output = Command::new("docker")
+        .args([
+            "network",
+            "ls",
+            "-q",
+            "--filter",
+            &format!("label={label}={value}"),
+        ])
+        .output();
+    match output {
+        Ok(output) => String::from_utf8_lossy(&output.stdout)
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
 /// Removes, on drop, every container and network labelled with this worker name.
 pub struct ContainerSweeper {
     worker_name: String,

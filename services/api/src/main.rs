@@ -155,6 +155,11 @@ async fn secrets_command(config: &ApiConfig, command: SecretsCommand) -> anyhow:
                 };
                 tracing::info!(%kek_id, secrets = count, state, "key");
             }
+            let outdated = cadenza_storage::secrets::count_outdated_format(&mut conn).await?;
+            tracing::info!(
+                secrets = outdated,
+                "secrets in an older format (`secrets rewrap` upgrades them)"
+            );
             Ok(())
         }
         SecretsCommand::Rewrap { batch_size } => {

@@ -1829,3 +1829,140 @@ async fn the_api_refuses_to_migrate_without_the_migration_role() {
         .await
         .expect("the API starts with a migration role");
 }
+
+#[tokio::test]
+async fn repository_credentials_are_refused_and_env_values_reach_only_project_managers() {
+    let app = app(json!({})).await;
+    let a = org_fixture(&app, "a-").await;
+    let b = org_fixture(&app, "b-").await;
+    let admin = token_for(&app, Caller::Admin, a.org, b.org)
+        .await
+        .expect("admin");
+
+    // Credentials in the repository URL: refused at create and at PATCH, naming the fix.
+    for url in [
+        "https://x-access-token:ghp_leaky0123@github.com/acme/repo.git",
+        "https://deploy@git.example.com/acme/repo.git",
+    ] {
+        let (status, problem) = call(
+            &app.router,
+            Method::POST,
+            &format!("/orgs/{}/projects", a.org),
+            Some(&admin),
+            Some(json!({"slug": "leaky", "name": "Leaky", "repository": {"url": url}})),
+        )
+        .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{problem}");
+        let detail = problem["detail"].as_str().unwrap_or_default();
+        assert!(detail.contains("credentials_secret"), "{detail}");
+        assert!(!detail.contains("ghp_leaky0123"), "{detail}");
+    }
+    let (status, project) = call(
+        &app.router,
+        Method::POST,
+        &format!("/orgs/{}/projects", a.org),
+        Some(&admin),
+        Some(json!({
+            "slug": "envy",
+            "name": "Envy",
+            "agent": {"env": {"API_HOST": "api.internal", "TEAM_PAT": "pat-not-a-secret-yet"}},
+            // An `@` in the path and scp-like syntax are not user information.
+            "repository": {"url": "https://git.example.com/acme/@scoped/repo.git"},
+        })),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{project}");
+    assert_eq!(project["agent"]["env"]["TEAM_PAT"], "pat-not-a-secret-yet");
+    let project_id = project["id"].as_str().expect("id").to_owned();
+    for url in [
+        "https://user:token@git.example.com/acme/repo.git",
+        " http://u:p@host/x",
+    ] {
+        let (status, problem) = call(
+            &app.router,
+            Method::PATCH,
+            &format!("/projects/{project_id}"),
+            Some(&admin),
+            Some(json!({"repository": {"url": url}})),
+        )
+        .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{problem}");
+    }
+    let (status, _) = call(
+        &app.router,
+        Method::PATCH,
+        &format!("/projects/{project_id}"),
+        Some(&admin),
+        Some(json!({
+            "agent": {"env": {"API_HOST": "api.internal", "TEAM_PAT": "pat-rotated-value"}},
+            "repository": {"url": "git@git.example.com:acme/repo.git"},
+        })),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+
+    // Members and viewers see the names, not the values; managers see both.
+    for (caller, values_shown) in [
+        (Caller::Viewer, false),
+        (Caller::Member, false),
+        (Caller::Service(Role::Member), false),
+        (Caller::Admin, true),
+        (Caller::Owner, true),
+    ] {
+        let token = token_for(&app, caller, a.org, b.org).await.expect("token");
+        let (status, one) = call(
+            &app.router,
+            Method::GET,
+            &format!("/projects/{project_id}"),
+            Some(&token),
+            None,
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{caller:?}");
+        let (status, listed) = call(
+            &app.router,
+            Method::GET,
+            &format!("/orgs/{}/projects", a.org),
+            Some(&token),
+            None,
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{caller:?}");
+        let listed = listed["items"]
+            .as_array()
+            .expect("items")
+            .iter()
+            .find(|item| item["id"] == project_id.as_str())
+            .expect("listed")
+            .clone();
+        for view in [one, listed] {
+            let env = &view["agent"]["env"];
+            let expected = if values_shown {
+                json!({"API_HOST": "api.internal", "TEAM_PAT": "pat-rotated-value"})
+            } else {
+                json!({"API_HOST": "********", "TEAM_PAT": "********"})
+            };
+            assert_eq!(env, &expected, "{caller:?}");
+        }
+    }
+
+    // The permanent audit log names the variables, never their values.
+    let audit: Vec<Value> =
+        sqlx::query_scalar("select diff from audit_log where resource_id = $1 order by id")
+            .bind(&project_id)
+            .fetch_all(&app.db.pool)
+            .await
+            .expect("audit");
+    assert_eq!(audit.len(), 2, "{audit:?}");
+    let text = serde_json::to_string(&audit).expect("json");
+    assert!(!text.contains("pat-not-a-secret-yet"), "{text}");
+    assert!(!text.contains("pat-rotated-value"), "{text}");
+    assert!(!text.contains("api.internal"), "{text}");
+    assert!(text.contains("TEAM_PAT"), "{text}");
+    assert_eq!(
+        audit[1]["agent.env_values_changed"],
+        json!(["TEAM_PAT"]),
+        "{}",
+        audit[1]
+    );
+}

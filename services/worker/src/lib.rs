@@ -185,6 +185,8 @@ async fn heartbeat_loop(core: Arc<Core>, shutdown: CancellationToken) {
         deliver_cancellations(&core).await;
         deliver_messages(&core).await;
         reap_idle_workspaces(&core, false).await;
+        stop_deleted_runs(&core).await;
+        remove_workspaces_of_deleted_runs(&core).await;
         if shutdown.is_cancelled() {
             tokio::time::sleep(core.config.heartbeat_interval).await;
         }
@@ -217,6 +219,83 @@ async fn deliver_cancellations(core: &Core) {
             let _ = stop.correlation.set(correlation);
             stop.user.cancel();
             tracing::info!(%run_id, %correlation, "cancelling run on request");
+        }
+    }
+}
+
+/// Runs deleted with their project or org (the rows cascade away) stop at the next heartbeat:
+/// their supervisors are cancelled, which removes the containers. Nothing can be recorded about
+/// them any more.
+async fn stop_deleted_runs(core: &Core) {
+    let active: Vec<cadenza_domain::RunId> = match core.active.lock() {
+        Ok(active) => active.keys().copied().collect(),
+        Err(poisoned) => poisoned.into_inner().keys().copied().collect(),
+    };
+    if active.is_empty() {
+        return;
+    }
+    let existing = async {
+        let mut conn = core.pool.acquire().await?;
+        runs::existing(&mut conn, &active).await
+    }
+    .await;
+    let existing = match existing {
+        Ok(existing) => existing,
+        Err(err) => {
+            tracing::warn!(error = %err, "checking for deleted runs failed");
+            return;
+        }
+    };
+    let active = match core.active.lock() {
+        Ok(active) => active,
+        Err(poisoned) => poisoned.into_inner(),
+    };
+    for (run_id, stop) in active.iter() {
+        if !existing.contains(run_id) && !stop.user.is_cancelled() {
+            tracing::info!(%run_id, "the run was deleted with its project or org; stopping it");
+            stop.user.cancel();
+        }
+    }
+}
+
+/// Removes this worker's containers (running or kept for a follow-up) whose run no longer
+/// exists: deleted with its project or org. Only a successful lookup removes anything, and a
+/// run's row exists before its container is made, so a starting run is never touched.
+async fn remove_workspaces_of_deleted_runs(core: &Core) {
+    let containers = match core.docker.owned_workspaces(&core.worker.name).await {
+        Ok(containers) => containers,
+        Err(err) => {
+            tracing::warn!(error = %err, "listing workspace containers failed");
+            return;
+        }
+    };
+    let labelled: Vec<(String, cadenza_domain::RunId)> = containers
+        .into_iter()
+        .filter_map(|(container, run)| {
+            let run = uuid::Uuid::parse_str(run.as_deref()?).ok()?;
+            Some((container, cadenza_domain::RunId::from(run)))
+        })
+        .collect();
+    if labelled.is_empty() {
+        return;
+    }
+    let ids: Vec<cadenza_domain::RunId> = labelled.iter().map(|(_, run)| *run).collect();
+    let existing = async {
+        let mut conn = core.pool.acquire().await?;
+        runs::existing(&mut conn, &ids).await
+    }
+    .await;
+    let existing = match existing {
+        Ok(existing) => existing,
+        Err(err) => {
+            tracing::warn!(error = %err, "checking workspaces for deleted runs failed");
+            return;
+        }
+    };
+    for (container, run_id) in labelled {
+        if !existing.contains(&run_id) {
+            tracing::info!(%run_id, container, "removing the workspace of a deleted run");
+            core.docker.remove_workspace(&container, &container).await;
         }
     }
 }

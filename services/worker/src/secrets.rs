@@ -38,16 +38,22 @@ fn unavailable(message: String) -> TerminalReason {
     TerminalReason::new(TerminalCode::SecretUnavailable, message)
 }
 
+/// The name the agent-server's session key is redacted as.
+pub(crate) const SESSION_KEY_NAME: &str = "AGENT_SESSION_KEY";
+
 /// Decrypts every secret `project` references. The worker-wide LLM key (when the project names
-/// none) is redacted too. Fails with `secret_unavailable` naming the secret when one is missing
-/// or cannot be decrypted (altered, moved, or its key is not configured).
+/// none) and the agent-server's session key are redacted too. Fails with `secret_unavailable`
+/// naming the secret when one is missing or cannot be decrypted (altered, moved, or its key is
+/// not configured).
 pub(crate) async fn load(
     pool: &PgPool,
     keyring: &KeyRing,
     run: &Run,
     project: &Project,
     default_llm_api_key: Option<&SecretString>,
+    session_key: Option<&SecretString>,
 ) -> Result<RunSecrets, TerminalReason> {
+    let session_key = session_key.map(|key| (SESSION_KEY_NAME.to_owned(), key.clone()));
     let mut names: Vec<String> = Vec::new();
     let mut wanted = |name: &String| {
         if !names.contains(name) {
@@ -67,7 +73,9 @@ pub(crate) async fn load(
             redactor: Arc::new(Redactor::new(
                 default_llm_api_key
                     .cloned()
-                    .map(|key| ("LLM_API_KEY".to_owned(), key)),
+                    .map(|key| ("LLM_API_KEY".to_owned(), key))
+                    .into_iter()
+                    .chain(session_key),
             )),
             ..Default::default()
         });
@@ -127,6 +135,7 @@ pub(crate) async fn load(
     {
         redacted.push(("LLM_API_KEY".to_owned(), key.clone()));
     }
+    redacted.extend(session_key);
     Ok(RunSecrets {
         llm_api_key,
         git_credentials,

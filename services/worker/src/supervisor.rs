@@ -277,6 +277,12 @@ async fn execute(
             .await
             .map_err(internal)?
     };
+    // The agent-server's session key (a follow-up turn uses its parent container's) is
+    // redacted like a secret: the agent can read it from its environment and print it.
+    let session_key = match follow_up_of {
+        Some(_) => core.docker.session_key(container).await,
+        None => Some(SecretString::from(random_key())),
+    };
     // 0. Secrets, decrypted before anything starts: a missing or unreadable one fails the run
     // at once, naming it.
     let secrets = secrets::load(
@@ -285,6 +291,7 @@ async fn execute(
         run,
         &project,
         operator_llm_key(&core.config, &core.images, &project)?,
+        session_key.as_ref(),
     )
     .await?;
     *redactor = secrets.redactor.clone();
@@ -299,13 +306,13 @@ async fn execute(
 
     // 1. The workspace container, from an image this instance allows for the org.
     check_image(core, run, &project).await?;
-    let session_key = random_key();
+    let session_key = session_key.unwrap_or_else(|| SecretString::from(random_key()));
     let spec = workspace_spec(
         core,
         run,
         &project,
         container,
-        &session_key,
+        session_key.expose_secret(),
         secrets.git_credentials.as_ref(),
     );
     let container_failed = |err: crate::docker::ContainerError| {
@@ -385,7 +392,7 @@ async fn execute(
 
     let base_url =
         Url::parse(&format!("http://127.0.0.1:{}", workspace.host_port)).map_err(internal)?;
-    let client = AgentServerClient::builder(base_url, SecretString::from(session_key))
+    let client = AgentServerClient::builder(base_url, session_key)
         .request_timeout(Duration::from_secs(60))
         .build();
 
@@ -929,6 +936,19 @@ fn forward_container_logs(core: &Core, container: &str, secrets: &RunSecrets) {
     );
 }
 
+/// A repository URL without the `user:password@` of its authority, for the journal: the API
+/// refuses such URLs, but a project saved before it did may still have one.
+fn without_userinfo(url: &str) -> String {
+    match Url::parse(url) {
+        Ok(mut parsed) if !parsed.username().is_empty() || parsed.password().is_some() => {
+            let _ = parsed.set_username("");
+            let _ = parsed.set_password(None);
+            parsed.to_string()
+        }
+        _ => url.to_owned(),
+    }
+}
+
 /// Journals the `workspace` entry: which repository and commit the run started from.
 async fn journal_workspace(
     core: &Core,
@@ -943,7 +963,8 @@ async fn journal_workspace(
         org_id: run.org_id,
         kind: cadenza_domain::EventKind::Workspace,
         payload: {
-            let mut payload = serde_json::json!({"repository": url, "branch": branch, "base_commit": base_commit});
+            let repository = without_userinfo(url);
+            let mut payload = serde_json::json!({"repository": repository, "branch": branch, "base_commit": base_commit});
             redactor.redact_json(&mut payload);
             payload
         },
@@ -1398,6 +1419,24 @@ mod tests {
                 .expect("no key to give")
                 .is_none()
         );
+    }
+
+    #[test]
+    fn the_journaled_repository_url_carries_no_user_information() {
+        assert_eq!(
+            without_userinfo("https://user:ghp_token@git.example.com/acme/repo.git"),
+            "https://git.example.com/acme/repo.git"
+        );
+        assert_eq!(
+            without_userinfo("https://deploy@git.example.com/r.git"),
+            "https://git.example.com/r.git"
+        );
+        for kept in [
+            "https://git.example.com/r.git",
+            "git@git.example.com:acme/r.git",
+        ] {
+            assert_eq!(without_userinfo(kept), kept);
+        }
     }
 
     #[test]

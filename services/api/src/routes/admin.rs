@@ -93,22 +93,26 @@ fn by_kek_json(by_kek: &[(String, i64)]) -> Value {
     )
 }
 
-/// `GET /admin/secrets/keys`: the active key, the configured ones, and how many secrets each
-/// stored key id wraps (a key may be removed once it wraps none).
+/// `GET /admin/secrets/keys`: the active key, the configured ones, how many secrets each
+/// stored key id wraps (a key may be removed once it wraps none), and how many are sealed in an
+/// older format (the re-wrap upgrades them).
 pub async fn secret_keys(
     State(state): State<AppState>,
     _admin: Authorized<perm::InstanceAdmin>,
 ) -> ApiResult<Json<Value>> {
     let mut conn = state.pool.acquire().await?;
     let by_kek = secrets::count_by_kek(&mut conn).await?;
+    let outdated_format = secrets::count_outdated_format(&mut conn).await?;
     Ok(Json(json!({
         "active_kek_id": state.keyring.active_id(),
         "configured_kek_ids": state.keyring.ids().collect::<Vec<_>>(),
         "by_kek": by_kek_json(&by_kek),
+        "outdated_format": outdated_format,
     })))
 }
 
-/// `POST /admin/secrets/rewrap`: re-wraps data keys with the active key, in batches, for at
+/// `POST /admin/secrets/rewrap`: re-wraps data keys with the active key (upgrading secrets of
+/// an older format on the way), in batches, for at
 /// most `budget_seconds` (default 20, at most 120). Answers `complete: false` when time ran out
 /// or some secrets could not be re-wrapped; calling again continues where it stopped.
 pub async fn rewrap_secrets(

@@ -3,7 +3,7 @@ use std::collections::BTreeMap;
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use cadenza_domain::{AgentSettings, OrgId, Project, ProjectId, Repository, Scope};
+use cadenza_domain::{AgentSettings, OrgId, Permission, Project, ProjectId, Repository, Scope};
 use cadenza_storage::{StorageError, projects};
 use serde::{Deserialize, Deserializer};
 use serde_json::json;
@@ -12,6 +12,7 @@ use crate::audit::{self, AuditedTx, Change, RequestMeta};
 use crate::auth::{Authorized, perm};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{ApiJson, ApiQuery, next_cursor, page_limit, parse_cursor, parse_id};
+use crate::principal::Principal;
 use crate::routes::orgs::validate_name;
 use crate::routes::wire::{Page, ProjectView};
 use crate::state::AppState;
@@ -22,8 +23,23 @@ pub struct ListQuery {
     limit: Option<i64>,
 }
 
+/// A project as `principal` may see it: `agent.env` values only for callers who may manage the
+/// project (`projects.manage`), names with masked values for everyone else.
+fn view_for(principal: &Principal, project: Project) -> ProjectView {
+    let manages = principal
+        .require(project.org_id, Permission::ProjectsManage)
+        .is_ok();
+    let view = ProjectView::from(project);
+    if manages {
+        view
+    } else {
+        view.with_env_values_hidden()
+    }
+}
+
 async fn list_scoped(
     state: &AppState,
+    principal: &Principal,
     scope: &Scope,
     query: ListQuery,
 ) -> ApiResult<Json<Page<ProjectView>>> {
@@ -37,7 +53,10 @@ async fn list_scoped(
     let items = projects::list(&mut conn, scope, before, limit).await?;
     let next_cursor = next_cursor(&items, limit, |project| project.id);
     Ok(Json(Page {
-        items: items.into_iter().map(ProjectView::from).collect(),
+        items: items
+            .into_iter()
+            .map(|project| view_for(principal, project))
+            .collect(),
         next_cursor,
     }))
 }
@@ -48,7 +67,7 @@ pub async fn list(
     auth: Authorized<perm::ProjectsRead>,
     ApiQuery(query): ApiQuery<ListQuery>,
 ) -> ApiResult<Json<Page<ProjectView>>> {
-    list_scoped(&state, &auth.scope(), query).await
+    list_scoped(&state, &auth.principal, &auth.scope(), query).await
 }
 
 pub async fn list_in_org(
@@ -59,7 +78,7 @@ pub async fn list_in_org(
 ) -> ApiResult<Json<Page<ProjectView>>> {
     let org_id: OrgId = parse_id(&org_id, "org")?;
     auth.require(org_id)?;
-    list_scoped(&state, &Scope::Org(org_id), query).await
+    list_scoped(&state, &auth.principal, &Scope::Org(org_id), query).await
 }
 
 /// Loads a project for a caller who needs `P` in its org: 404 for projects of orgs the caller
@@ -89,7 +108,8 @@ pub async fn get(
     auth: Authorized<perm::ProjectsRead>,
     Path(project_id): Path<String>,
 ) -> ApiResult<Json<ProjectView>> {
-    Ok(Json(load(&state, &auth, &project_id).await?.into()))
+    let project = load(&state, &auth, &project_id).await?;
+    Ok(Json(view_for(&auth.principal, project)))
 }
 
 /// Accepts a field that may be absent (leave as is), `null` (clear) or a value.
@@ -209,17 +229,36 @@ fn validate_agent(agent: &AgentSettings) -> ApiResult<()> {
     Ok(())
 }
 
+/// Whether a URL with a scheme (`https://user:token@host/…`) carries user information in its
+/// authority. Credentials there would be shown to every reader of the project, journaled and
+/// kept in the audit log. The scp-like `git@host:path` has no scheme and names no secret.
+fn has_userinfo(url: &str) -> bool {
+    let Some((_, rest)) = url.trim().split_once("://") else {
+        return false;
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    authority.contains('@')
+}
+
 impl RepositoryPatch {
     fn apply(self, repository: &mut Repository) -> ApiResult<()> {
         set(&mut repository.url, self.url);
         set(&mut repository.branch, self.branch);
         set(&mut repository.credentials_secret, self.credentials_secret);
-        if let Some(url) = &repository.url
-            && url.trim().is_empty()
-        {
-            return Err(ApiError::BadRequest(
-                "`repository.url` must not be empty".into(),
-            ));
+        if let Some(url) = &repository.url {
+            if url.trim().is_empty() {
+                return Err(ApiError::BadRequest(
+                    "`repository.url` must not be empty".into(),
+                ));
+            }
+            if has_userinfo(url) {
+                return Err(ApiError::BadRequest(
+                    "`repository.url` must not contain a user name or password (`user:token@`): \
+                     put the credentials in a secret and name it in \
+                     `repository.credentials_secret`"
+                        .into(),
+                ));
+            }
         }
         Ok(())
     }
@@ -255,12 +294,37 @@ async fn check_image(
 /// The agent image used when a project names none.
 const DEFAULT_AGENT_IMAGE: &str = "ghcr.io/openhands/agent-server:1.58.0-python";
 
+/// The settings as the permanent audit log keeps them: `agent.env` by name only, since a value
+/// may be a credential someone put there by mistake and audit entries can never be purged.
 fn settings_json(project: &Project) -> serde_json::Value {
+    let mut agent = serde_json::to_value(&project.agent).unwrap_or_default();
+    if let Some(fields) = agent.as_object_mut() {
+        fields.insert(
+            "env".into(),
+            json!(project.agent.env.keys().collect::<Vec<_>>()),
+        );
+    }
     json!({
         "name": project.name,
-        "agent": serde_json::to_value(&project.agent).unwrap_or_default(),
+        "agent": agent,
         "repository": serde_json::to_value(&project.repository).unwrap_or_default(),
     })
+}
+
+/// The audit diff of a settings change; `agent.env` values that changed are named, not shown.
+fn settings_diff(before: &Project, after: &Project) -> serde_json::Value {
+    let mut diff = audit::diff(&settings_json(before), &settings_json(after));
+    let changed: Vec<&String> = after
+        .agent
+        .env
+        .iter()
+        .filter(|(name, value)| before.agent.env.get(*name).is_some_and(|old| old != *value))
+        .map(|(name, _)| name)
+        .collect();
+    if let (false, Some(fields)) = (changed.is_empty(), diff.as_object_mut()) {
+        fields.insert("agent.env_values_changed".into(), json!(changed));
+    }
+    diff
 }
 
 pub async fn create(
@@ -344,7 +408,7 @@ pub async fn update(
         action: "project.update",
         resource_type: "project",
         resource_id: Some(after.id.to_string()),
-        diff: audit::diff(&settings_json(&before), &settings_json(&after)),
+        diff: settings_diff(&before, &after),
     })
     .await?;
     tx.commit().await?;

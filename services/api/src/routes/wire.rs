@@ -50,6 +50,20 @@ pub struct RepositoryView {
     pub credentials_secret: Option<String>,
 }
 
+/// What a caller without `projects.manage` sees in place of each `agent.env` value.
+pub const HIDDEN_ENV_VALUE: &str = "********";
+
+impl ProjectView {
+    /// The view for a caller who may read the project but not manage it: `agent.env` keeps its
+    /// names, every value is [`HIDDEN_ENV_VALUE`].
+    pub fn with_env_values_hidden(mut self) -> Self {
+        for value in self.agent.env.values_mut() {
+            HIDDEN_ENV_VALUE.clone_into(value);
+        }
+        self
+    }
+}
+
 impl From<Project> for ProjectView {
     fn from(project: Project) -> Self {
         Self {
