@@ -163,3 +163,116 @@ async fn a_burst_of_runs_all_succeed_within_the_network_bound() {
         started.elapsed().as_secs_f64()
     );
 }
+
+/// The worker's peak resident memory (`VmHWM`), in bytes.
+fn peak_memory(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|value| {
+            value
+                .trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse::<u64>()
+                .ok()
+        })
+        .expect("VmHWM")
+        * 1024
+}
+
+/// What the worker may hold at its peak while reading a run whose workspace has a 1 GiB file,
+/// an 85 MB diff and a 100 MB command output, with another run beside it.
+const WORKER_MEMORY_BOUND: u64 = 256 * 1024 * 1024;
+
+#[tokio::test]
+async fn huge_files_and_output_in_a_workspace_are_cut_and_leave_other_runs_alone() {
+    let mut stack = Stack::start_with(StackOptions {
+        worker_capacity: 2,
+        extra_env: Vec::new(),
+    })
+    .await
+    .expect("stack starts");
+    let api = Api::new(&stack.api_url, &stack.token);
+    let project_id = stack.project.id.to_string();
+    let huge = "$ head -c 1073741824 /dev/zero > zeros.bin\n\
+                $ head -c 67108864 /dev/urandom > random.bin\n\
+                $ yes 'a line of output that goes on' | head -c 100000000\n\
+                $ echo small > small.txt\n\
+                done";
+    let (_, big_run) = api
+        .submit_run(&project_id, huge, None)
+        .await
+        .expect("submit");
+    let (_, other) = api
+        .submit_run(&project_id, "$ echo beside > beside.txt\ndone", None)
+        .await
+        .expect("submit");
+    let big_id = big_run["id"].as_str().expect("id").to_owned();
+    let other_id = other["id"].as_str().expect("id").to_owned();
+
+    let other = api.wait_for_end(&other_id, BUDGET).await.expect("ends");
+    assert_eq!(other["state"], "succeeded", "{other}\n{}", stack.logs());
+    let big = api.wait_for_end(&big_id, BUDGET).await.expect("ends");
+    assert_eq!(big["state"], "succeeded", "{big}\n{}", stack.logs());
+
+    // The output was cut to the terminal's limit, as the real agent-server does.
+    let events = api.all_events(&big_id, 500).await.expect("events");
+    let largest = events
+        .iter()
+        .map(|event| event.to_string().len())
+        .max()
+        .unwrap_or_default();
+    assert!(largest < 256 * 1024, "a journal entry of {largest} bytes");
+
+    // The diff keeps what fits, leaves the random file out and says so.
+    let patch = api
+        .get(&format!("/runs/{big_id}/diff"))
+        .await
+        .expect("diff")
+        .text()
+        .await
+        .expect("patch");
+    assert!(
+        patch.len() <= 9 * 1024 * 1024,
+        "a {} byte diff was stored",
+        patch.len()
+    );
+    assert!(
+        patch.starts_with("Cadenza left changes out of this diff:"),
+        "{}",
+        &patch[..200.min(patch.len())]
+    );
+    assert!(patch.contains("random.bin: its diff is larger than the per-file limit"));
+    let note = &patch[..patch.find("diff --git").unwrap_or(patch.len()).min(2000)];
+    assert!(patch.contains("b/small.txt"), "{note}");
+    assert!(
+        patch.contains("b/zeros.bin") || note.contains("zeros.bin: "),
+        "the zero file is in the diff or named as left out: {note}"
+    );
+    let beside = api
+        .get(&format!("/runs/{other_id}/diff"))
+        .await
+        .expect("diff")
+        .text()
+        .await
+        .expect("patch");
+    assert!(
+        beside.contains("b/beside.txt") && !beside.contains("Cadenza left"),
+        "{beside}"
+    );
+
+    let pid = stack.service("worker").expect("worker").pid();
+    let peak = peak_memory(pid);
+    println!(
+        "worker peak memory: {} MiB (bound {} MiB)",
+        peak >> 20,
+        WORKER_MEMORY_BOUND >> 20
+    );
+    assert!(
+        peak < WORKER_MEMORY_BOUND,
+        "the worker peaked at {} MiB",
+        peak >> 20
+    );
+}

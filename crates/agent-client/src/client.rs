@@ -19,7 +19,7 @@ use crate::error::{Error, Result, status_error};
 use crate::events::{AgentEvent, EventPage};
 use crate::server::ServerInfo;
 use crate::session::SessionSocket;
-use crate::workspace::{BashOutput, GitDelta};
+use crate::workspace::{BashOutput, DiffCollector, DiffLimits, GitDelta};
 
 /// Header that carries the session API key, on REST calls and on the socket handshake.
 pub const SESSION_API_KEY_HEADER: &str = "X-Session-API-Key";
@@ -34,6 +34,13 @@ const DEFAULT_SOCKET_KEEPALIVE: Duration = Duration::from_secs(30);
 /// `execute_bash_command` blocks for up to the command's own timeout; the HTTP call must
 /// outlive it or a slow command would look like a dead server.
 const BASH_RESPONSE_GRACE: Duration = Duration::from_secs(30);
+/// The largest JSON body read from the server (it is untrusted: a custom image answers what it
+/// likes).
+pub const DEFAULT_MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
+/// The largest session-socket message (one event).
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+/// How much of an error answer is kept for its message.
+const ERROR_BODY_BYTES: usize = 64 * 1024;
 
 /// Typed client for one agent-server (REST and session socket).
 ///
@@ -50,6 +57,8 @@ struct Inner {
     request_timeout: Duration,
     socket_connect_timeout: Duration,
     socket_keepalive: Option<Duration>,
+    max_body_bytes: usize,
+    max_message_bytes: usize,
 }
 
 impl fmt::Debug for AgentServerClient {
@@ -81,6 +90,8 @@ pub struct AgentServerClientBuilder {
     request_timeout: Duration,
     socket_connect_timeout: Duration,
     socket_keepalive: Option<Duration>,
+    max_body_bytes: usize,
+    max_message_bytes: usize,
 }
 
 impl fmt::Debug for AgentServerClientBuilder {
@@ -105,6 +116,20 @@ impl AgentServerClientBuilder {
     /// timeout plus a grace period instead.
     pub fn request_timeout(mut self, timeout: Duration) -> Self {
         self.request_timeout = timeout;
+        self
+    }
+
+    /// The largest JSON answer read (default [`DEFAULT_MAX_BODY_BYTES`]); a larger one is
+    /// [`Error::TooLarge`], read no further.
+    pub fn max_body_bytes(mut self, bytes: usize) -> Self {
+        self.max_body_bytes = bytes;
+        self
+    }
+
+    /// The largest session-socket message, i.e. one event (default
+    /// [`DEFAULT_MAX_MESSAGE_BYTES`]); a larger one fails the socket with [`Error::TooLarge`].
+    pub fn max_message_bytes(mut self, bytes: usize) -> Self {
+        self.max_message_bytes = bytes;
         self
     }
 
@@ -139,6 +164,8 @@ impl AgentServerClientBuilder {
                 request_timeout: self.request_timeout,
                 socket_connect_timeout: self.socket_connect_timeout,
                 socket_keepalive: self.socket_keepalive,
+                max_body_bytes: self.max_body_bytes,
+                max_message_bytes: self.max_message_bytes,
             }),
         }
     }
@@ -173,6 +200,8 @@ impl AgentServerClient {
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             socket_connect_timeout: DEFAULT_SOCKET_CONNECT_TIMEOUT,
             socket_keepalive: Some(DEFAULT_SOCKET_KEEPALIVE),
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
         }
     }
 
@@ -402,8 +431,15 @@ impl AgentServerClient {
 
     /// `GET /api/file/archive?format=git-delta`: the changes of the repository at `path` (an
     /// absolute path on the server) as one patch, including untracked files, against
-    /// `base_ref` or the base the server detects.
-    pub async fn archive_git_delta(&self, path: &str, base_ref: Option<&str>) -> Result<GitDelta> {
+    /// `base_ref` or the base the server detects. Read as it streams within `limits`: a file
+    /// whose diff is too large, or that comes after the patch is full, is left out and named in
+    /// [`GitDelta::omitted`]; memory stays within the limits whatever the server sends.
+    pub async fn archive_git_delta(
+        &self,
+        path: &str,
+        base_ref: Option<&str>,
+        limits: DiffLimits,
+    ) -> Result<GitDelta> {
         let mut call = self.call(Method::GET, &["api", "file", "archive"])?;
         {
             let mut query = call.url.query_pairs_mut();
@@ -415,18 +451,33 @@ impl AgentServerClient {
             }
         }
         let endpoint = call.endpoint.clone();
-        let response = self.execute(call, None).await?;
+        let mut response = self.execute(call, None).await?;
         let headers = response.headers().clone();
-        let body = response.bytes().await.map_err(|source| Error::Transport {
-            endpoint: endpoint.clone(),
-            source,
-        })?;
+        let mut collector = DiffCollector::new(limits);
+        let mut read: u64 = 0;
+        loop {
+            let chunk = response.chunk().await.map_err(|source| Error::Transport {
+                endpoint: endpoint.clone(),
+                source,
+            })?;
+            let Some(chunk) = chunk else { break };
+            read += chunk.len() as u64;
+            collector.push(&chunk);
+            if read > limits.max_read_bytes {
+                collector.stop_reading(read);
+                break;
+            }
+        }
+        let (patch, omitted, unread_after) = collector.finish();
         // A patch must apply byte for byte, so invalid UTF-8 is an error, not a lossy guess.
-        let patch = String::from_utf8(body.to_vec()).map_err(|error| Error::Decode {
+        let patch = String::from_utf8(patch).map_err(|error| Error::Decode {
             endpoint,
             source: error.into(),
         })?;
-        Ok(GitDelta::from_parts(&headers, patch))
+        let mut delta = GitDelta::from_parts(&headers, patch);
+        delta.omitted = omitted;
+        delta.unread_after = unread_after;
+        Ok(delta)
     }
 
     /// Opens `/sockets/session/{id}`: `after_seq = None` is live only, `Some(-1)` replays the
@@ -444,7 +495,10 @@ impl AgentServerClient {
         request
             .headers_mut()
             .insert(SESSION_API_KEY_HEADER, self.session_key_header()?);
-        let connect = tokio_tungstenite::connect_async(request);
+        let config = tungstenite::protocol::WebSocketConfig::default()
+            .max_message_size(Some(self.inner.max_message_bytes))
+            .max_frame_size(Some(self.inner.max_message_bytes));
+        let connect = tokio_tungstenite::connect_async_with_config(request, Some(config), false);
         let (stream, _response) = tokio::time::timeout(self.inner.socket_connect_timeout, connect)
             .await
             .map_err(|_elapsed| Error::Timeout {
@@ -512,10 +566,8 @@ impl AgentServerClient {
         if status.is_success() {
             return Ok(response);
         }
-        let body = response.bytes().await.map_err(|source| Error::Transport {
-            endpoint: endpoint.clone(),
-            source,
-        })?;
+        // Only the start of an error answer matters for its message.
+        let body = read_bounded(response, ERROR_BODY_BYTES, &endpoint, false).await?;
         Err(status_error(endpoint, status, &body))
     }
 
@@ -523,16 +575,40 @@ impl AgentServerClient {
         let endpoint = call.endpoint.clone();
         let response = self.execute(call, body).await?;
         let status = response.status();
-        let bytes = response.bytes().await.map_err(|source| Error::Transport {
-            endpoint: endpoint.clone(),
-            source,
-        })?;
+        let bytes = read_bounded(response, self.inner.max_body_bytes, &endpoint, true).await?;
         let value = serde_json::from_slice(&bytes).map_err(|error| Error::Decode {
             endpoint,
             source: error.into(),
         })?;
         Ok((value, status))
     }
+}
+
+/// Reads at most `limit` bytes of a body: more is [`Error::TooLarge`] (`strict`) or cut off.
+async fn read_bounded(
+    mut response: reqwest::Response,
+    limit: usize,
+    endpoint: &str,
+    strict: bool,
+) -> Result<Vec<u8>> {
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(|source| Error::Transport {
+        endpoint: endpoint.to_owned(),
+        source,
+    })? {
+        if body.len() + chunk.len() > limit {
+            if strict {
+                return Err(Error::TooLarge {
+                    endpoint: endpoint.to_owned(),
+                    limit,
+                });
+            }
+            body.extend_from_slice(&chunk[..limit - body.len()]);
+            break;
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
 }
 
 struct Call {

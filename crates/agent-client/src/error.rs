@@ -95,6 +95,11 @@ pub enum Error {
         source: BoxError,
     },
 
+    /// An answer (or one session-socket message) was larger than the client reads; the rest
+    /// was not read.
+    #[error("{endpoint}: the answer is larger than {limit} bytes, the most this client reads")]
+    TooLarge { endpoint: String, limit: usize },
+
     /// The WebSocket could not be opened, or failed while in use.
     #[error("{endpoint}: WebSocket failure")]
     WebSocket {

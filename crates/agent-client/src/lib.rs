@@ -65,7 +65,7 @@ pub use events::{
 };
 pub use server::{CAPABILITY_IDEMPOTENT_CREATE, ServerInfo};
 pub use session::{SessionFrame, SessionSocket, StreamDelta};
-pub use workspace::{BashOutput, GitDelta};
+pub use workspace::{BashOutput, DiffLimits, GitDelta, OmittedFile};
 
 /// Compiles the README's example, so it cannot drift from the API.
 #[cfg(doctest)]

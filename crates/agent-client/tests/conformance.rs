@@ -629,7 +629,7 @@ async fn the_git_delta_against_a_recorded_base_holds_only_the_agents_changes(
 
     let delta = server
         .client
-        .archive_git_delta(WORKSPACE, Some(&base_commit))
+        .archive_git_delta(WORKSPACE, Some(&base_commit), Default::default())
         .await
         .unwrap();
     let patch = &delta.patch;

@@ -383,7 +383,11 @@ async fn git_delta_archive_contains_the_agents_new_file_against_the_base_commit(
     // Pinned to the recorded base, as a worker does: only the agent's work is in the patch.
     let delta = harness
         .client
-        .archive_git_delta(&harness.workspace_dir(), Some(&base_commit))
+        .archive_git_delta(
+            &harness.workspace_dir(),
+            Some(&base_commit),
+            Default::default(),
+        )
         .await
         .unwrap();
     assert!(
@@ -400,7 +404,7 @@ async fn git_delta_archive_contains_the_agents_new_file_against_the_base_commit(
     // Without a remote the auto-detected base is the empty tree, so every file is "new".
     let unpinned = harness
         .client
-        .archive_git_delta(&harness.workspace_dir(), None)
+        .archive_git_delta(&harness.workspace_dir(), None, Default::default())
         .await
         .unwrap();
     assert!(unpinned.patch.contains("b/hello.txt"), "{}", unpinned.patch);

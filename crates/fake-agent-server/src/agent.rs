@@ -256,7 +256,7 @@ async fn run_steps(server: &FakeServer, conversation: &Conversation, cancel: &Ca
                 ..
             }) => events::terminal_observation(&TerminalResult {
                 command: &command,
-                output: &stdout,
+                output: &maybe_truncate(&stdout, MAX_CMD_OUTPUT_SIZE),
                 exit_code,
                 timed_out: false,
                 pid,
@@ -265,7 +265,7 @@ async fn run_steps(server: &FakeServer, conversation: &Conversation, cancel: &Ca
             Ok(ShellOutcome::TimedOut { stdout, pid, .. }) => {
                 events::terminal_observation(&TerminalResult {
                     command: &command,
-                    output: &stdout,
+                    output: &maybe_truncate(&stdout, MAX_CMD_OUTPUT_SIZE),
                     exit_code: -1,
                     timed_out: true,
                     pid,
@@ -402,5 +402,39 @@ mod tests {
             plan_task("$HOME"),
             vec![PlannedStep::Finish("$HOME".into())]
         );
+    }
+}
+
+/// The real terminal tool's output limit (`MAX_CMD_OUTPUT_SIZE`, in characters).
+const MAX_CMD_OUTPUT_SIZE: usize = 30_000;
+const TRUNCATE_NOTICE: &str = "<response clipped><NOTE>Due to the max output limit, only part of the full response has been shown to you.</NOTE>";
+
+/// The real server's `maybe_truncate`: over `limit` characters, the middle gives way to a notice
+/// (the head gets the odd character), so an observation is never larger than the limit.
+fn maybe_truncate(content: &str, limit: usize) -> std::borrow::Cow<'_, str> {
+    let chars = content.chars().count();
+    if chars <= limit {
+        return content.into();
+    }
+    let notice_chars = TRUNCATE_NOTICE.chars().count();
+    let available = limit - notice_chars;
+    let head = available / 2 + available % 2;
+    let tail = available - head;
+    let head_text: String = content.chars().take(head).collect();
+    let tail_text: String = content.chars().skip(chars - tail).collect();
+    format!("{head_text}{TRUNCATE_NOTICE}{tail_text}").into()
+}
+
+#[cfg(test)]
+mod truncate_tests {
+    use super::*;
+
+    #[test]
+    fn long_output_keeps_its_head_and_tail_like_the_real_terminal() {
+        let output = format!("HEAD{}TAIL", "x".repeat(100_000));
+        let cut = maybe_truncate(&output, MAX_CMD_OUTPUT_SIZE);
+        assert_eq!(cut.chars().count(), MAX_CMD_OUTPUT_SIZE);
+        assert!(cut.starts_with("HEAD") && cut.ends_with("TAIL") && cut.contains(TRUNCATE_NOTICE));
+        assert_eq!(maybe_truncate("short", MAX_CMD_OUTPUT_SIZE), "short");
     }
 }

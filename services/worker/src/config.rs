@@ -93,6 +93,21 @@ pub struct WorkerConfig {
     /// follow-up is given up. At least the capacity.
     #[serde(default = "default_max_workspace_networks")]
     pub max_workspace_networks: usize,
+    /// The largest diff stored for a run; files past it are left out and named.
+    #[serde(default = "default_max_diff_bytes")]
+    pub max_diff_bytes: usize,
+    /// The largest diff of one file stored; a larger one is left out and named.
+    #[serde(default = "default_max_diff_file_bytes")]
+    pub max_diff_file_bytes: usize,
+    /// The largest answer or session message read from an agent-server.
+    #[serde(default = "default_max_agent_message_bytes")]
+    pub max_agent_message_bytes: usize,
+    /// The largest journal entry stored; longer text in it is cut, with a marker.
+    #[serde(default = "default_max_event_bytes")]
+    pub max_event_bytes: usize,
+    /// Journal entries one run may make; past it the run fails (`agent_error`).
+    #[serde(default = "default_max_events_per_run")]
+    pub max_events_per_run: i64,
     #[serde(default)]
     pub log_json: bool,
 }
@@ -100,6 +115,21 @@ pub struct WorkerConfig {
 /// The official agent-server image and its local build.
 pub fn default_agent_images() -> String {
     "ghcr.io/openhands/agent-server, cadenza/openhands-agent-server".to_owned()
+}
+fn default_max_diff_bytes() -> usize {
+    8 * 1024 * 1024
+}
+fn default_max_diff_file_bytes() -> usize {
+    2 * 1024 * 1024
+}
+fn default_max_agent_message_bytes() -> usize {
+    16 * 1024 * 1024
+}
+fn default_max_event_bytes() -> usize {
+    256 * 1024
+}
+fn default_max_events_per_run() -> i64 {
+    50_000
 }
 fn default_git_image() -> String {
     "cadenza/git-helper:dev".to_owned()
@@ -183,6 +213,11 @@ impl WorkerConfig {
             agent_images: default_agent_images(),
             container_user: default_container_user(),
             git_image: default_git_image(),
+            max_diff_bytes: default_max_diff_bytes(),
+            max_diff_file_bytes: default_max_diff_file_bytes(),
+            max_agent_message_bytes: default_max_agent_message_bytes(),
+            max_event_bytes: default_max_event_bytes(),
+            max_events_per_run: default_max_events_per_run(),
             workspace_subnets: default_workspace_subnets(),
             workspace_subnet_prefix: default_workspace_subnet_prefix(),
             max_workspace_networks: default_max_workspace_networks(),
@@ -229,6 +264,16 @@ impl WorkerConfig {
             );
         }
         Ok(pool)
+    }
+
+    /// What of an agent's diff is read and kept.
+    pub fn diff_limits(&self) -> cadenza_agent_client::DiffLimits {
+        cadenza_agent_client::DiffLimits {
+            max_bytes: self.max_diff_bytes,
+            max_file_bytes: self.max_diff_file_bytes.min(self.max_diff_bytes),
+            // Files past the kept patch are still named, up to this much reading.
+            max_read_bytes: (self.max_diff_bytes as u64).saturating_mul(32),
+        }
     }
 
     /// The non-root `(uid, gid)` for images that would run as root or by name.

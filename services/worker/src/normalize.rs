@@ -121,3 +121,86 @@ mod tests {
         assert_eq!(payload["value"], json!({"execution_status": "finished"}));
     }
 }
+
+/// Bounds a JSON value to about `budget` bytes serialized: long strings are cut in the middle
+/// (head and tail kept, a marker between), shorter and shorter until it fits; a value that still
+/// does not fit (a huge array of short strings) is replaced by a note of its size.
+pub fn bound_json(value: &mut Value, budget: usize) {
+    let size = |value: &Value| serde_json::to_vec(value).map_or(usize::MAX, |bytes| bytes.len());
+    let original = size(value);
+    if original <= budget {
+        return;
+    }
+    let mut longest = budget;
+    while longest >= 256 {
+        cut_strings(value, longest);
+        if size(value) <= budget {
+            return;
+        }
+        longest /= 2;
+    }
+    *value = json!({
+        "cadenza_truncated": true,
+        "original_bytes": original,
+        "note": "this entry was larger than the journal's limit (CADENZA_MAX_EVENT_BYTES)",
+    });
+}
+
+fn cut_strings(value: &mut Value, longest: usize) {
+    match value {
+        Value::String(text) if text.len() > longest => {
+            let keep = longest.saturating_sub(96) / 2;
+            let mut head_end = keep.min(text.len());
+            while !text.is_char_boundary(head_end) {
+                head_end -= 1;
+            }
+            let mut tail_start = text.len().saturating_sub(keep).max(head_end);
+            while !text.is_char_boundary(tail_start) {
+                tail_start += 1;
+            }
+            let cut = tail_start - head_end;
+            *text = format!(
+                "{}…[{cut} bytes cut: the journal entry limit]…{}",
+                &text[..head_end],
+                &text[tail_start..]
+            );
+        }
+        Value::Array(items) => items.iter_mut().for_each(|item| cut_strings(item, longest)),
+        Value::Object(fields) => fields
+            .values_mut()
+            .for_each(|field| cut_strings(field, longest)),
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod bound_tests {
+    use super::*;
+
+    #[test]
+    fn a_large_entry_is_cut_to_its_budget_with_a_marker() {
+        let output = format!("START{}END", "é".repeat(400_000));
+        let mut payload = json!({"tool_name": "terminal", "output": output, "exit_code": 0});
+        bound_json(&mut payload, 64 * 1024);
+        let bytes = serde_json::to_vec(&payload).expect("json").len();
+        assert!(bytes <= 64 * 1024, "{bytes}");
+        let text = payload["output"].as_str().expect("still text");
+        assert!(
+            text.starts_with("START") && text.ends_with("END"),
+            "head and tail kept"
+        );
+        assert!(text.contains("bytes cut: the journal entry limit"));
+        assert_eq!(
+            payload["tool_name"], "terminal",
+            "short fields are untouched"
+        );
+
+        let mut small = json!({"output": "fine"});
+        bound_json(&mut small, 1024);
+        assert_eq!(small, json!({"output": "fine"}));
+
+        let mut many = Value::Array((0..100_000).map(|i| json!(i)).collect());
+        bound_json(&mut many, 1024);
+        assert_eq!(many["cadenza_truncated"], true);
+    }
+}

@@ -394,6 +394,8 @@ async fn execute(
         Url::parse(&format!("http://127.0.0.1:{}", workspace.host_port)).map_err(internal)?;
     let client = AgentServerClient::builder(base_url, session_key)
         .request_timeout(Duration::from_secs(60))
+        .max_body_bytes(core.config.max_agent_message_bytes)
+        .max_message_bytes(core.config.max_agent_message_bytes)
         .build();
 
     // 2. Wait for the agent-server, watching the container so a crash fails fast.
@@ -544,6 +546,7 @@ async fn run_turn(
         last_seq: after.as_ref().map_or(-1, |(seq, _)| *seq),
         last_event_id: after.map(|(_, id)| id),
         last_error: None,
+        journaled: 0,
     };
     let status = follower.follow(cancel, deadline).await?;
 
@@ -581,11 +584,16 @@ async fn run_turn(
             .map_err(internal)?;
     }
     match client
-        .archive_git_delta(&core.config.workspace_dir, base_commit.as_deref())
+        .archive_git_delta(
+            &core.config.workspace_dir,
+            base_commit.as_deref(),
+            core.config.diff_limits(),
+        )
         .await
     {
         Ok(delta) => {
-            let patch = redactor.redact(&delta.patch);
+            let patch = with_omissions_noted(&delta);
+            let patch = redactor.redact(&patch);
             let mut conn = core
                 .pool
                 .acquire()
@@ -600,7 +608,11 @@ async fn run_turn(
             )
             .await
             .map_err(internal)?;
-            tracing::info!(bytes = delta.patch.len(), "diff stored");
+            tracing::info!(
+                bytes = delta.patch.len(),
+                omitted = delta.omitted.len(),
+                "diff stored"
+            );
         }
         Err(err) => tracing::warn!(
             error = %redactor.redact(&err.to_string()),
@@ -608,6 +620,25 @@ async fn run_turn(
         ),
     }
     Ok(final_message)
+}
+
+/// The patch, preceded (when files were left out) by a note naming them and why. `git apply`
+/// skips text before the first `diff --git`, so the patch still applies.
+fn with_omissions_noted(delta: &cadenza_agent_client::GitDelta) -> String {
+    if delta.omitted.is_empty() && delta.unread_after.is_none() {
+        return delta.patch.clone();
+    }
+    let mut note = String::from("Cadenza left changes out of this diff:\n");
+    for file in &delta.omitted {
+        note.push_str(&format!("  {}: {}\n", file.path, file.reason));
+    }
+    if let Some(read) = delta.unread_after {
+        note.push_str(&format!(
+            "  the agent-server sent more than {read} bytes; changes after that are not listed\n"
+        ));
+    }
+    note.push('\n');
+    note + &delta.patch
 }
 
 /// A follow-up turn: the parent's container and conversation, the message as the next user
@@ -663,6 +694,8 @@ async fn follow_up_turn(
     let base_url = Url::parse(&format!("http://127.0.0.1:{host_port}")).map_err(internal)?;
     let client = AgentServerClient::builder(base_url, session_key)
         .request_timeout(Duration::from_secs(60))
+        .max_body_bytes(core.config.max_agent_message_bytes)
+        .max_message_bytes(core.config.max_agent_message_bytes)
         .build();
     wait_healthy(core, &client, container, cancel).await?;
     // The message is saved even when the server is busy; a retry would add it twice.
@@ -1064,6 +1097,8 @@ struct Follower<'a> {
     last_event_id: Option<String>,
     /// The detail of the last `ConversationErrorEvent`, for the failure reason.
     last_error: Option<String>,
+    /// Agent events journaled by this turn.
+    journaled: i64,
 }
 
 enum Step {
@@ -1297,6 +1332,22 @@ impl Follower<'_> {
         let mut raw = event.raw.clone();
         self.redactor.redact_json(&mut payload);
         self.redactor.redact_json(&mut raw);
+        // Bounded: a journal entry is at most `max_event_bytes` (long text cut, with a marker),
+        // and a run has at most `max_events_per_run` of them.
+        let limit = self.core.config.max_event_bytes;
+        crate::normalize::bound_json(&mut payload, limit / 2);
+        crate::normalize::bound_json(&mut raw, limit / 2);
+        self.journaled += 1;
+        if self.journaled > self.core.config.max_events_per_run {
+            return Err(fail(
+                TerminalCode::AgentError,
+                format!(
+                    "the agent produced more than {} journal entries, the most one run may have \
+                     (CADENZA_MAX_EVENTS_PER_RUN); the run was stopped",
+                    self.core.config.max_events_per_run
+                ),
+            ));
+        }
         let new_event = || NewJournalEvent {
             run_id: self.run.id,
             org_id: self.run.org_id,
