@@ -624,9 +624,19 @@ async fn a_run_of_a_real_agent_without_an_llm_fails_at_once_saying_how_to_config
     let stack = Stack::start().await.expect("stack starts");
     // Any agent image not labelled as a scripted agent needs an LLM; neither the project nor
     // the worker names a model. (The fake LLM image stands in: the run must end before its
-    // agent would ever be asked anything.)
+    // agent would ever be asked anything.) Tagged under the prefix the test stack allows.
+    let image = "cadenza-test/not-scripted:dev";
+    let tagged = std::process::Command::new("docker")
+        .args(["tag", "cadenza/fake-llm:dev", image])
+        .output()
+        .expect("docker tag");
+    assert!(
+        tagged.status.success(),
+        "{}",
+        String::from_utf8_lossy(&tagged.stderr)
+    );
     let project = stack
-        .create_project("no-llm", "cadenza/fake-llm:dev")
+        .create_project("no-llm", image)
         .await
         .expect("project");
     let api = Api::new(&stack.api_url, &stack.token);
