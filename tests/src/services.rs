@@ -155,3 +155,138 @@ impl Drop for FakeLlm {
             .output();
     }
 }
+
+/// A Git server over HTTP that answers only `Authorization: Basic <user:password>` (401
+/// otherwise), serving `/repo.git` with one commit on `main`: a private repository. It runs
+/// `git http-backend` behind a few lines of Python in the real agent-server image (the image
+/// at hand that has both).
+pub struct PrivateGitServer {
+    pub name: String,
+}
+
+const PRIVATE_GIT_SERVER: &str = r#"
+import base64, os, subprocess
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+EXPECTED = "Basic " + base64.b64encode(os.environ["GIT_AUTH"].encode()).decode()
+
+class Handler(BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.serve()
+
+    def do_POST(self):
+        self.serve()
+
+    def serve(self):
+        if self.headers.get("Authorization") != EXPECTED:
+            self.send_response(401)
+            self.send_header("WWW-Authenticate", 'Basic realm="git"')
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        path, _, query = self.path.partition("?")
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        env = dict(os.environ, GIT_PROJECT_ROOT="/tmp/srv", GIT_HTTP_EXPORT_ALL="1",
+                   PATH_INFO=path, QUERY_STRING=query, REQUEST_METHOD=self.command,
+                   CONTENT_TYPE=self.headers.get("Content-Type", ""),
+                   CONTENT_LENGTH=str(len(body)), REMOTE_USER="git", REMOTE_ADDR="127.0.0.1",
+                   GIT_PROTOCOL=self.headers.get("Git-Protocol", ""))
+        out = subprocess.run(["git", "http-backend"], input=body, env=env,
+                             capture_output=True).stdout
+        sep = b"\r\n\r\n" if b"\r\n\r\n" in out else b"\n\n"
+        head, _, rest = out.partition(sep)
+        status, headers = 200, []
+        for line in head.decode().splitlines():
+            key, _, value = line.partition(":")
+            if key.lower() == "status":
+                status = int(value.strip().split()[0])
+            elif key:
+                headers.append((key, value.strip()))
+        self.send_response(status)
+        for key, value in headers:
+            self.send_header(key, value)
+        self.send_header("Content-Length", str(len(rest)))
+        self.end_headers()
+        self.wfile.write(rest)
+
+    def log_message(self, *args):
+        pass
+
+ThreadingHTTPServer(("0.0.0.0", 8080), Handler).serve_forever()
+"#;
+
+impl PrivateGitServer {
+    /// `credentials` is `user:password`.
+    pub fn start(credentials: &str) -> Self {
+        let name = cadenza_testkit::infra::unique_name("cadenza-test-private-git-");
+        let script = format!(
+            "set -e; mkdir -p /tmp/srv; cd /tmp/srv; git init -q --bare repo.git; \
+             git clone -q repo.git /tmp/w 2>/dev/null; cd /tmp/w; git config user.email t@example.com; \
+             git config user.name t; echo private > README.md; git add README.md; git commit -qm base; \
+             git push -q origin HEAD:refs/heads/main; git --git-dir=/tmp/srv/repo.git symbolic-ref HEAD refs/heads/main; \
+             cat > /tmp/server.py <<'PY'\n{PRIVATE_GIT_SERVER}\nPY\n\
+             exec python3 /tmp/server.py"
+        );
+        let output = Command::new("docker")
+            .args([
+                "run",
+                "-d",
+                "--name",
+                &name,
+                "--label",
+                "io.cadenza.test=private-git-server",
+                "-e",
+                &format!("GIT_AUTH={credentials}"),
+                "--entrypoint",
+                "bash",
+                "cadenza/openhands-agent-server:1.58.0",
+                "-c",
+                &script,
+            ])
+            .output()
+            .expect("docker run");
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let server = Self { name };
+        // Ready when it refuses an anonymous request.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let probe = Command::new("docker")
+                .args([
+                    "exec",
+                    &server.name,
+                    "bash",
+                    "-c",
+                    "exec 3<>/dev/tcp/127.0.0.1/8080 && printf 'GET /repo.git/info/refs HTTP/1.0\\r\\n\\r\\n' >&3 && head -c 12 <&3",
+                ])
+                .output()
+                .expect("docker exec");
+            if String::from_utf8_lossy(&probe.stdout).contains("401") {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the private git server did not start: {}",
+                String::from_utf8_lossy(&probe.stderr)
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        server
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}:8080/repo.git", self.name)
+    }
+}
+
+impl Drop for PrivateGitServer {
+    fn drop(&mut self) {
+        let _ = Command::new("docker")
+            .args(["rm", "-f", &self.name])
+            .output();
+    }
+}

@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use base64::Engine;
 use cadenza_e2e::Api;
-use cadenza_e2e::services::FakeLlm;
+use cadenza_e2e::services::{FakeLlm, PrivateGitServer};
 use cadenza_e2e::sse::SseReader;
+use cadenza_testkit::docker::containers_with_label;
 use cadenza_testkit::infra::nats_url;
 use cadenza_testkit::stack::{Stack, StackOptions};
 use futures::StreamExt;
@@ -133,18 +134,30 @@ async fn an_injected_canary_is_usable_by_the_real_agent_and_appears_nowhere_cade
 
 async fn injected_canary_run(agent: AgentServer) {
     let canary = format!("cdz-canary-{}", random_hex(12));
+    let second = format!("cdz-second-{}", random_hex(12));
     let llm_key = format!("sk-llm-canary-{}", random_hex(12));
-    let mut extra_env = vec![(
-        "RUST_LOG".into(),
-        "info,cadenza_worker=debug,cadenza_api=debug,cadenza_scheduler=debug,\
-         cadenza_agent_client=debug,cadenza_storage=debug"
-            .into(),
-    )];
+    let git_token = format!("ghp_gitcanary{}", random_hex(12));
+    // A private repository: the clone works only with the project's credentials secret.
+    let git = PrivateGitServer::start(&format!("x-access-token:{git_token}"));
+    let mut extra_env = vec![
+        (
+            "RUST_LOG".into(),
+            "info,cadenza_worker=debug,cadenza_api=debug,cadenza_scheduler=debug,\
+             cadenza_agent_client=debug,cadenza_storage=debug"
+                .into(),
+        ),
+        // Kept after the run, to look inside the agent's container.
+        ("CADENZA_WORKSPACE_IDLE_TTL".into(), "5m".into()),
+    ];
     // The real server calls the LLM with the project's key, which this LLM insists on.
     let llm = (agent == AgentServer::Real).then(|| FakeLlm::start_requiring_key(&llm_key));
+    let attached = match &llm {
+        Some(llm) => format!("{},{}", git.name, llm.name),
+        None => git.name.clone(),
+    };
+    extra_env.push(("CADENZA_ATTACH_CONTAINERS".into(), attached));
     if let Some(llm) = &llm {
         extra_env.extend([
-            ("CADENZA_ATTACH_CONTAINERS".into(), llm.name.clone()),
             (
                 "CADENZA_DEFAULT_LLM_MODEL".into(),
                 "openai/fake-model".into(),
@@ -206,18 +219,36 @@ async fn injected_canary_run(agent: AgentServer) {
         &canary,
     )
     .await;
+    put_secret(
+        &api,
+        &format!("/projects/{project_id}/secrets/SECOND"),
+        &second,
+    )
+    .await;
     put_secret(&api, &format!("/orgs/{org_id}/secrets/LLM_KEY"), &llm_key).await;
+    put_secret(
+        &api,
+        &format!("/projects/{project_id}/secrets/GIT_TOKEN"),
+        &git_token,
+    )
+    .await;
     patch_project(
         &api,
         &project_id,
-        json!({"agent": {"secrets": ["CANARY"], "llm_api_key_secret": "LLM_KEY"}}),
+        json!({
+            "agent": {"secrets": ["CANARY", "SECOND"], "llm_api_key_secret": "LLM_KEY"},
+            "repository": {"url": git.url(), "branch": "main", "credentials_secret": "GIT_TOKEN"},
+        }),
     )
     .await;
 
-    let prompt = "$ echo $CANARY\n\
+    let prompt = "$ cat README.md\n\
+                  $ echo $CANARY\n\
                   $ echo $CANARY | base64\n\
                   $ printf %s \"$CANARY\" | od -An -tx1\n\
                   $ echo \"token=$CANARY\" > leaked.txt\n\
+                  $ echo \"second=$SECOND\" > second.txt\n\
+                  $ ps -eo args\n\
                   done";
     let (status, run) = api
         .submit_run(&project_id, prompt, None)
@@ -273,9 +304,46 @@ async fn injected_canary_run(agent: AgentServer) {
         !outputs.iter().any(|output| output.contains("org-value")),
         "the project secret overrides the org secret: {outputs:?}"
     );
+    assert!(
+        outputs.iter().any(|output| output.trim() == "private"),
+        "the private repository was cloned with its credentials: {outputs:?}"
+    );
     let diff = api.diff(&run_id).await.expect("diff");
     assert!(diff.contains("leaked.txt"), "{diff}");
     assert!(diff.contains("token=[REDACTED:CANARY]"), "{diff}");
+    assert!(diff.contains("second=[REDACTED:SECOND]"), "{diff}");
+    assert!(
+        !diff.contains("README.md"),
+        "the diff is against the cloned base: {diff}"
+    );
+
+    // Inside the agent's container: its processes, environment, files and Git config.
+    let containers = containers_with_label("io.cadenza.run", &run_id);
+    assert_eq!(containers.len(), 1, "the workspace is kept");
+    let look = std::process::Command::new("docker")
+        .args(["exec", &containers[0], "bash", "-c"])
+        .arg(
+            "ps -eo args; cat /proc/[0-9]*/environ 2>/dev/null | tr '\\0' '\\n'; \
+             git -C /workspace/project config --list; \
+             grep -ra . /workspace 2>/dev/null | head -c 20000000",
+        )
+        .output()
+        .expect("docker exec");
+    let inside = String::from_utf8_lossy(&look.stdout).into_owned();
+    assert!(
+        inside.contains(&format!("remote.origin.url={}", git.url())),
+        "the look inside worked"
+    );
+    let mut git_forms = forms(&git_token);
+    git_forms.push(
+        base64::engine::general_purpose::STANDARD.encode(format!("x-access-token:{git_token}")),
+    );
+    for form in git_forms {
+        assert!(
+            !inside.contains(&form),
+            "the Git credential ({form}) is inside the agent's container"
+        );
+    }
 
     // Wait until the capture holds the live copy of the run's last journal event (everything
     // before it was published first), then look everywhere.
@@ -328,7 +396,12 @@ async fn injected_canary_run(agent: AgentServer) {
         ("service logs", stack.logs()),
         ("NATS messages", nats_messages),
     ];
-    for (name, secret) in [("CANARY", &canary), ("LLM_KEY", &llm_key)] {
+    for (name, secret) in [
+        ("CANARY", &canary),
+        ("SECOND", &second),
+        ("LLM_KEY", &llm_key),
+        ("GIT_TOKEN", &git_token),
+    ] {
         for form in forms(secret) {
             for (place, text) in &places {
                 assert!(
