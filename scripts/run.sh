@@ -79,6 +79,13 @@ if [ "${CADENZA_DEMO_AGENT:-real}" = real ] && [ -z "${CADENZA_DEFAULT_LLM_MODEL
                or CADENZA_DEMO_AGENT=fake make run for the offline scripted agent"
 fi
 
+# The demo project's image must be one the instance allows (CADENZA_AGENT_IMAGES, API and worker).
+demo_repository=${agent_image%%@*}
+case "${demo_repository##*/}" in
+  *:*) demo_repository=${demo_repository%:*} ;;
+esac
+export CADENZA_AGENT_IMAGES=${CADENZA_AGENT_IMAGES:-"ghcr.io/openhands/agent-server, cadenza/openhands-agent-server, $demo_repository"}
+
 log "building the services (profile $CADENZA_PROFILE)"
 cargo build --quiet --profile "$CADENZA_PROFILE" --bins \
   -p cadenza-api -p cadenza-scheduler -p cadenza-worker -p cadenza-linear-sync
