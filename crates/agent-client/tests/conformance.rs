@@ -53,6 +53,7 @@ macro_rules! conformance {
 }
 
 conformance!(
+    a_long_command_output_is_cut_to_the_terminals_limit,
     an_initial_message_runs_the_task_to_a_finish_confirmed_over_rest,
     without_an_initial_message_a_message_sent_with_run_starts_the_task,
     creating_twice_with_one_id_is_created_then_existing_and_runs_the_task_once,
@@ -207,6 +208,48 @@ async fn file_exists(server: &AgentServerUnderTest, name: &str) -> bool {
 
 /// The title request of the real server (autotitle on) races the agent's first LLM call; the
 /// fake LLM must answer both from their content.
+/// The terminal tool's output limit (`MAX_CMD_OUTPUT_SIZE`), in characters: longer output is cut
+/// (its tail kept). The worker's journal limits are a second line of defence, not the first.
+const MAX_CMD_OUTPUT_SIZE: usize = 30_000;
+
+async fn a_long_command_output_is_cut_to_the_terminals_limit(server: &AgentServerUnderTest) {
+    let task = "$ echo START; yes 'a line of output' | head -c 200000; echo; echo END\ndone";
+    let request = server.request(Some(task));
+    let (info, _) = server.client.create_conversation(&request).await.unwrap();
+    let mut socket = server.client.open_session(info.id, Some(-1)).await.unwrap();
+    expect_sync(server, &mut socket).await;
+    let streamed = read_durable_until(server, &mut socket, is_terminal_hint).await;
+    let output = streamed
+        .iter()
+        .find_map(|(_, event)| match event.typed() {
+            TypedEvent::Observation(observation)
+                if observation.text.contains("a line of output") =>
+            {
+                Some(observation.text.clone())
+            }
+            _ => None,
+        })
+        .unwrap_or_else(|| {
+            let seen: Vec<String> = streamed
+                .iter()
+                .filter_map(|(_, event)| match event.typed() {
+                    TypedEvent::Observation(observation) => {
+                        Some(format!("{}: {:.300}", event.kind, observation.text))
+                    }
+                    _ => None,
+                })
+                .collect();
+            panic!("no observation of the command: {seen:#?}")
+        });
+    assert!(
+        output.chars().count() <= MAX_CMD_OUTPUT_SIZE + 1000,
+        "{} characters",
+        output.chars().count()
+    );
+    // The real terminal's scrollback may drop the head before the cut; the tail is kept.
+    assert!(output.contains("END"), "the tail is kept");
+}
+
 async fn an_initial_message_runs_the_task_to_a_finish_confirmed_over_rest(
     server: &AgentServerUnderTest,
 ) {
