@@ -9,6 +9,26 @@ pub fn fake_agent_image() -> String {
         .unwrap_or_else(|_| "cadenza/fake-agent-server:dev".to_owned())
 }
 
+/// Removes every Docker object of `kind` (`network`, `volume`) matching the `label=…` filter.
+fn remove_labelled(kind: &str, filter: &str) {
+    let Ok(output) = Command::new("docker")
+        .args([kind, "ls", "-q", "--filter", filter])
+        .output()
+    else {
+        return;
+    };
+    let ids: Vec<String> = String::from_utf8_lossy(&output.stdout)
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
+    if !ids.is_empty() {
+        let _ = Command::new("docker")
+            .args([kind, "rm"])
+            .args(&ids)
+            .output();
+    }
+}
+
 /// Ids of the containers carrying `label=value`, running or not.
 pub fn containers_with_label(label: &str, value: &str) -> Vec<String> {
     let output = Command::new("docker")
@@ -64,35 +84,8 @@ impl ContainerSweeper {
                 .args(&containers)
                 .output();
         }
-        if let Ok(output) = Command::new("docker")
-            .args(["network", "ls", "-q", "--filter", &label])
-            .output()
-        {
-            let networks: Vec<String> = String::from_utf8_lossy(&output.stdout)
-                .split_whitespace()
-                .map(str::to_owned)
-                .collect();
-            if !networks.is_empty() {
-                let _ = Command::new("docker")
-                    .args(["network", "rm"])
-                    .args(&networks)
-                    .output();
-            }
-        }
-        if let Ok(output) = Command::new("docker")
-            .args(["volume", "ls", "-q", "--filter", &label])
-            .output()
-        {
-            let volumes: Vec<String> = String::from_utf8_lossy(&output.stdout)
-                .split_whitespace()
-                .map(str::to_owned)
-                .collect();
-            if !volumes.is_empty() {
-                let _ = Command::new("docker")
-                    .args(["volume", "rm", "-f"])
-                    .args(&volumes)
-                    .output();
-            }
+        for kind in ["network", "volume"] {
+            remove_labelled(kind, &label);
         }
     }
 }

@@ -818,21 +818,11 @@ impl DockerRuntime {
 
     /// Names of the containers this worker owns (running or not).
     pub async fn owned_containers(&self, worker: &str) -> Result<Vec<String>, ContainerError> {
-        let filters =
-            HashMap::from([("label".to_owned(), vec![format!("{LABEL_WORKER}={worker}")])]);
-        let containers = self
-            .docker
-            .list_containers(Some(ListContainersOptions {
-                all: true,
-                filters,
-                ..Default::default()
-            }))
-            .await
-            .map_err(docker_err("list containers"))?;
-        Ok(containers
+        Ok(self
+            .owned_workspaces(worker)
+            .await?
             .into_iter()
-            .filter_map(|container| container.names?.into_iter().next())
-            .map(|name| name.trim_start_matches('/').to_owned())
+            .map(|(name, _)| name)
             .collect())
     }
 }
