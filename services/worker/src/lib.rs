@@ -246,16 +246,27 @@ async fn stop_deleted_runs(core: &Core) {
             return;
         }
     };
-    let active = match core.active.lock() {
-        Ok(active) => active,
+    let current = match core.active.lock() {
+        Ok(current) => current,
         Err(poisoned) => poisoned.into_inner(),
     };
-    for (run_id, stop) in active.iter() {
-        if !existing.contains(run_id) && !stop.user.is_cancelled() {
+    for run_id in deleted_among(&active, &existing) {
+        if let Some(stop) = current.get(run_id)
+            && !stop.user.is_cancelled()
+        {
             tracing::info!(%run_id, "the run was deleted with its project or org; stopping it");
             stop.user.cancel();
         }
     }
+}
+
+/// The runs looked up that were not found. Only those: a run accepted after the lookup is not
+/// among the found, yet exists.
+fn deleted_among<'a>(
+    looked_up: &'a [cadenza_domain::RunId],
+    found: &'a [cadenza_domain::RunId],
+) -> impl Iterator<Item = &'a cadenza_domain::RunId> {
+    looked_up.iter().filter(|run_id| !found.contains(run_id))
 }
 
 /// Removes this worker's containers (running or kept for a follow-up) whose run no longer
@@ -592,4 +603,19 @@ async fn accept_lease(
         drop(permit);
     });
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use cadenza_domain::RunId;
+
+    #[test]
+    fn a_run_accepted_after_the_lookup_is_not_taken_for_deleted() {
+        let (kept, deleted, accepted_since) = (RunId::new(), RunId::new(), RunId::new());
+        let looked_up = [kept, deleted];
+        let found = [kept];
+        let stop: Vec<RunId> = super::deleted_among(&looked_up, &found).copied().collect();
+        assert_eq!(stop, [deleted]);
+        assert!(!stop.contains(&accepted_since));
+    }
 }
