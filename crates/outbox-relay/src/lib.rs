@@ -18,6 +18,11 @@ const BATCH: i64 = 100;
 /// How often the relay looks for rows even when nobody nudged it (rows written by another
 /// process, or left behind by a crash).
 const POLL_INTERVAL: Duration = Duration::from_millis(500);
+/// Published rows are kept this long (JetStream's de-duplication window is two minutes), then
+/// pruned, at most once per `PRUNE_INTERVAL`, in batches.
+pub const KEEP_PUBLISHED: Duration = Duration::from_secs(3600);
+const PRUNE_INTERVAL: Duration = Duration::from_secs(600);
+const PRUNE_BATCH: i64 = 10_000;
 
 /// Wakes the relay right after a commit, so messages do not wait for the next poll.
 #[derive(Clone, Default)]
@@ -33,7 +38,16 @@ pub fn spawn(pool: PgPool, bus: Bus, shutdown: CancellationToken) -> (RelayNudge
     let nudge = RelayNudge::default();
     let waker = nudge.clone();
     let handle = tokio::spawn(async move {
+        let mut next_prune = tokio::time::Instant::now();
         loop {
+            if tokio::time::Instant::now() >= next_prune {
+                next_prune = tokio::time::Instant::now() + PRUNE_INTERVAL;
+                match prune_published(&pool, KEEP_PUBLISHED).await {
+                    Ok(0) => {}
+                    Ok(pruned) => tracing::debug!(pruned, "pruned published outbox rows"),
+                    Err(err) => tracing::warn!(error = %err, "pruning the outbox failed"),
+                }
+            }
             match relay_once(&pool, &bus).await {
                 // A full batch: there may be more, go again at once.
                 Ok(count) if count as i64 == BATCH => continue,
@@ -53,6 +67,20 @@ pub fn spawn(pool: PgPool, bus: Bus, shutdown: CancellationToken) -> (RelayNudge
         }
     });
     (nudge, handle)
+}
+
+/// Deletes the rows published more than `keep` ago, batch by batch (each its own short
+/// statement, so no long lock); returns how many went.
+pub async fn prune_published(pool: &PgPool, keep: Duration) -> Result<u64, StorageError> {
+    let mut total = 0;
+    loop {
+        let mut conn = pool.acquire().await?;
+        let pruned = outbox::prune(&mut conn, keep, PRUNE_BATCH).await?;
+        total += pruned;
+        if pruned < PRUNE_BATCH as u64 {
+            return Ok(total);
+        }
+    }
 }
 
 /// Publishes one batch; returns how many rows were published.

@@ -60,13 +60,22 @@ pub async fn mark_published(conn: &mut PgConnection, ids: &[i64]) -> StorageResu
     Ok(())
 }
 
-/// Drops published messages older than `keep_hours`, so the table stays small.
-pub async fn prune(conn: &mut PgConnection, keep_hours: f64) -> StorageResult<u64> {
+/// Drops up to `batch` messages published more than `keep` ago, so the table stays small (a
+/// published row is only needed for JetStream's de-duplication window, minutes long). Returns
+/// how many went; call again while it returns `batch`.
+pub async fn prune(
+    conn: &mut PgConnection,
+    keep: std::time::Duration,
+    batch: i64,
+) -> StorageResult<u64> {
     let done = sqlx::query!(
-        r#"delete from outbox
-           where published_at is not null
-             and published_at < now() - make_interval(hours => $1::float8::int)"#,
-        keep_hours
+        r#"delete from outbox where id in (
+               select id from outbox
+               where published_at is not null
+                 and published_at < now() - make_interval(secs => $1::float8)
+               order by id limit $2)"#,
+        keep.as_secs_f64(),
+        batch
     )
     .execute(conn)
     .await?;

@@ -369,3 +369,88 @@ async fn heartbeats_extend_the_leases_a_worker_holds() {
         None
     );
 }
+
+#[tokio::test]
+async fn the_outbox_is_pruned_of_old_published_rows_only() {
+    use cadenza_storage::outbox;
+    let db = TestDatabase::create().await.expect("db");
+    let mut conn = db.pool.acquire().await.expect("conn");
+    let mut ids = Vec::new();
+    for i in 0..4 {
+        ids.push(
+            outbox::enqueue(&mut conn, "runs.requested", &json!({"i": i}))
+                .await
+                .expect("enqueue"),
+        );
+    }
+    // ids[0]: unpublished; ids[1]: published just now; ids[2], ids[3]: published two hours ago.
+    outbox::mark_published(&mut conn, &ids[1..])
+        .await
+        .expect("mark");
+    sqlx::query("update outbox set published_at = now() - interval '2 hours' where id = any($1)")
+        .bind(&ids[2..])
+        .execute(&mut *conn)
+        .await
+        .expect("age");
+    // In batches: one at a time here, until fewer than the batch go.
+    assert_eq!(
+        outbox::prune(&mut conn, Duration::from_secs(3600), 1)
+            .await
+            .expect("prune"),
+        1
+    );
+    assert_eq!(
+        outbox::prune(&mut conn, Duration::from_secs(3600), 1)
+            .await
+            .expect("prune"),
+        1
+    );
+    assert_eq!(
+        outbox::prune(&mut conn, Duration::from_secs(3600), 1)
+            .await
+            .expect("prune"),
+        0
+    );
+    let left: Vec<i64> = sqlx::query_scalar("select id from outbox order by id")
+        .fetch_all(&mut *conn)
+        .await
+        .expect("left");
+    assert_eq!(
+        left,
+        ids[..2].to_vec(),
+        "the unpublished and the recent rows stay"
+    );
+}
+
+#[tokio::test]
+async fn the_lease_and_retry_queries_can_use_their_indexes() {
+    let db = TestDatabase::create().await.expect("db");
+    // A handful of rows would always be scanned; forbid scans to see whether an index serves.
+    let plan = |sql: &'static str| {
+        let begin = db.pool.begin();
+        async move {
+            let mut tx = begin.await.expect("tx");
+            sqlx::query("set local enable_seqscan = off")
+                .execute(&mut *tx)
+                .await
+                .expect("set");
+            let rows: Vec<String> = sqlx::query_scalar(sql)
+                .fetch_all(&mut *tx)
+                .await
+                .expect("explain");
+            rows.join("\n")
+        }
+    };
+    let active = plan(
+        "explain select count(*) from runs r where r.lease_holder = gen_random_uuid() \
+         and r.state in ('scheduled', 'provisioning', 'running')",
+    )
+    .await;
+    assert!(active.contains("runs_active_by_holder"), "{active}");
+    let retrying = plan(
+        "explain select id from runs where state = 'retrying' \
+         and updated_at < now() - interval '10 seconds' limit 100",
+    )
+    .await;
+    assert!(retrying.contains("runs_retrying"), "{retrying}");
+}

@@ -10,6 +10,9 @@ pub struct SchedulerConfig {
     #[serde(default = "default_listen")]
     pub scheduler_listen: SocketAddr,
     pub database_url: SecretString,
+    /// Postgres connections this process may hold.
+    #[serde(default = "default_pool_size")]
+    pub database_pool_size: u32,
     pub nats_url: String,
     #[serde(default = "default_bus_prefix")]
     pub bus_prefix: String,
@@ -61,6 +64,7 @@ impl SchedulerConfig {
         Self {
             scheduler_listen: default_listen(),
             database_url,
+            database_pool_size: default_pool_size(),
             nats_url,
             bus_prefix,
             lease_ttl: default_lease_ttl(),
@@ -71,4 +75,8 @@ impl SchedulerConfig {
             log_json: false,
         }
     }
+}
+
+fn default_pool_size() -> u32 {
+    10
 }

@@ -57,9 +57,16 @@ pub async fn build(
     config: SchedulerConfig,
     shutdown: CancellationToken,
 ) -> anyhow::Result<Scheduler> {
-    let pool = cadenza_storage::connect(config.database_url.expose_secret(), 10)
-        .await
-        .context("connecting to Postgres (CADENZA_DATABASE_URL)")?;
+    anyhow::ensure!(
+        config.database_pool_size > 0,
+        "CADENZA_DATABASE_POOL_SIZE must be at least 1"
+    );
+    let pool = cadenza_storage::connect(
+        config.database_url.expose_secret(),
+        config.database_pool_size,
+    )
+    .await
+    .context("connecting to Postgres (CADENZA_DATABASE_URL)")?;
     let bus = Bus::connect(&config.nats_url, &config.bus_prefix)
         .await
         .context("connecting to NATS (CADENZA_NATS_URL)")?;

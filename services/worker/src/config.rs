@@ -10,6 +10,9 @@ pub struct WorkerConfig {
     #[serde(default = "default_listen")]
     pub worker_listen: SocketAddr,
     pub database_url: SecretString,
+    /// Postgres connections this process may hold.
+    #[serde(default = "default_pool_size")]
+    pub database_pool_size: u32,
     pub nats_url: String,
     #[serde(default = "default_bus_prefix")]
     pub bus_prefix: String,
@@ -191,6 +194,7 @@ impl WorkerConfig {
         Self {
             worker_listen: default_listen(),
             database_url,
+            database_pool_size: default_pool_size(),
             nats_url,
             bus_prefix,
             worker_name: Some(name),
@@ -321,4 +325,8 @@ impl WorkerConfig {
             })
             .unwrap_or_else(|| "worker".to_owned())
     }
+}
+
+fn default_pool_size() -> u32 {
+    10
 }

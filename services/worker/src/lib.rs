@@ -57,9 +57,16 @@ pub async fn build(
     config: WorkerConfig,
     shutdown: CancellationToken,
 ) -> anyhow::Result<WorkerService> {
-    let pool = cadenza_storage::connect(config.database_url.expose_secret(), 10)
-        .await
-        .context("connecting to Postgres (CADENZA_DATABASE_URL)")?;
+    anyhow::ensure!(
+        config.database_pool_size > 0,
+        "CADENZA_DATABASE_POOL_SIZE must be at least 1"
+    );
+    let pool = cadenza_storage::connect(
+        config.database_url.expose_secret(),
+        config.database_pool_size,
+    )
+    .await
+    .context("connecting to Postgres (CADENZA_DATABASE_URL)")?;
     let keyring = config.keyring()?;
     let images = config.image_policy()?;
     let fallback_user = config.fallback_user()?;
