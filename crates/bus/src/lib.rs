@@ -211,11 +211,14 @@ impl Bus {
     }
 
     /// A durable pull consumer on the runs stream, created if missing. Messages are acked only
-    /// after the consumer has committed what they asked for.
+    /// after the consumer has committed what they asked for. With `expire_after`, the server
+    /// deletes the consumer once nobody has pulled from it for that long (a worker that is gone
+    /// for good); its unconsumed messages stay in the work queue.
     pub async fn durable_consumer(
         &self,
         durable_name: &str,
         relative_filter: &str,
+        expire_after: Option<Duration>,
     ) -> BusResult<PullConsumer> {
         let stream = self
             .jetstream
@@ -231,6 +234,7 @@ impl Bus {
                     ack_policy: jetstream::consumer::AckPolicy::Explicit,
                     ack_wait: Duration::from_secs(30),
                     max_deliver: 20,
+                    inactive_threshold: expire_after.unwrap_or_default(),
                     ..Default::default()
                 },
             )

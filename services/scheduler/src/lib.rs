@@ -139,7 +139,7 @@ async fn consume_requests(core: Arc<Core>, shutdown: CancellationToken) {
 async fn consume_requests_once(core: &Core, shutdown: &CancellationToken) -> anyhow::Result<()> {
     let consumer = core
         .bus
-        .durable_consumer(DURABLE_NAME, subjects::RUN_REQUESTED)
+        .durable_consumer(DURABLE_NAME, subjects::RUN_REQUESTED, None)
         .await?;
     let mut messages = consumer
         .messages()

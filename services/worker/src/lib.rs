@@ -29,6 +29,10 @@ use tokio_util::sync::CancellationToken;
 pub use config::WorkerConfig;
 use docker::DockerRuntime;
 
+/// A worker's lease consumer is deleted by NATS after this long without a pull: the worker is
+/// gone (a renamed or retired host). Its unconsumed offers stay in the work queue.
+const CONSUMER_EXPIRY: Duration = Duration::from_secs(3600);
+
 pub(crate) struct Core {
     pub(crate) pool: PgPool,
     pub(crate) bus: Bus,
@@ -478,7 +482,7 @@ async fn consume_leases(
         let result = async {
             let consumer = core
                 .bus
-                .durable_consumer(&consumer_name(core), &filter)
+                .durable_consumer(&consumer_name(core), &filter, Some(CONSUMER_EXPIRY))
                 .await?;
             let messages = consumer
                 .messages()
