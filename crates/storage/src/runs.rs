@@ -437,6 +437,16 @@ pub async fn existing(conn: &mut PgConnection, ids: &[RunId]) -> StorageResult<V
     Ok(rows.into_iter().map(RunId::from).collect())
 }
 
+/// Locks the run's row for the rest of the transaction and returns the run as it is now: a
+/// decision taken on it cannot race a state change (the scheduler's lease, a worker's step).
+pub async fn lock(conn: &mut PgConnection, scope: &Scope, id: RunId) -> StorageResult<Run> {
+    sqlx::query!("select id from runs where id = $1 for update", id.as_uuid())
+        .fetch_optional(&mut *conn)
+        .await?
+        .ok_or(StorageError::NotFound("run"))?;
+    get(conn, scope, id).await
+}
+
 /// Records a cancellation request, once: a second request returns the first one's correlation
 /// id. Returns the correlation id in effect.
 pub async fn request_cancel(

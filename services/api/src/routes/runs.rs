@@ -271,13 +271,16 @@ pub async fn cancel(
     Path(run_id): Path<String>,
 ) -> ApiResult<Response> {
     let run = load_run(&state, &auth, &run_id).await?;
+    let mut tx = AuditedTx::begin(&state.pool, &auth.principal, &meta).await?;
+    // Decided on the run as it is under its row lock: a lease or a worker's step that commits
+    // meanwhile is waited for, never raced (which would answer 409 with nothing recorded).
+    let run = runs::lock(&mut tx, &Scope::Org(run.org_id), run.id).await?;
     if run.state.is_terminal() {
         return Err(ApiError::Conflict(format!(
             "run {} already ended (`{}`)",
             run.id, run.state
         )));
     }
-    let mut tx = AuditedTx::begin(&state.pool, &auth.principal, &meta).await?;
     let correlation_id = runs::request_cancel(&mut tx, run.id, uuid::Uuid::now_v7()).await?;
     let reason = cadenza_domain::TerminalReason::new(
         cadenza_domain::TerminalCode::Cancelled,
