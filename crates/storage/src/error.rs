@@ -27,15 +27,28 @@ impl StorageError {
     pub fn is_transient(&self) -> bool {
         match self {
             StorageError::Database(err) => match err {
-                sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => true,
-                sqlx::Error::Database(db) => {
-                    matches!(db.code().as_deref(), Some("40001" | "40P01"))
-                }
+                sqlx::Error::Io(_)
+                | sqlx::Error::Tls(_)
+                | sqlx::Error::Protocol(_)
+                | sqlx::Error::PoolTimedOut
+                | sqlx::Error::PoolClosed
+                | sqlx::Error::WorkerCrashed => true,
+                sqlx::Error::Database(db) => db.code().as_deref().is_some_and(is_transient_code),
                 _ => false,
             },
             _ => false,
         }
     }
+}
+
+/// SQLSTATEs worth a retry: serialization failure and deadlock, a lock or statement timeout, the
+/// connection exceptions (class 08), too many connections, and the server shutting down or
+/// starting (57P01-57P03), as during a failover or restart.
+fn is_transient_code(code: &str) -> bool {
+    matches!(
+        code,
+        "40001" | "40P01" | "55P03" | "57014" | "53300" | "57P01" | "57P02" | "57P03"
+    ) || code.starts_with("08")
 }
 
 impl From<sqlx::Error> for StorageError {

@@ -454,3 +454,28 @@ async fn the_lease_and_retry_queries_can_use_their_indexes() {
     .await;
     assert!(retrying.contains("runs_retrying"), "{retrying}");
 }
+
+#[tokio::test]
+async fn a_connection_the_server_terminates_is_a_transient_error() {
+    let db = TestDatabase::create().await.expect("db");
+    let mut victim = db.pool.acquire().await.expect("conn");
+    let pid: i32 = sqlx::query_scalar("select pg_backend_pid()")
+        .fetch_one(&mut *victim)
+        .await
+        .expect("pid");
+    let mut other = db.pool.acquire().await.expect("conn");
+    let terminated: bool = sqlx::query_scalar("select pg_terminate_backend($1)")
+        .bind(pid)
+        .fetch_one(&mut *other)
+        .await
+        .expect("terminate");
+    assert!(terminated);
+    // What a failover or an administrator's restart looks like to a service mid-work.
+    let err = cadenza_storage::StorageError::from(
+        sqlx::query("select 1")
+            .execute(&mut *victim)
+            .await
+            .expect_err("the connection is gone"),
+    );
+    assert!(err.is_transient(), "{err:?}");
+}
