@@ -8,6 +8,12 @@ cd "$root"
 scripts/infra.sh up
 scripts/build-images.sh
 
+# The test runner; a fresh machine may have cargo without it.
+if ! cargo nextest --version >/dev/null 2>&1; then
+  echo "[test] installing cargo-nextest" >&2
+  cargo install --locked cargo-nextest
+fi
+
 # Builds use the checked-in offline query data; the check below proves it matches the schema.
 export SQLX_OFFLINE=true
 scripts/sqlx-prepare.sh --check

@@ -56,3 +56,40 @@ pub async fn service_token(
     .await?;
     Ok(secret)
 }
+
+/// An org (slug made unique from `slug`) with one project (image `img`, no repository) and one
+/// queued run in it.
+pub async fn org_with_queued_run(
+    conn: &mut PgConnection,
+    slug: &str,
+) -> anyhow::Result<(
+    cadenza_domain::Org,
+    cadenza_domain::Project,
+    cadenza_domain::Run,
+)> {
+    use cadenza_storage::runs::{self, NewRun, Submitted};
+    let org = cadenza_storage::orgs::create(conn, &crate::infra::unique_name(slug), slug).await?;
+    let project = cadenza_storage::projects::create(
+        conn,
+        org.id,
+        "p",
+        "p",
+        &cadenza_domain::AgentSettings::with_image("img"),
+        &cadenza_domain::Repository::default(),
+    )
+    .await?;
+    let submitted = runs::submit(
+        conn,
+        NewRun {
+            org_id: org.id,
+            project_id: project.id,
+            prompt: "$ true",
+            idempotency_key: None,
+        },
+    )
+    .await?;
+    let Submitted::Created(run) = submitted else {
+        anyhow::bail!("a run submitted without an idempotency key already existed");
+    };
+    Ok((org, project, run))
+}

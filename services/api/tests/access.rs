@@ -12,12 +12,11 @@ use axum::Router;
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
 use cadenza_api::routes::{Access, RouteSpec, route_specs};
-use cadenza_domain::{AgentSettings, OrgId, Permission, Repository, Role, RunId};
-use cadenza_storage::runs::{NewRun, Submitted};
+use cadenza_domain::{OrgId, Permission, Role, RunId};
 use cadenza_storage::secrets::{self, SecretScope};
-use cadenza_storage::{diffs, orgs, projects, runs};
+use cadenza_storage::{diffs, orgs};
 use cadenza_testkit::dns::TestDnsServer;
-use cadenza_testkit::fixtures::{service_token, user_with_token};
+use cadenza_testkit::fixtures::{org_with_queued_run, service_token, user_with_token};
 use cadenza_testkit::infra::{TestDatabase, nats_url, redis_url, unique_name};
 use http_body_util::BodyExt;
 use secrecy::ExposeSecret;
@@ -81,32 +80,9 @@ struct OrgFixture {
 
 async fn org_fixture(app: &App, slug: &str) -> OrgFixture {
     let mut conn = app.db.pool.acquire().await.expect("conn");
-    let org = orgs::create(&mut conn, &unique_name(slug), slug)
+    let (org, project, run) = org_with_queued_run(&mut conn, slug)
         .await
-        .expect("org");
-    let project = projects::create(
-        &mut conn,
-        org.id,
-        "p",
-        "p",
-        &AgentSettings::with_image("img"),
-        &Repository::default(),
-    )
-    .await
-    .expect("project");
-    let Submitted::Created(run) = runs::submit(
-        &mut conn,
-        NewRun {
-            org_id: org.id,
-            project_id: project.id,
-            prompt: "$ true",
-            idempotency_key: None,
-        },
-    )
-    .await
-    .expect("run") else {
-        panic!("new run");
-    };
+        .expect("org with a run");
     diffs::upsert(&mut conn, run.id, org.id, None, "diff --git a/x b/x\n")
         .await
         .expect("diff");

@@ -5,10 +5,10 @@ use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
-use cadenza_domain::{AgentSettings, Repository, Role, RunEvent, RunState, Scope};
-use cadenza_storage::runs::{self, Actor, Lease, NewRun, Submitted};
-use cadenza_storage::{orgs, projects, workers};
-use cadenza_testkit::fixtures::user_with_token;
+use cadenza_domain::{Role, RunEvent, RunState, Scope};
+use cadenza_storage::runs::{self, Actor, Lease};
+use cadenza_storage::workers;
+use cadenza_testkit::fixtures::{org_with_queued_run, user_with_token};
 use cadenza_testkit::infra::unique_name;
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
@@ -21,32 +21,9 @@ use common::app;
 async fn a_cancel_racing_a_lease_waits_for_it_and_is_recorded() {
     let app = app(json!({})).await;
     let mut conn = app.db.pool.acquire().await.expect("conn");
-    let org = orgs::create(&mut conn, &unique_name("c"), "c")
+    let (org, _, run) = org_with_queued_run(&mut conn, "c")
         .await
-        .expect("org");
-    let project = projects::create(
-        &mut conn,
-        org.id,
-        "p",
-        "p",
-        &AgentSettings::with_image("img"),
-        &Repository::default(),
-    )
-    .await
-    .expect("project");
-    let Submitted::Created(run) = runs::submit(
-        &mut conn,
-        NewRun {
-            org_id: org.id,
-            project_id: project.id,
-            prompt: "$ true",
-            idempotency_key: None,
-        },
-    )
-    .await
-    .expect("run") else {
-        panic!("new run");
-    };
+        .expect("org with a run");
     let worker = workers::register(&mut conn, &unique_name("w"), 4)
         .await
         .expect("worker");

@@ -5,11 +5,10 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
-use cadenza_domain::{AgentSettings, EventKind, OrgId, Repository, Role, RunId, UserId};
+use cadenza_domain::{EventKind, OrgId, Role, RunId, UserId};
 use cadenza_storage::journal::{self, NewJournalEvent};
-use cadenza_storage::runs::{NewRun, Submitted};
-use cadenza_storage::{memberships, orgs, projects, runs};
-use cadenza_testkit::fixtures::user_with_token;
+use cadenza_storage::memberships;
+use cadenza_testkit::fixtures::{org_with_queued_run, user_with_token};
 use cadenza_testkit::infra::unique_name;
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
@@ -31,32 +30,9 @@ struct Fixture {
 
 async fn fixture(app: &App) -> Fixture {
     let mut conn = app.db.pool.acquire().await.expect("conn");
-    let org = orgs::create(&mut conn, &unique_name("s"), "s")
+    let (org, _, run) = org_with_queued_run(&mut conn, "s")
         .await
-        .expect("org");
-    let project = projects::create(
-        &mut conn,
-        org.id,
-        "p",
-        "p",
-        &AgentSettings::with_image("img"),
-        &Repository::default(),
-    )
-    .await
-    .expect("project");
-    let Submitted::Created(run) = runs::submit(
-        &mut conn,
-        NewRun {
-            org_id: org.id,
-            project_id: project.id,
-            prompt: "$ true",
-            idempotency_key: None,
-        },
-    )
-    .await
-    .expect("run") else {
-        panic!("new run");
-    };
+        .expect("org with a run");
     let (member, token) = user_with_token(
         &mut conn,
         &format!("{}@example.com", unique_name("viewer-")),
