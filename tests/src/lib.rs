@@ -157,3 +157,18 @@ pub fn seqs(events: &[Value]) -> Vec<i64> {
         .filter_map(|event| event["seq"].as_i64())
         .collect()
 }
+
+/// Waits (at most `budget`) until no container of the run is left: a worker removes a run's
+/// container right after it records the end, so a client may see the end a moment before.
+pub async fn containers_gone(run_id: &str, budget: Duration) -> bool {
+    let deadline = Instant::now() + budget;
+    loop {
+        if cadenza_testkit::docker::containers_with_label("io.cadenza.run", run_id).is_empty() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

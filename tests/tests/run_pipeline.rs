@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use cadenza_e2e::sse::SseReader;
-use cadenza_e2e::{Api, seqs};
+use cadenza_e2e::{Api, containers_gone, seqs};
 use cadenza_testkit::docker::containers_with_label;
 use cadenza_testkit::stack::Stack;
 use serde_json::Value;
@@ -127,7 +127,7 @@ async fn a_hello_run_succeeds_and_its_history_outlives_every_client() {
     assert!(patch.contains("+hello"), "{patch}");
 
     assert!(
-        containers_with_label("io.cadenza.run", &run_id).is_empty(),
+        containers_gone(&run_id, Duration::from_secs(10)).await,
         "the workspace container was removed"
     );
 }
@@ -319,7 +319,11 @@ async fn a_run_whose_image_is_missing_fails_with_a_short_reason() {
     );
     assert!(started.elapsed() < Duration::from_secs(60));
     assert!(
-        containers_with_label("io.cadenza.run", run["id"].as_str().unwrap_or_default()).is_empty()
+        containers_gone(
+            run["id"].as_str().unwrap_or_default(),
+            Duration::from_secs(10)
+        )
+        .await
     );
 }
 
@@ -351,7 +355,11 @@ async fn a_run_whose_image_is_not_allowed_fails_before_anything_is_pulled() {
         "{message}"
     );
     assert!(
-        containers_with_label("io.cadenza.run", run["id"].as_str().unwrap_or_default()).is_empty()
+        containers_gone(
+            run["id"].as_str().unwrap_or_default(),
+            Duration::from_secs(10)
+        )
+        .await
     );
 }
 
@@ -486,7 +494,7 @@ async fn cancelling_a_long_run_ends_it_within_ten_seconds_and_removes_its_contai
     assert_eq!(ended["state"], "cancelled", "{ended}");
     assert_eq!(ended["terminal_reason"]["code"], "cancelled");
     assert!(
-        containers_with_label("io.cadenza.run", &run_id).is_empty(),
+        containers_gone(&run_id, Duration::from_secs(10)).await,
         "the container is gone"
     );
 
@@ -572,6 +580,7 @@ async fn a_run_works_on_a_clone_of_the_projects_repository_and_diffs_against_its
         "the diff is relative to the base commit: {patch}"
     );
     // The attached git server is on no workspace network once the run is over.
+    assert!(containers_gone(&run_id, Duration::from_secs(10)).await);
     let networks = std::process::Command::new("docker")
         .args([
             "inspect",
@@ -661,7 +670,7 @@ async fn a_run_of_a_real_agent_without_an_llm_fails_at_once_saying_how_to_config
         "failed fast: {:?}",
         started.elapsed()
     );
-    assert!(containers_with_label("io.cadenza.run", &run_id).is_empty());
+    assert!(containers_gone(&run_id, Duration::from_secs(10)).await);
 }
 
 #[tokio::test]

@@ -1,6 +1,6 @@
 //! Each service as a process: configuration errors name the setting, health endpoints answer,
-//! SIGTERM stops it cleanly, and a run survives nothing silently: a worker killed mid-run leaves
-//! a run that ends with a reason once its lease expires.
+//! SIGTERM stops it cleanly, and a run survives the kill -9 of its worker: the restarted worker
+//! re-attaches to the container and the run succeeds, every command run once.
 
 use std::process::Command;
 use std::time::Duration;
@@ -101,20 +101,42 @@ async fn every_service_reports_health_and_stops_cleanly_on_sigterm() {
     }
 }
 
+/// A task of `steps` commands, each appending its number to `steps.txt`: the run's diff shows
+/// whether any command ran twice (or not at all).
+fn counted_steps(steps: u32, pause: &str) -> String {
+    let mut prompt: String = (1..=steps)
+        .map(|step| format!("$ echo {step} >> steps.txt; sleep {pause}\n"))
+        .collect();
+    prompt.push_str("counted");
+    prompt
+}
+
 #[tokio::test]
-async fn a_run_whose_worker_is_killed_ends_with_a_reason_and_its_container_is_reclaimed() {
+async fn a_run_whose_worker_is_killed_is_re_attached_by_the_restarted_worker_and_succeeds() {
     let mut stack = Stack::start().await.expect("stack starts");
     let api = Api::new(&stack.api_url, &stack.token);
     let (_, run) = api
-        .submit_run(&stack.project.id.to_string(), "$ sleep 60\nnever", None)
+        .submit_run(
+            &stack.project.id.to_string(),
+            &counted_steps(8, "0.5"),
+            None,
+        )
         .await
         .expect("submit");
     let run_id = run["id"].as_str().expect("id").to_owned();
-    api.wait_for_run(&run_id, Duration::from_secs(60), |run| {
-        run["state"] == "running"
-    })
-    .await
-    .expect("the run starts");
+    // Killed once the agent is at work: after its first command.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let events = api.all_events(&run_id, 100).await.expect("events");
+        if events.iter().any(|event| event["kind"] == "observation") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the agent never ran a command"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     // kill -9: no chance to clean up or record anything.
     let worker = stack.service("worker").expect("worker");
@@ -122,27 +144,68 @@ async fn a_run_whose_worker_is_killed_ends_with_a_reason_and_its_container_is_re
         .args(["-KILL", &worker.pid().to_string()])
         .status();
     assert!(!containers_with_label("io.cadenza.run", &run_id).is_empty());
-
-    // The lease (10 s in tests) expires and the scheduler ends the run with a reason.
-    let ended = api
-        .wait_for_end(&run_id, Duration::from_secs(60))
-        .await
-        .expect("the run ends");
-    assert_eq!(ended["state"], "failed");
-    assert_eq!(ended["terminal_reason"]["code"], "lease_expired", "{ended}");
-
-    // A restarted worker with the same name removes what its predecessor left behind.
-    let worker = stack.service("worker").expect("worker");
+    let killed = std::time::Instant::now();
     worker.restart().expect("restart");
     worker
         .wait_ready(Duration::from_secs(60))
         .await
         .expect("worker ready again");
+
+    let ended = api
+        .wait_for_end(&run_id, Duration::from_secs(120))
+        .await
+        .expect("the run ends");
+    eprintln!(
+        "re-attached and finished {:?} after the kill",
+        killed.elapsed()
+    );
+    assert_eq!(ended["state"], "succeeded", "{ended}");
+    assert_eq!(ended["attempt"], 1, "re-attached, not retried: {ended}");
+    // Every command ran once, in order.
+    let diff = api.diff(&run_id).await.expect("diff");
+    let added: Vec<&str> = diff
+        .lines()
+        .filter(|line| line.starts_with('+') && !line.starts_with("+++"))
+        .collect();
+    assert_eq!(
+        added,
+        ["+1", "+2", "+3", "+4", "+5", "+6", "+7", "+8"],
+        "{diff}"
+    );
+    // The journal is dense, holds each agent event once, and no state but the happy path.
+    let events = api.all_events(&run_id, 500).await.expect("events");
+    let seqs = cadenza_e2e::seqs(&events);
+    assert_eq!(seqs, (1..=seqs.len() as i64).collect::<Vec<_>>());
+    let (entries, distinct): (i64, i64) = sqlx::query_as(
+        "select count(source_event_id), count(distinct source_event_id) from run_events where run_id = $1::uuid",
+    )
+    .bind(&run_id)
+    .fetch_one(&stack.db.pool)
+    .await
+    .expect("count");
+    assert!(entries > 0);
+    assert_eq!(entries, distinct, "an agent event was journaled twice");
+    let states: Vec<&str> = events
+        .iter()
+        .filter(|event| event["kind"] == "run_state")
+        .filter_map(|event| event["payload"]["to"].as_str())
+        .collect();
+    assert_eq!(
+        states,
+        [
+            "queued",
+            "scheduled",
+            "provisioning",
+            "running",
+            "succeeded"
+        ]
+    );
+    // The container went with the end.
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while !containers_with_label("io.cadenza.run", &run_id).is_empty() {
         assert!(
             std::time::Instant::now() < deadline,
-            "the container was not reclaimed"
+            "the container was not removed"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }

@@ -50,10 +50,32 @@ pub struct Bus {
     client: async_nats::Client,
     jetstream: jetstream::Context,
     prefix: String,
+    /// Replicas of the runs stream (3 on a clustered JetStream).
+    replicas: usize,
+    /// Live fan-out goes through one background publisher, in order, so a caller never waits on
+    /// NATS: while NATS is away the queue fills and further live events are dropped (readers
+    /// fill gaps from Postgres).
+    live: tokio::sync::mpsc::Sender<(String, bytes::Bytes)>,
 }
 
+/// Live events waiting for the background publisher; more are dropped.
+const LIVE_QUEUE: usize = 4096;
+/// How long the background publisher waits on NATS for one live event before dropping it.
+const LIVE_PUBLISH_TIMEOUT: Duration = Duration::from_secs(2);
+
 impl Bus {
+    /// Connects (a comma-separated list of URLs names the servers of a cluster) and makes sure
+    /// the runs stream exists, with one replica.
     pub async fn connect(url: &str, prefix: &str) -> BusResult<Self> {
+        Self::connect_with_replicas(url, prefix, 1).await
+    }
+
+    /// `connect`, with the runs stream created with `replicas` replicas (a clustered JetStream).
+    pub async fn connect_with_replicas(
+        url: &str,
+        prefix: &str,
+        replicas: usize,
+    ) -> BusResult<Self> {
         let client = async_nats::ConnectOptions::new()
             .name("cadenza")
             .retry_on_initial_connect()
@@ -66,17 +88,36 @@ impl Bus {
             })?;
         // A bounded initial wait: `retry_on_initial_connect` returns at once and connects in the
         // background, so check the server answers before declaring the bus usable.
-        let bus = Self::from_client(client, prefix);
+        let mut bus = Self::from_client(client, prefix);
+        bus.replicas = replicas.max(1);
         bus.ensure_streams().await?;
         Ok(bus)
     }
 
+    /// A bus over an existing connection. Must be called inside a Tokio runtime (it starts the
+    /// live publisher).
     pub fn from_client(client: async_nats::Client, prefix: &str) -> Self {
         let jetstream = jetstream::new(client.clone());
+        let (live, mut queue) = tokio::sync::mpsc::channel::<(String, bytes::Bytes)>(LIVE_QUEUE);
+        let publisher = client.clone();
+        tokio::spawn(async move {
+            while let Some((subject, body)) = queue.recv().await {
+                let sent = tokio::time::timeout(
+                    LIVE_PUBLISH_TIMEOUT,
+                    publisher.publish(subject.clone(), body),
+                )
+                .await;
+                if !matches!(sent, Ok(Ok(()))) {
+                    tracing::debug!(%subject, "live publish failed or timed out; dropped");
+                }
+            }
+        });
         Self {
             client,
             jetstream,
             prefix: prefix.to_owned(),
+            replicas: 1,
+            live,
         }
     }
 
@@ -113,6 +154,7 @@ impl Bus {
                 retention: RetentionPolicy::WorkQueue,
                 duplicate_window: Duration::from_secs(120),
                 max_age: Duration::from_secs(7 * 24 * 3600),
+                num_replicas: self.replicas,
                 ..Default::default()
             })
             .await
@@ -123,6 +165,29 @@ impl Bus {
     /// Publishes to JetStream and waits for the server's acknowledgement. `dedup_id` becomes the
     /// `Nats-Msg-Id`, so a relay that publishes the same outbox row twice stores it once.
     pub async fn publish_durable(
+        &self,
+        relative_subject: &str,
+        payload: &serde_json::Value,
+        dedup_id: &str,
+    ) -> BusResult<()> {
+        match self
+            .publish_durable_once(relative_subject, payload, dedup_id)
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(first) => {
+                // JetStream may have lost the stream (a server restarted without its store):
+                // create it again and retry once. Deduplication makes the retry safe.
+                if self.ensure_streams().await.is_err() {
+                    return Err(first);
+                }
+                self.publish_durable_once(relative_subject, payload, dedup_id)
+                    .await
+            }
+        }
+    }
+
+    async fn publish_durable_once(
         &self,
         relative_subject: &str,
         payload: &serde_json::Value,
@@ -164,13 +229,21 @@ impl Bus {
             })
     }
 
-    /// Fans a committed journal entry out to live readers. Best effort by design: a reader that
-    /// misses it reads Postgres.
+    /// Fans a committed journal entry out to live readers. Best effort by design, and never
+    /// waits on NATS: the entry is queued for the background publisher (dropped when the queue
+    /// is full, as while NATS is down); a reader that misses it reads Postgres.
     pub async fn publish_journal_event(&self, event: &cadenza_domain::JournalEvent) {
-        let subject = subjects::live_events(event.run_id);
+        let subject = self.subject(&subjects::live_events(event.run_id));
         let message = messages::LiveEvent::from_journal(event);
-        if let Err(err) = self.publish_live(&subject, &message).await {
-            tracing::debug!(run_id = %event.run_id, error = %err, "live publish failed");
+        match serde_json::to_vec(&message) {
+            Ok(body) => {
+                if self.live.try_send((subject, body.into())).is_err() {
+                    tracing::debug!(run_id = %event.run_id, "live queue full; event dropped");
+                }
+            }
+            Err(err) => {
+                tracing::warn!(run_id = %event.run_id, error = %err, "live event does not encode")
+            }
         }
     }
 
@@ -220,11 +293,17 @@ impl Bus {
         relative_filter: &str,
         expire_after: Option<Duration>,
     ) -> BusResult<PullConsumer> {
-        let stream = self
-            .jetstream
-            .get_stream(self.runs_stream_name())
-            .await
-            .map_err(|err| BusError::JetStream(err.to_string()))?;
+        // The stream is created again if JetStream lost it (a server restarted without its store).
+        let stream = match self.jetstream.get_stream(self.runs_stream_name()).await {
+            Ok(stream) => stream,
+            Err(_) => {
+                self.ensure_streams().await?;
+                self.jetstream
+                    .get_stream(self.runs_stream_name())
+                    .await
+                    .map_err(|err| BusError::JetStream(err.to_string()))?
+            }
+        };
         stream
             .get_or_create_consumer(
                 durable_name,

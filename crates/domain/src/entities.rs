@@ -92,6 +92,9 @@ pub struct Run {
     pub idempotency_key: Option<String>,
     pub lease_holder: Option<WorkerId>,
     pub lease_expires_at: Option<OffsetDateTime>,
+    /// Bumped by every lease (and by a worker adopting the run after its holder died): the
+    /// fencing token of the holder's writes.
+    pub lease_epoch: i64,
     pub terminal_reason: Option<TerminalReason>,
     pub conversation_id: Option<Uuid>,
     /// The agent's last message when it finished.

@@ -11,7 +11,7 @@ pub use entities::{AgentSettings, JournalEvent, Org, Project, Repository, Run, W
 pub use ids::{InvitationId, OrgId, ProjectId, RunId, TokenId, UserId, WorkerId};
 pub use images::{ImagePolicy, ImageRef, ImageRule};
 pub use journal::EventKind;
-pub use run::{RunEvent, RunState, TerminalCode, TerminalReason, apply};
+pub use run::{Fence, RunEvent, RunState, TerminalCode, TerminalReason, apply};
 pub mod scope;
 pub use scope::Scope;
 pub mod access;

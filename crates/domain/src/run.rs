@@ -196,6 +196,17 @@ impl TerminalReason {
     }
 }
 
+/// The fencing token of one worker's hold on one run: the worker and the lease epoch it was
+/// given (by the scheduler's lease, or by adopting the run after its holder died). Every write
+/// the worker makes for the run carries it, and storage refuses the write once the run's epoch
+/// has moved on, so a worker that lost a run (a stall, a partition, a takeover) can never write
+/// over the current holder.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Fence {
+    pub worker: crate::ids::WorkerId,
+    pub epoch: i64,
+}
+
 /// What happened to a run. Each event is legal only from some states.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RunEvent {

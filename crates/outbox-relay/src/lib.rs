@@ -83,7 +83,9 @@ pub async fn prune_published(pool: &PgPool, keep: Duration) -> Result<u64, Stora
     }
 }
 
-/// Publishes one batch; returns how many rows were published.
+/// Publishes one batch; returns how many rows were published. Every row is tried: a row the
+/// bus refuses while it takes others has its failure counted (and is set aside after
+/// `outbox::MAX_ATTEMPTS`); when every row fails the bus is down, and nothing is counted.
 pub async fn relay_once(pool: &PgPool, bus: &Bus) -> Result<usize, StorageError> {
     let mut tx = pool.begin().await?;
     let messages = outbox::lock_unpublished(&mut tx, BATCH).await?;
@@ -91,6 +93,8 @@ pub async fn relay_once(pool: &PgPool, bus: &Bus) -> Result<usize, StorageError>
         return Ok(0);
     }
     let mut published = Vec::with_capacity(messages.len());
+    let mut failed = Vec::new();
+    let mut last_error = String::new();
     for message in &messages {
         let dedup_id = format!("outbox-{}", message.id);
         match bus
@@ -99,14 +103,21 @@ pub async fn relay_once(pool: &PgPool, bus: &Bus) -> Result<usize, StorageError>
         {
             Ok(()) => published.push(message.id),
             Err(err) => {
-                // Keep order per batch: stop at the first failure and retry from it later.
                 tracing::warn!(error = %err, outbox_id = message.id, "publish failed");
-                break;
+                last_error = err.to_string();
+                failed.push(message.id);
+                if published.is_empty() && failed.len() >= 3 {
+                    // The bus takes nothing: try again later, counting nothing against the rows.
+                    break;
+                }
             }
         }
     }
     if !published.is_empty() {
         outbox::mark_published(&mut tx, &published).await?;
+        if !failed.is_empty() {
+            outbox::record_failures(&mut tx, &failed, &last_error).await?;
+        }
     }
     tx.commit().await?;
     Ok(published.len())

@@ -1,4 +1,4 @@
-use cadenza_domain::{OrgId, RunId, Scope};
+use cadenza_domain::{Fence, OrgId, RunId, Scope};
 use sqlx::PgConnection;
 use time::OffsetDateTime;
 
@@ -12,25 +12,32 @@ pub struct RunDiff {
     pub created_at: OffsetDateTime,
 }
 
+/// Stores the run's diff, as its holder: refused (`Fenced`) once another holds the run.
 pub async fn upsert(
     conn: &mut PgConnection,
     run_id: RunId,
     org_id: OrgId,
+    fence: Fence,
     base_commit: Option<&str>,
     patch: &str,
 ) -> StorageResult<()> {
-    sqlx::query!(
-        r#"insert into run_diffs (run_id, org_id, base_commit, patch) values ($1, $2, $3, $4)
+    let done = sqlx::query!(
+        r#"insert into run_diffs (run_id, org_id, base_commit, patch)
+           select $1, $2, $3, $4 where exists (
+               select 1 from runs where id = $1 and lease_holder = $5 and lease_epoch = $6
+                 and state in ('provisioning', 'running'))
            on conflict (run_id) do update
              set base_commit = excluded.base_commit, patch = excluded.patch, created_at = now()"#,
         run_id.as_uuid(),
         org_id.as_uuid(),
         base_commit,
-        patch
+        patch,
+        fence.worker.as_uuid(),
+        fence.epoch
     )
     .execute(conn)
     .await?;
-    Ok(())
+    crate::runs::fenced_unless(done.rows_affected() == 1, run_id)
 }
 
 pub async fn get(

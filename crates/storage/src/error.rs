@@ -9,6 +9,10 @@ pub enum StorageError {
     /// A uniqueness rule or a compare-and-set guard rejected the write.
     #[error("conflict: {0}")]
     Conflict(String),
+    /// A worker's write for a run carried a lease epoch that is no longer current: another
+    /// holder (a retry, or a worker that adopted the run) owns the run now.
+    #[error("the run is held by a newer lease: {0}")]
+    Fenced(String),
     /// A stored value does not decode into the domain type (a bug or a manual edit).
     #[error("corrupt row: {0}")]
     Corrupt(String),

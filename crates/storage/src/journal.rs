@@ -4,13 +4,16 @@
 //! the event. The row lock that bump takes serializes writers of one run, so numbers are dense
 //! and monotonic even when the API, the scheduler and a worker all journal state changes.
 
-use cadenza_domain::{EventKind, JournalEvent, OrgId, Run, RunId, RunState, Scope, TerminalReason};
+use cadenza_domain::{
+    EventKind, Fence, JournalEvent, OrgId, Run, RunId, RunState, Scope, TerminalReason,
+};
 use serde_json::json;
 use sqlx::PgConnection;
 use time::OffsetDateTime;
 
 use crate::StorageResult;
 
+#[derive(Clone, Debug)]
 pub struct NewJournalEvent {
     pub run_id: RunId,
     pub org_id: OrgId,
@@ -22,6 +25,10 @@ pub struct NewJournalEvent {
     pub source_event_id: Option<String>,
     pub source_seq: Option<i64>,
     pub occurred_at: OffsetDateTime,
+    /// A worker's write: journaled only while this is the run's current hold and the run is
+    /// `provisioning` or `running`, else refused with `Fenced` (so nothing a stale worker sends
+    /// lands after the terminal entry).
+    pub fence: Option<Fence>,
 }
 
 impl NewJournalEvent {
@@ -53,12 +60,14 @@ impl NewJournalEvent {
             source_event_id: None,
             source_seq: None,
             occurred_at: OffsetDateTime::now_utc(),
+            fence: None,
         }
     }
 }
 
 /// Appends an event with the run's next sequence number. Returns `None` when the event carries a
-/// source id that is already journaled.
+/// source id that is already journaled (a replay, or the same event from a concurrent writer),
+/// and `Fenced` when the event carries a fence that no longer holds.
 pub async fn append(
     conn: &mut PgConnection,
     event: NewJournalEvent,
@@ -69,6 +78,8 @@ pub async fn append(
                where id = $1 and org_id = $2
                  and ($6::text is null or not exists (
                        select 1 from run_events where run_id = $1 and source_event_id = $6))
+                 and ($9::uuid is null or (lease_holder = $9 and lease_epoch = $10
+                                           and state in ('provisioning', 'running')))
                returning last_event_seq
            )
            insert into run_events (run_id, org_id, seq, kind, payload, raw, source_event_id,
@@ -82,10 +93,28 @@ pub async fn append(
         event.raw,
         event.source_event_id,
         event.source_seq,
-        event.occurred_at
+        event.occurred_at,
+        event.fence.map(|fence| fence.worker.as_uuid()),
+        event.fence.map(|fence| fence.epoch)
     )
-    .fetch_optional(conn)
-    .await?;
+    .fetch_optional(&mut *conn)
+    .await;
+    let row = match row {
+        Ok(row) => row,
+        // Two writers of one event raced past the `not exists` check: the second one's event
+        // is already there, which is what it wanted.
+        Err(sqlx::Error::Database(db)) if db.constraint() == Some("run_events_source") => None,
+        Err(err) => return Err(err.into()),
+    };
+    if row.is_none()
+        && let Some(fence) = event.fence
+        && !crate::runs::holds(conn, event.run_id, fence).await?
+    {
+        return Err(crate::StorageError::Fenced(format!(
+            "run {} is no longer held with this lease; the event was not journaled",
+            event.run_id
+        )));
+    }
     Ok(row.map(|row| JournalEvent {
         run_id: event.run_id,
         org_id: event.org_id,
@@ -141,4 +170,16 @@ pub async fn last_source_seq(conn: &mut PgConnection, run_id: RunId) -> StorageR
     .fetch_one(conn)
     .await?;
     Ok(row.max_seq)
+}
+
+/// The base commit the run's `workspace` entry recorded, the base of its diff.
+pub async fn base_commit(conn: &mut PgConnection, run_id: RunId) -> StorageResult<Option<String>> {
+    let row = sqlx::query_scalar!(
+        r#"select payload->>'base_commit' from run_events
+           where run_id = $1 and kind = 'workspace' order by seq desc limit 1"#,
+        run_id.as_uuid()
+    )
+    .fetch_optional(conn)
+    .await?;
+    Ok(row.flatten())
 }

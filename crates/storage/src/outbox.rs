@@ -28,15 +28,21 @@ pub async fn enqueue(
     Ok(row.id)
 }
 
-/// Locks the oldest unpublished messages; other relays skip them until this transaction ends.
+/// A message that failed this many times while others went through is set aside: kept, with
+/// its last error, but no longer retried, so it cannot hold up the rows behind it.
+pub const MAX_ATTEMPTS: i32 = 10;
+
+/// Locks the oldest unpublished messages (not set aside); other relays skip them until this
+/// transaction ends.
 pub async fn lock_unpublished(
     conn: &mut PgConnection,
     limit: i64,
 ) -> StorageResult<Vec<OutboxMessage>> {
     let rows = sqlx::query!(
-        r#"select id, subject, payload from outbox where published_at is null
+        r#"select id, subject, payload from outbox where published_at is null and attempts < $2
            order by id limit $1 for update skip locked"#,
-        limit
+        limit,
+        MAX_ATTEMPTS
     )
     .fetch_all(conn)
     .await?;
@@ -58,6 +64,33 @@ pub async fn mark_published(conn: &mut PgConnection, ids: &[i64]) -> StorageResu
     .execute(conn)
     .await?;
     Ok(())
+}
+
+/// Counts a failed publish of each message (one the bus refused while it took others).
+pub async fn record_failures(
+    conn: &mut PgConnection,
+    ids: &[i64],
+    error: &str,
+) -> StorageResult<()> {
+    sqlx::query!(
+        "update outbox set attempts = attempts + 1, last_error = $2 where id = any($1)",
+        ids,
+        error
+    )
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// How many messages were set aside after `MAX_ATTEMPTS` failures (for health and alerts).
+pub async fn set_aside(conn: &mut PgConnection) -> StorageResult<i64> {
+    let count = sqlx::query_scalar!(
+        r#"select count(*) as "count!" from outbox where published_at is null and attempts >= $1"#,
+        MAX_ATTEMPTS
+    )
+    .fetch_one(conn)
+    .await?;
+    Ok(count)
 }
 
 /// Drops up to `batch` messages published more than `keep` ago, so the table stays small (a

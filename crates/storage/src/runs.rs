@@ -1,7 +1,7 @@
 use std::time::Duration;
 
 use cadenza_domain::{
-    OrgId, ProjectId, Run, RunEvent, RunId, RunState, Scope, TerminalReason, WorkerId, apply,
+    Fence, OrgId, ProjectId, Run, RunEvent, RunId, RunState, Scope, TerminalReason, WorkerId, apply,
 };
 use sqlx::PgConnection;
 use time::OffsetDateTime;
@@ -20,6 +20,7 @@ struct RunRow {
     idempotency_key: Option<String>,
     lease_holder: Option<Uuid>,
     lease_expires_at: Option<OffsetDateTime>,
+    lease_epoch: i64,
     terminal_code: Option<String>,
     terminal_reason: Option<String>,
     conversation_id: Option<Uuid>,
@@ -58,6 +59,7 @@ impl TryFrom<RunRow> for Run {
             idempotency_key: row.idempotency_key,
             lease_holder: row.lease_holder.map(WorkerId::from),
             lease_expires_at: row.lease_expires_at,
+            lease_epoch: row.lease_epoch,
             terminal_reason,
             conversation_id: row.conversation_id,
             final_message: row.final_message,
@@ -96,7 +98,7 @@ pub async fn submit(conn: &mut PgConnection, new: NewRun<'_>) -> StorageResult<S
            values ($1, $2, $3, 'queued', $4, $5)
            on conflict (project_id, idempotency_key) where idempotency_key is not null do nothing
            returning id, org_id, project_id, state, attempt, prompt, idempotency_key, lease_holder,
-                     lease_expires_at, terminal_code, terminal_reason, conversation_id,
+                     lease_expires_at, lease_epoch, terminal_code, terminal_reason, conversation_id,
                      final_message, last_event_seq, created_at, scheduled_at, provisioning_at,
                      running_at, finished_at, updated_at"#,
         RunId::new().as_uuid(),
@@ -124,7 +126,7 @@ pub async fn submit(conn: &mut PgConnection, new: NewRun<'_>) -> StorageResult<S
             let row = sqlx::query_as!(
                 RunRow,
                 r#"select id, org_id, project_id, state, attempt, prompt, idempotency_key,
-                          lease_holder, lease_expires_at, terminal_code, terminal_reason,
+                          lease_holder, lease_expires_at, lease_epoch, terminal_code, terminal_reason,
                           conversation_id, final_message, last_event_seq, created_at, scheduled_at,
                           provisioning_at, running_at, finished_at, updated_at
                    from runs where project_id = $1 and idempotency_key = $2"#,
@@ -143,7 +145,7 @@ pub async fn get(conn: &mut PgConnection, scope: &Scope, id: RunId) -> StorageRe
     sqlx::query_as!(
         RunRow,
         r#"select id, org_id, project_id, state, attempt, prompt, idempotency_key, lease_holder,
-                  lease_expires_at, terminal_code, terminal_reason, conversation_id, final_message,
+                  lease_expires_at, lease_epoch, terminal_code, terminal_reason, conversation_id, final_message,
                   last_event_seq, created_at, scheduled_at, provisioning_at, running_at,
                   finished_at, updated_at
            from runs where id = $1 and ($2::uuid[] is null or org_id = any($2))"#,
@@ -173,7 +175,7 @@ pub async fn list(
     let rows = sqlx::query_as!(
         RunRow,
         r#"select id, org_id, project_id, state, attempt, prompt, idempotency_key, lease_holder,
-                  lease_expires_at, terminal_code, terminal_reason, conversation_id, final_message,
+                  lease_expires_at, lease_epoch, terminal_code, terminal_reason, conversation_id, final_message,
                   last_event_seq, created_at, scheduled_at, provisioning_at, running_at,
                   finished_at, updated_at
            from runs
@@ -198,8 +200,9 @@ pub async fn list(
 pub enum Actor {
     /// Any actor (the API, the scheduler's reaper).
     Any,
-    /// Only the worker holding the lease.
-    LeaseHolder(WorkerId),
+    /// Only the worker holding the lease, with this lease epoch: a worker whose hold was taken
+    /// over (a retry, an adoption) is refused.
+    LeaseHolder(Fence),
 }
 
 /// A lease granted with the `Leased` transition.
@@ -237,9 +240,9 @@ pub async fn transition_correlated(
 ) -> StorageResult<Transitioned> {
     let next = apply(expected, event).map_err(|err| StorageError::Conflict(err.to_string()))?;
     let reason = event.reason();
-    let lease_holder_guard = match actor {
-        Actor::Any => None,
-        Actor::LeaseHolder(worker) => Some(worker.as_uuid()),
+    let (lease_holder_guard, epoch_guard) = match actor {
+        Actor::Any => (None, None),
+        Actor::LeaseHolder(fence) => (Some(fence.worker.as_uuid()), Some(fence.epoch)),
     };
     let lease_ttl_ms = lease.map(|lease| lease.ttl.as_millis() as f64);
     let terminal_code = reason
@@ -256,6 +259,7 @@ pub async fn transition_correlated(
              lease_holder = case when $3 = 'scheduled' then $4
                                  when $3 = 'queued' then null
                                  else lease_holder end,
+             lease_epoch = case when $3 = 'scheduled' then lease_epoch + 1 else lease_epoch end,
              lease_expires_at = case
                  when $3 = 'scheduled' then now() + make_interval(secs => $5::float8 / 1000.0)
                  when $3 in ('scheduled', 'provisioning', 'running') then lease_expires_at
@@ -268,9 +272,10 @@ pub async fn transition_correlated(
              finished_at = case when $3 in ('succeeded', 'failed', 'cancelled') then now()
                                 else finished_at end,
              updated_at = now()
-           where id = $1 and state = $2 and ($8::uuid is null or lease_holder = $8)
+           where id = $1 and state = $2
+             and ($8::uuid is null or (lease_holder = $8 and lease_epoch = $9))
            returning id, org_id, project_id, state, attempt, prompt, idempotency_key, lease_holder,
-                     lease_expires_at, terminal_code, terminal_reason, conversation_id,
+                     lease_expires_at, lease_epoch, terminal_code, terminal_reason, conversation_id,
                      final_message, last_event_seq, created_at, scheduled_at, provisioning_at,
                      running_at, finished_at, updated_at"#,
         run_id.as_uuid(),
@@ -280,7 +285,8 @@ pub async fn transition_correlated(
         lease_ttl_ms,
         terminal_code,
         terminal_message,
-        lease_holder_guard
+        lease_holder_guard,
+        epoch_guard
     )
     .fetch_optional(&mut *conn)
     .await?;
@@ -310,34 +316,152 @@ pub struct Transitioned {
     pub entry: cadenza_domain::JournalEvent,
 }
 
+/// Records the run's conversation, as its holder: refused (`Fenced`) once another holds the run.
 pub async fn set_conversation(
     conn: &mut PgConnection,
     run_id: RunId,
+    fence: Fence,
     conversation_id: Uuid,
 ) -> StorageResult<()> {
-    sqlx::query!(
-        "update runs set conversation_id = $2, updated_at = now() where id = $1",
+    let done = sqlx::query!(
+        r#"update runs set conversation_id = $2, updated_at = now()
+           where id = $1 and lease_holder = $3 and lease_epoch = $4"#,
         run_id.as_uuid(),
-        conversation_id
+        conversation_id,
+        fence.worker.as_uuid(),
+        fence.epoch
     )
     .execute(conn)
     .await?;
-    Ok(())
+    fenced_unless(done.rows_affected() == 1, run_id)
 }
 
+/// Records the agent's final message, as the run's holder (see `set_conversation`).
 pub async fn set_final_message(
     conn: &mut PgConnection,
     run_id: RunId,
+    fence: Fence,
     message: &str,
 ) -> StorageResult<()> {
-    sqlx::query!(
-        "update runs set final_message = $2, updated_at = now() where id = $1",
+    let done = sqlx::query!(
+        r#"update runs set final_message = $2, updated_at = now()
+           where id = $1 and lease_holder = $3 and lease_epoch = $4
+             and state in ('provisioning', 'running')"#,
         run_id.as_uuid(),
-        message
+        message,
+        fence.worker.as_uuid(),
+        fence.epoch
     )
     .execute(conn)
     .await?;
-    Ok(())
+    fenced_unless(done.rows_affected() == 1, run_id)
+}
+
+pub(crate) fn fenced_unless(held: bool, run_id: RunId) -> StorageResult<()> {
+    if held {
+        Ok(())
+    } else {
+        Err(StorageError::Fenced(format!(
+            "run {run_id} is no longer held with this lease"
+        )))
+    }
+}
+
+/// Whether `fence` is still the run's current hold (in a leased state).
+pub async fn holds(conn: &mut PgConnection, run_id: RunId, fence: Fence) -> StorageResult<bool> {
+    let row = sqlx::query_scalar!(
+        r#"select exists (select 1 from runs
+               where id = $1 and lease_holder = $2 and lease_epoch = $3
+                 and state in ('scheduled', 'provisioning', 'running')) as "held!""#,
+        run_id.as_uuid(),
+        fence.worker.as_uuid(),
+        fence.epoch
+    )
+    .fetch_one(conn)
+    .await?;
+    Ok(row)
+}
+
+/// Renews the leases of exactly the runs a worker is driving (each with the epoch it holds) and
+/// returns those it still holds. A run missing from the answer was taken from the worker (it
+/// ended, was retried or adopted elsewhere): its supervisor must stop. `scheduled` runs are not
+/// renewed: a worker accepts them within a lease period, or the reaper retries them.
+pub async fn renew(
+    conn: &mut PgConnection,
+    worker: WorkerId,
+    held: &[(RunId, i64)],
+    ttl: Duration,
+) -> StorageResult<Vec<RunId>> {
+    if held.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids: Vec<Uuid> = held.iter().map(|(id, _)| id.as_uuid()).collect();
+    let epochs: Vec<i64> = held.iter().map(|(_, epoch)| *epoch).collect();
+    let rows = sqlx::query_scalar!(
+        r#"update runs r set lease_expires_at = now() + make_interval(secs => $2::float8)
+           from unnest($3::uuid[], $4::int8[]) as h(id, epoch)
+           where r.id = h.id and r.lease_epoch = h.epoch and r.lease_holder = $1
+             and r.state in ('provisioning', 'running')
+           returning r.id"#,
+        worker.as_uuid(),
+        ttl.as_secs_f64(),
+        &ids,
+        &epochs
+    )
+    .fetch_all(conn)
+    .await?;
+    Ok(rows.into_iter().map(RunId::from).collect())
+}
+
+/// Runs leased to `worker` that it has not accepted yet (`scheduled`, lease not expired): a
+/// worker reads these at every heartbeat, so an offer lost on the bus delays nothing for long.
+pub async fn offered_to(conn: &mut PgConnection, worker: WorkerId) -> StorageResult<Vec<RunId>> {
+    let rows = sqlx::query_scalar!(
+        r#"select id from runs
+           where lease_holder = $1 and state = 'scheduled' and lease_expires_at > now()
+           order by scheduled_at"#,
+        worker.as_uuid()
+    )
+    .fetch_all(conn)
+    .await?;
+    Ok(rows.into_iter().map(RunId::from).collect())
+}
+
+/// Takes over a `provisioning` or `running` run whose workspace container runs on this worker's
+/// Docker Engine: allowed when the run is still at `epoch` and its holder is this worker (a
+/// previous process of it), a worker that stopped or stopped heartbeating, or its lease ran out.
+/// The epoch moves on, which fences the previous holder. `None` when another got there first or
+/// the holder is alive.
+pub async fn adopt(
+    conn: &mut PgConnection,
+    run_id: RunId,
+    epoch: i64,
+    worker: WorkerId,
+    ttl: Duration,
+    liveness: Duration,
+) -> StorageResult<Option<Run>> {
+    let row = sqlx::query_as!(
+        RunRow,
+        r#"update runs r set lease_holder = $3, lease_epoch = lease_epoch + 1,
+                  lease_expires_at = now() + make_interval(secs => $4::float8), updated_at = now()
+           where id = $1 and lease_epoch = $2 and state in ('provisioning', 'running')
+             and (lease_holder = $3 or lease_holder is null or lease_expires_at < now()
+                  or exists (select 1 from workers w where w.id = r.lease_holder
+                             and (w.stopped_at is not null or w.draining_at is not null
+                                  or w.last_heartbeat_at < now() - make_interval(secs => $5::float8))))
+           returning id, org_id, project_id, state, attempt, prompt, idempotency_key, lease_holder,
+                     lease_expires_at, lease_epoch, terminal_code, terminal_reason, conversation_id,
+                     final_message, last_event_seq, created_at, scheduled_at, provisioning_at,
+                     running_at, finished_at, updated_at"#,
+        run_id.as_uuid(),
+        epoch,
+        worker.as_uuid(),
+        ttl.as_secs_f64(),
+        liveness.as_secs_f64()
+    )
+    .fetch_optional(conn)
+    .await?;
+    row.map(Run::try_from).transpose()
 }
 
 /// Locks up to `limit` queued runs, oldest first, skipping rows another scheduler holds.
@@ -363,15 +487,31 @@ pub async fn lock_if_queued(conn: &mut PgConnection, id: RunId) -> StorageResult
     Ok(row.is_some())
 }
 
-/// Leased runs whose holder stopped renewing the lease, locked for the reaper.
+/// A leased run whose holder stopped renewing it, locked for the reaper.
+#[derive(Clone, Copy, Debug)]
+pub struct ExpiredLease {
+    pub run_id: RunId,
+    pub state: RunState,
+    pub attempt: i32,
+    /// Someone asked to cancel the run: it ends cancelled, never retried.
+    pub cancel_requested: Option<Uuid>,
+}
+
+/// Leased runs whose holder stopped renewing the lease, locked for the reaper. A `running` run
+/// is left alone for `running_grace` more: its agent may still work in a container a worker on
+/// the same engine is about to adopt.
 pub async fn lock_expired_leases(
     conn: &mut PgConnection,
+    running_grace: Duration,
     limit: i64,
-) -> StorageResult<Vec<(RunId, RunState)>> {
+) -> StorageResult<Vec<ExpiredLease>> {
     let rows = sqlx::query!(
-        r#"select id, state from runs
-           where state in ('scheduled', 'provisioning', 'running') and lease_expires_at < now()
-           order by lease_expires_at limit $1 for update skip locked"#,
+        r#"select id, state, attempt, cancel_correlation_id from runs
+           where state in ('scheduled', 'provisioning', 'running')
+             and lease_expires_at < now() - case when state = 'running'
+                 then make_interval(secs => $1::float8) else interval '0' end
+           order by lease_expires_at limit $2 for update skip locked"#,
+        running_grace.as_secs_f64(),
         limit
     )
     .fetch_all(conn)
@@ -382,7 +522,12 @@ pub async fn lock_expired_leases(
                 .state
                 .parse()
                 .map_err(|err| StorageError::Corrupt(format!("run {}: {err}", row.id)))?;
-            Ok((RunId::from(row.id), state))
+            Ok(ExpiredLease {
+                run_id: RunId::from(row.id),
+                state,
+                attempt: row.attempt,
+                cancel_requested: row.cancel_correlation_id,
+            })
         })
         .collect()
 }
@@ -411,12 +556,32 @@ pub async fn held_by(conn: &mut PgConnection, worker: WorkerId) -> StorageResult
     let rows = sqlx::query_as!(
         RunRow,
         r#"select id, org_id, project_id, state, attempt, prompt, idempotency_key, lease_holder,
-                  lease_expires_at, terminal_code, terminal_reason, conversation_id, final_message,
+                  lease_expires_at, lease_epoch, terminal_code, terminal_reason, conversation_id, final_message,
                   last_event_seq, created_at, scheduled_at, provisioning_at, running_at,
                   finished_at, updated_at
            from runs
            where lease_holder = $1 and state in ('scheduled', 'provisioning', 'running')"#,
         worker.as_uuid()
+    )
+    .fetch_all(conn)
+    .await?;
+    rows.into_iter().map(Run::try_from).collect()
+}
+
+/// The runs of `ids` that exist, in no particular order.
+pub async fn by_ids(conn: &mut PgConnection, ids: &[RunId]) -> StorageResult<Vec<Run>> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids: Vec<Uuid> = ids.iter().map(|id| id.as_uuid()).collect();
+    let rows = sqlx::query_as!(
+        RunRow,
+        r#"select id, org_id, project_id, state, attempt, prompt, idempotency_key, lease_holder,
+                  lease_expires_at, lease_epoch, terminal_code, terminal_reason, conversation_id,
+                  final_message, last_event_seq, created_at, scheduled_at, provisioning_at,
+                  running_at, finished_at, updated_at
+           from runs where id = any($1)"#,
+        &ids
     )
     .fetch_all(conn)
     .await?;

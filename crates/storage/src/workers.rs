@@ -12,7 +12,7 @@ pub async fn register(conn: &mut PgConnection, name: &str, capacity: i32) -> Sto
         r#"insert into workers (id, name, capacity) values ($1, $2, $3)
            on conflict (name) do update
              set capacity = excluded.capacity, started_at = now(), last_heartbeat_at = now(),
-                 stopped_at = null
+                 stopped_at = null, draining_at = null
            returning id, name, capacity, started_at, last_heartbeat_at"#,
         WorkerId::new().as_uuid(),
         name,
@@ -29,28 +29,28 @@ pub async fn register(conn: &mut PgConnection, name: &str, capacity: i32) -> Sto
     })
 }
 
-/// Records that the worker is alive and extends the leases of every run it holds.
-/// Returns how many leases were extended.
-pub async fn heartbeat(
-    conn: &mut PgConnection,
-    worker: WorkerId,
-    lease_ttl: Duration,
-) -> StorageResult<u64> {
+/// Records that the worker is alive. Leases are renewed per run (`runs::renew`), for the runs
+/// the worker is actually driving.
+pub async fn heartbeat(conn: &mut PgConnection, worker: WorkerId) -> StorageResult<()> {
     sqlx::query!(
         "update workers set last_heartbeat_at = now() where id = $1",
         worker.as_uuid()
     )
-    .execute(&mut *conn)
+    .execute(conn)
     .await?;
-    let extended = sqlx::query!(
-        r#"update runs set lease_expires_at = now() + make_interval(secs => $2::float8)
-           where lease_holder = $1 and state in ('scheduled', 'provisioning', 'running')"#,
-        worker.as_uuid(),
-        lease_ttl.as_secs_f64()
+    Ok(())
+}
+
+/// Marks the worker draining: the scheduler leases it nothing more, and a worker on the same
+/// Docker Engine may adopt its runs at once.
+pub async fn set_draining(conn: &mut PgConnection, worker: WorkerId) -> StorageResult<()> {
+    sqlx::query!(
+        "update workers set draining_at = coalesce(draining_at, now()) where id = $1",
+        worker.as_uuid()
     )
     .execute(conn)
     .await?;
-    Ok(extended.rows_affected())
+    Ok(())
 }
 
 pub async fn mark_stopped(conn: &mut PgConnection, worker: WorkerId) -> StorageResult<()> {
@@ -77,7 +77,7 @@ pub async fn lock_worker_with_capacity(
                select count(*) as active from runs r
                where r.lease_holder = w.id and r.state in ('scheduled', 'provisioning', 'running')
            ) load
-           where w.stopped_at is null
+           where w.stopped_at is null and w.draining_at is null
              and w.last_heartbeat_at > now() - make_interval(secs => $1::float8)
              and w.capacity > load.active
              and ($2::uuid is null or w.id = $2)

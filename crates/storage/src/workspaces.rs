@@ -248,3 +248,21 @@ pub async fn follow_up_correlation(
     .await?;
     Ok(row.map(|row| row.correlation_id))
 }
+
+/// Which of `containers` a run still needs: kept for a follow-up turn, or the workspace of a
+/// follow-up turn that has not ended.
+pub async fn in_use(conn: &mut PgConnection, containers: &[String]) -> StorageResult<Vec<String>> {
+    if containers.is_empty() {
+        return Ok(Vec::new());
+    }
+    let rows = sqlx::query_scalar!(
+        r#"select distinct workspace_container as "container!" from runs
+           where workspace_container = any($1)
+             and (workspace_kept_until is not null
+                  or state in ('queued', 'scheduled', 'provisioning', 'running', 'retrying'))"#,
+        containers
+    )
+    .fetch_all(conn)
+    .await?;
+    Ok(rows)
+}

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use cadenza_domain::{
-    AgentSettings, EventKind, OrgId, RunEvent, RunState, Scope, TerminalCode, TerminalReason,
+    AgentSettings, EventKind, Fence, OrgId, RunEvent, RunState, Scope, TerminalCode, TerminalReason,
 };
 use cadenza_storage::journal::{self, NewJournalEvent};
 use cadenza_storage::runs::{self, Actor, Lease, NewRun, Submitted};
@@ -58,6 +58,7 @@ fn agent_event(run: &cadenza_domain::Run, source_id: &str) -> NewJournalEvent {
         source_event_id: Some(source_id.to_owned()),
         source_seq: None,
         occurred_at: OffsetDateTime::now_utc(),
+        fence: None,
     }
 }
 
@@ -170,7 +171,10 @@ async fn transitions_are_compare_and_set_and_journaled() {
         run.id,
         RunState::Scheduled,
         &RunEvent::ProvisioningStarted,
-        Actor::LeaseHolder(other.id),
+        Actor::LeaseHolder(Fence {
+            worker: other.id,
+            epoch: leased.run.lease_epoch,
+        }),
         None,
     )
     .await;
@@ -193,7 +197,10 @@ async fn transitions_are_compare_and_set_and_journaled() {
         run.id,
         RunState::Scheduled,
         &RunEvent::Failed(TerminalReason::new(TerminalCode::ContainerFailed, "boom")),
-        Actor::LeaseHolder(worker.id),
+        Actor::LeaseHolder(Fence {
+            worker: worker.id,
+            epoch: leased.run.lease_epoch,
+        }),
         None,
     )
     .await
@@ -315,20 +322,45 @@ async fn tokens_are_stored_hashed_and_resolve_to_their_owner() {
     assert_eq!(leaked, 0);
 }
 
-#[tokio::test]
-async fn heartbeats_extend_the_leases_a_worker_holds() {
-    let db = TestDatabase::create().await.expect("db");
-    let (org, project) = org_with_project(&db, "hb").await;
-    let Submitted::Created(run) = submit(&db, org, project, None).await else {
+/// Moves the run's lease expiry into the past, as if its holder had been silent that long.
+async fn expire_lease(db: &TestDatabase, run: cadenza_domain::RunId, ago_secs: f64) {
+    sqlx::query(
+        "update runs set lease_expires_at = now() - make_interval(secs => $2) where id = $1",
+    )
+    .bind(run.as_uuid())
+    .bind(ago_secs)
+    .execute(&db.pool)
+    .await
+    .expect("forge the lease expiry");
+}
+
+async fn expired(db: &TestDatabase, grace: Duration) -> Vec<cadenza_domain::RunId> {
+    let mut tx = db.pool.begin().await.expect("tx");
+    let expired = runs::lock_expired_leases(&mut tx, grace, 10)
+        .await
+        .expect("expired")
+        .into_iter()
+        .map(|lease| lease.run_id)
+        .collect();
+    tx.rollback().await.expect("rollback");
+    expired
+}
+
+/// A leased run moved on to `provisioning` by its holder.
+async fn provisioning_run(
+    db: &TestDatabase,
+    worker: cadenza_domain::WorkerId,
+) -> cadenza_domain::Run {
+    let (org, project) = org_with_project(db, &cadenza_testkit::infra::unique_name("o")).await;
+    let Submitted::Created(run) = submit(db, org, project, None).await else {
         panic!("new run expected");
     };
     let mut conn = db.pool.acquire().await.expect("conn");
-    let worker = workers::register(&mut conn, "w", 1).await.expect("worker");
     let lease = Lease {
-        worker: worker.id,
-        ttl: Duration::from_millis(1),
+        worker,
+        ttl: Duration::from_secs(30),
     };
-    runs::transition(
+    let leased = runs::transition(
         &mut conn,
         run.id,
         RunState::Queued,
@@ -338,35 +370,249 @@ async fn heartbeats_extend_the_leases_a_worker_holds() {
     )
     .await
     .expect("lease");
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    let fence = Fence {
+        worker,
+        epoch: leased.run.lease_epoch,
+    };
+    runs::transition(
+        &mut conn,
+        run.id,
+        RunState::Scheduled,
+        &RunEvent::ProvisioningStarted,
+        Actor::LeaseHolder(fence),
+        None,
+    )
+    .await
+    .expect("provisioning")
+    .run
+}
+
+#[tokio::test]
+async fn leases_are_renewed_only_for_the_runs_a_worker_names_with_their_epoch() {
+    let db = TestDatabase::create().await.expect("db");
+    let mut conn = db.pool.acquire().await.expect("conn");
+    let worker = workers::register(&mut conn, "w", 4).await.expect("worker");
+    let driven = provisioning_run(&db, worker.id).await;
+    let forgotten = provisioning_run(&db, worker.id).await;
+    assert_eq!(driven.lease_epoch, 1, "the first lease is epoch 1");
+    for run in [driven.id, forgotten.id] {
+        expire_lease(&db, run, 1.0).await;
+    }
+    assert_eq!(expired(&db, Duration::ZERO).await.len(), 2);
+
+    // A stale epoch renews nothing; the worker learns it no longer holds the run.
+    let renewed = runs::renew(
+        &mut conn,
+        worker.id,
+        &[(driven.id, 0)],
+        Duration::from_secs(30),
+    )
+    .await
+    .expect("renew");
+    assert!(renewed.is_empty());
+    // The worker drives only one of its two runs: only that one is renewed.
+    let renewed = runs::renew(
+        &mut conn,
+        worker.id,
+        &[(driven.id, driven.lease_epoch)],
+        Duration::from_secs(30),
+    )
+    .await
+    .expect("renew");
+    assert_eq!(renewed, [driven.id]);
+    assert_eq!(expired(&db, Duration::ZERO).await, [forgotten.id]);
+    workers::heartbeat(&mut conn, worker.id)
+        .await
+        .expect("heartbeat");
+
+    // A worker full of runs gets no more.
     let mut tx = db.pool.begin().await.expect("tx");
-    assert_eq!(
-        runs::lock_expired_leases(&mut tx, 10)
-            .await
-            .expect("expired")
-            .len(),
-        1
-    );
-    tx.rollback().await.expect("rollback");
-    assert_eq!(
-        workers::heartbeat(&mut conn, worker.id, Duration::from_secs(30))
-            .await
-            .expect("hb"),
-        1
-    );
-    let mut tx = db.pool.begin().await.expect("tx");
-    assert!(
-        runs::lock_expired_leases(&mut tx, 10)
-            .await
-            .expect("expired")
-            .is_empty()
-    );
-    // A full worker gets no more runs.
+    let _third = provisioning_run(&db, worker.id).await;
+    let _fourth = provisioning_run(&db, worker.id).await;
     assert_eq!(
         workers::lock_worker_with_capacity(&mut tx, Duration::from_secs(5), None)
             .await
             .expect("pick"),
         None
+    );
+}
+
+#[tokio::test]
+async fn a_running_run_whose_lease_expired_waits_out_the_re_attach_grace() {
+    let db = TestDatabase::create().await.expect("db");
+    let mut conn = db.pool.acquire().await.expect("conn");
+    let worker = workers::register(&mut conn, "w", 4).await.expect("worker");
+    let run = provisioning_run(&db, worker.id).await;
+    let fence = Fence {
+        worker: worker.id,
+        epoch: run.lease_epoch,
+    };
+    runs::transition(
+        &mut conn,
+        run.id,
+        RunState::Provisioning,
+        &RunEvent::AgentStarted,
+        Actor::LeaseHolder(fence),
+        None,
+    )
+    .await
+    .expect("running");
+    expire_lease(&db, run.id, 5.0).await;
+    assert!(expired(&db, Duration::from_secs(60)).await.is_empty());
+    assert_eq!(expired(&db, Duration::from_secs(1)).await, [run.id]);
+}
+
+#[tokio::test]
+async fn a_worker_that_lost_a_run_can_write_nothing_more_for_it() {
+    let db = TestDatabase::create().await.expect("db");
+    let mut conn = db.pool.acquire().await.expect("conn");
+    let old = workers::register(&mut conn, "old", 4)
+        .await
+        .expect("worker");
+    let new = workers::register(&mut conn, "new", 4)
+        .await
+        .expect("worker");
+    let run = provisioning_run(&db, old.id).await;
+    let stale = Fence {
+        worker: old.id,
+        epoch: run.lease_epoch,
+    };
+    runs::transition(
+        &mut conn,
+        run.id,
+        RunState::Provisioning,
+        &RunEvent::AgentStarted,
+        Actor::LeaseHolder(stale),
+        None,
+    )
+    .await
+    .expect("running");
+    let agent_event = |id: &str, fence: Fence| NewJournalEvent {
+        fence: Some(fence),
+        ..agent_event(&run, id)
+    };
+    journal::append(&mut conn, agent_event("e1", stale))
+        .await
+        .expect("the holder journals")
+        .expect("a new entry");
+
+    // The old holder is alive: nobody else may take the run.
+    let taken = runs::adopt(
+        &mut conn,
+        run.id,
+        run.lease_epoch,
+        new.id,
+        Duration::from_secs(30),
+        Duration::from_secs(5),
+    )
+    .await
+    .expect("adopt");
+    assert!(taken.is_none(), "a live holder's run was taken");
+    // Once its lease runs out, a worker on the same engine adopts it; the epoch moves on.
+    expire_lease(&db, run.id, 1.0).await;
+    let adopted = runs::adopt(
+        &mut conn,
+        run.id,
+        run.lease_epoch,
+        new.id,
+        Duration::from_secs(30),
+        Duration::from_secs(5),
+    )
+    .await
+    .expect("adopt")
+    .expect("adopted");
+    assert_eq!(adopted.lease_holder, Some(new.id));
+    assert_eq!(adopted.lease_epoch, run.lease_epoch + 1);
+    assert_eq!(adopted.attempt, run.attempt, "adopting is not a retry");
+    // Only one adopter wins.
+    assert!(
+        runs::adopt(
+            &mut conn,
+            run.id,
+            run.lease_epoch,
+            old.id,
+            Duration::from_secs(30),
+            Duration::from_secs(5)
+        )
+        .await
+        .expect("adopt")
+        .is_none()
+    );
+    let current = Fence {
+        worker: new.id,
+        epoch: adopted.lease_epoch,
+    };
+
+    // Every write of the old holder is refused, none is silently dropped.
+    let refused = journal::append(&mut conn, agent_event("e2", stale)).await;
+    assert!(
+        matches!(refused, Err(StorageError::Fenced(_))),
+        "{refused:?}"
+    );
+    // A replay of an event already journaled is still just a replay for the current holder.
+    assert!(
+        journal::append(&mut conn, agent_event("e1", current))
+            .await
+            .expect("replay")
+            .is_none()
+    );
+    assert!(matches!(
+        runs::set_final_message(&mut conn, run.id, stale, "late").await,
+        Err(StorageError::Fenced(_))
+    ));
+    assert!(matches!(
+        runs::set_conversation(&mut conn, run.id, stale, uuid::Uuid::new_v4()).await,
+        Err(StorageError::Fenced(_))
+    ));
+    assert!(matches!(
+        cadenza_storage::diffs::upsert(&mut conn, run.id, run.org_id, stale, None, "late").await,
+        Err(StorageError::Fenced(_))
+    ));
+    let late_end = runs::transition(
+        &mut conn,
+        run.id,
+        RunState::Running,
+        &RunEvent::Succeeded(TerminalReason::new(TerminalCode::AgentFinished, "late")),
+        Actor::LeaseHolder(stale),
+        None,
+    )
+    .await;
+    assert!(matches!(late_end, Err(StorageError::Conflict(_))));
+
+    // The current holder writes and ends the run; after the end, nothing more is journaled.
+    journal::append(&mut conn, agent_event("e2", current))
+        .await
+        .expect("journal")
+        .expect("entry");
+    runs::set_final_message(&mut conn, run.id, current, "done")
+        .await
+        .expect("final message");
+    cadenza_storage::diffs::upsert(&mut conn, run.id, run.org_id, current, None, "patch")
+        .await
+        .expect("diff");
+    let ended = runs::transition(
+        &mut conn,
+        run.id,
+        RunState::Running,
+        &RunEvent::Succeeded(TerminalReason::new(TerminalCode::AgentFinished, "done")),
+        Actor::LeaseHolder(current),
+        None,
+    )
+    .await
+    .expect("end");
+    assert!(matches!(
+        journal::append(&mut conn, agent_event("e3", current)).await,
+        Err(StorageError::Fenced(_))
+    ));
+    let entries = journal::list_after(&mut conn, &Scope::Instance, run.id, 0, 100)
+        .await
+        .expect("journal");
+    assert_eq!(entries.last().map(|entry| entry.seq), Some(ended.entry.seq));
+    assert_eq!(
+        entries
+            .last()
+            .map(|entry| entry.payload["terminal"].clone()),
+        Some(json!(true))
     );
 }
 

@@ -13,8 +13,8 @@ use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
 use cadenza_api::routes::{Access, RouteSpec, route_specs};
 use cadenza_domain::{OrgId, Permission, Role, RunId};
+use cadenza_storage::orgs;
 use cadenza_storage::secrets::{self, SecretScope};
-use cadenza_storage::{diffs, orgs};
 use cadenza_testkit::dns::TestDnsServer;
 use cadenza_testkit::fixtures::{org_with_queued_run, service_token, user_with_token};
 use cadenza_testkit::infra::{TestDatabase, nats_url, redis_url, unique_name};
@@ -83,7 +83,12 @@ async fn org_fixture(app: &App, slug: &str) -> OrgFixture {
     let (org, project, run) = org_with_queued_run(&mut conn, slug)
         .await
         .expect("org with a run");
-    diffs::upsert(&mut conn, run.id, org.id, None, "diff --git a/x b/x\n")
+    // A diff as a finished run has it (written by its worker, fenced; here directly).
+    sqlx::query("insert into run_diffs (run_id, org_id, patch) values ($1, $2, $3)")
+        .bind(run.id.as_uuid())
+        .bind(org.id.as_uuid())
+        .bind("diff --git a/x b/x\n")
+        .execute(&mut *conn)
         .await
         .expect("diff");
     let (target, _) = user_with_token(

@@ -164,6 +164,7 @@ async fn append(app: &App, fixture: &Fixture, text: &str) -> i64 {
             source_event_id: None,
             source_seq: None,
             occurred_at: time::OffsetDateTime::now_utc(),
+            fence: None,
         },
     )
     .await
@@ -351,6 +352,7 @@ async fn a_missed_live_message_is_recovered_from_postgres() {
             source_event_id: None,
             source_seq: None,
             occurred_at: time::OffsetDateTime::now_utc(),
+            fence: None,
         },
     )
     .await

@@ -29,6 +29,14 @@ pub struct SchedulerConfig {
     /// First retry delay; doubles per attempt.
     #[serde(default = "default_retry_backoff", with = "humantime_serde")]
     pub retry_backoff: Duration,
+    /// How long a `running` run whose lease expired waits, beyond the lease, for a worker on the
+    /// same Docker Engine to adopt it (a restarted or a second worker) before it is retried from
+    /// scratch or failed.
+    #[serde(default = "default_reattach_grace", with = "humantime_serde")]
+    pub reattach_grace: Duration,
+    /// Replicas of the JetStream stream (3 on a NATS cluster).
+    #[serde(default = "default_stream_replicas")]
+    pub nats_stream_replicas: usize,
     /// Attempts (including the first) before a run whose lease keeps expiring fails.
     #[serde(default = "default_max_attempts")]
     pub max_attempts: i32,
@@ -54,6 +62,12 @@ fn default_reconcile_interval() -> Duration {
 fn default_retry_backoff() -> Duration {
     Duration::from_secs(5)
 }
+fn default_reattach_grace() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_stream_replicas() -> usize {
+    1
+}
 fn default_max_attempts() -> i32 {
     3
 }
@@ -72,6 +86,8 @@ impl SchedulerConfig {
             reconcile_interval: default_reconcile_interval(),
             retry_backoff: default_retry_backoff(),
             max_attempts: default_max_attempts(),
+            reattach_grace: default_reattach_grace(),
+            nats_stream_replicas: default_stream_replicas(),
             log_json: false,
         }
     }

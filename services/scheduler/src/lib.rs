@@ -67,9 +67,13 @@ pub async fn build(
     )
     .await
     .context("connecting to Postgres (CADENZA_DATABASE_URL)")?;
-    let bus = Bus::connect(&config.nats_url, &config.bus_prefix)
-        .await
-        .context("connecting to NATS (CADENZA_NATS_URL)")?;
+    let bus = Bus::connect_with_replicas(
+        &config.nats_url,
+        &config.bus_prefix,
+        config.nats_stream_replicas,
+    )
+    .await
+    .context("connecting to NATS (CADENZA_NATS_URL)")?;
     let (relay, relay_handle) =
         cadenza_outbox_relay::spawn(pool.clone(), bus.clone(), shutdown.clone());
     Ok(Scheduler {
@@ -244,21 +248,61 @@ async fn schedule_run(core: &Core, run_id: Option<RunId>) -> Result<Outcome, Sto
 async fn reconcile_loop(core: Arc<Core>, shutdown: CancellationToken) {
     let mut tick = tokio::time::interval(core.config.reconcile_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut reachable = Reachability::new();
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        if let Err(err) = reconcile_once(&core).await {
-            tracing::warn!(error = %err, "reconcile pass failed");
+        let reap = reachable.for_at_least(core.config.lease_ttl);
+        match reconcile_once(&core, reap).await {
+            Ok(()) => reachable.succeeded(),
+            Err(err) => {
+                reachable.failed();
+                tracing::warn!(error = %err, "reconcile pass failed");
+            }
         }
     }
 }
 
-/// One pass over Postgres: reap expired leases, requeue due retries, lease queued runs while
-/// there is capacity.
-async fn reconcile_once(core: &Core) -> Result<(), StorageError> {
-    reap_expired_leases(core).await?;
+/// Since when the scheduler has reached Postgres without a failure. A lease is only as good as
+/// the holder's chance to renew it: after an outage, every lease looks expired although every
+/// worker is fine, so nothing is reaped until Postgres has been reachable for a full lease
+/// period (the workers have renewed by then).
+struct Reachability {
+    since: Option<tokio::time::Instant>,
+}
+
+impl Reachability {
+    /// A process that just started has seen Postgres for no time at all.
+    fn new() -> Self {
+        Self {
+            since: Some(tokio::time::Instant::now()),
+        }
+    }
+
+    fn succeeded(&mut self) {
+        self.since.get_or_insert_with(tokio::time::Instant::now);
+    }
+
+    fn failed(&mut self) {
+        self.since = None;
+    }
+
+    fn for_at_least(&self, period: Duration) -> bool {
+        self.since.is_some_and(|since| since.elapsed() >= period)
+    }
+}
+
+/// One pass over Postgres: reap expired leases (when `reap`), requeue due retries, lease queued
+/// runs while there is capacity.
+async fn reconcile_once(core: &Core, reap: bool) -> Result<(), StorageError> {
+    if reap {
+        reap_expired_leases(core).await?;
+    } else {
+        // Still a round trip, so an outage that is not over is noticed.
+        cadenza_storage::ping(&core.pool).await?;
+    }
     requeue_due_retries(core).await?;
     fail_orphaned_follow_ups(core).await?;
     for _ in 0..RECONCILE_BATCH {
@@ -272,29 +316,26 @@ async fn reconcile_once(core: &Core) -> Result<(), StorageError> {
 
 async fn reap_expired_leases(core: &Core) -> Result<(), StorageError> {
     let mut tx = core.pool.begin().await?;
-    let expired = runs::lock_expired_leases(&mut tx, RECONCILE_BATCH).await?;
+    let expired =
+        runs::lock_expired_leases(&mut tx, core.config.reattach_grace, RECONCILE_BATCH).await?;
     let mut entries: Vec<JournalEvent> = Vec::new();
-    for (run_id, state) in expired {
-        let run = runs::get(&mut tx, &cadenza_domain::Scope::Instance, run_id).await?;
-        // Before the agent started nothing has happened in the workspace, so another attempt is
-        // safe; once it runs, a silent re-run could repeat side effects, so the run fails.
-        let event = if state != RunState::Running && run.attempt < core.config.max_attempts {
-            RunEvent::RetryScheduled(TerminalReason::new(
-                TerminalCode::LeaseExpired,
-                format!(
-                    "the worker stopped renewing its lease while the run was `{state}`; retrying (attempt {} of {})",
-                    run.attempt + 1,
-                    core.config.max_attempts
-                ),
-            ))
-        } else {
-            RunEvent::Failed(TerminalReason::new(
-                TerminalCode::LeaseExpired,
-                format!("the worker stopped renewing its lease while the run was `{state}`"),
-            ))
+    for lease in expired {
+        let event = expiry_event(&lease, core.config.max_attempts, core.config.reattach_grace);
+        let correlation = match &event {
+            RunEvent::Cancelled(_) => lease.cancel_requested,
+            _ => None,
         };
-        let done = runs::transition(&mut tx, run_id, state, &event, Actor::Any, None).await?;
-        tracing::warn!(run_id = %run_id, org_id = %done.run.org_id, from = %state, to = %done.run.state, "lease expired");
+        let done = runs::transition_correlated(
+            &mut tx,
+            lease.run_id,
+            lease.state,
+            &event,
+            Actor::Any,
+            None,
+            correlation,
+        )
+        .await?;
+        tracing::warn!(run_id = %lease.run_id, org_id = %done.run.org_id, from = %lease.state, to = %done.run.state, "lease expired");
         entries.push(done.entry);
     }
     tx.commit().await?;
@@ -302,6 +343,42 @@ async fn reap_expired_leases(core: &Core) -> Result<(), StorageError> {
         core.bus.publish_journal_event(entry).await;
     }
     Ok(())
+}
+
+/// What an expired lease becomes. A cancel on record wins. Before `running` the agent has not
+/// been given its task (it is started only after `running` is committed), so another attempt
+/// is always safe; a `running` run no worker adopted within the grace lost its workspace, and
+/// starts again from scratch while attempts remain. Then it fails.
+fn expiry_event(lease: &runs::ExpiredLease, max_attempts: i32, grace: Duration) -> RunEvent {
+    let state = lease.state;
+    if let Some(correlation) = lease.cancel_requested {
+        return RunEvent::Cancelled(TerminalReason::new(
+            TerminalCode::Cancelled,
+            format!(
+                "cancelled on request (correlation id {correlation}); its worker had stopped renewing the lease"
+            ),
+        ));
+    }
+    let lost = match state {
+        RunState::Running => format!(
+            "the worker running it stopped renewing its lease and no worker on its Docker Engine              adopted the workspace within {grace:?}"
+        ),
+        _ => format!("the worker stopped renewing its lease while the run was `{state}`"),
+    };
+    if lease.attempt < max_attempts {
+        RunEvent::RetryScheduled(TerminalReason::new(
+            TerminalCode::LeaseExpired,
+            format!(
+                "{lost}; retrying from scratch (attempt {} of {max_attempts})",
+                lease.attempt + 1
+            ),
+        ))
+    } else {
+        RunEvent::Failed(TerminalReason::new(
+            TerminalCode::LeaseExpired,
+            format!("{lost}, on the last of {max_attempts} attempts"),
+        ))
+    }
 }
 
 /// Follow-up turns whose worker is gone can never run: they fail with a reason.
@@ -317,10 +394,47 @@ async fn fail_orphaned_follow_ups(core: &Core) -> Result<(), StorageError> {
     transition_locked(core, tx, orphaned, RunState::Queued, &event).await
 }
 
+/// Retries whose backoff is over go back to the queue, unless someone cancelled them meanwhile.
 async fn requeue_due_retries(core: &Core) -> Result<(), StorageError> {
     let mut tx = core.pool.begin().await?;
     let due = runs::lock_due_retries(&mut tx, core.config.retry_backoff, RECONCILE_BATCH).await?;
-    transition_locked(core, tx, due, RunState::Retrying, &RunEvent::Requeued).await
+    let mut entries = Vec::new();
+    for run_id in due {
+        let done = match runs::cancel_request(&mut tx, run_id).await? {
+            Some(correlation) => {
+                runs::transition_correlated(
+                    &mut tx,
+                    run_id,
+                    RunState::Retrying,
+                    &RunEvent::Cancelled(TerminalReason::new(
+                        TerminalCode::Cancelled,
+                        format!("cancelled on request (correlation id {correlation})"),
+                    )),
+                    Actor::Any,
+                    None,
+                    Some(correlation),
+                )
+                .await?
+            }
+            None => {
+                runs::transition(
+                    &mut tx,
+                    run_id,
+                    RunState::Retrying,
+                    &RunEvent::Requeued,
+                    Actor::Any,
+                    None,
+                )
+                .await?
+            }
+        };
+        entries.push(done.entry);
+    }
+    tx.commit().await?;
+    for entry in &entries {
+        core.bus.publish_journal_event(entry).await;
+    }
+    Ok(())
 }
 
 /// Moves runs locked in `tx` from `from` with `event`, commits, then publishes their entries.
@@ -341,4 +455,72 @@ async fn transition_locked(
         core.bus.publish_journal_event(entry).await;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn expired(state: RunState, attempt: i32, cancel: Option<uuid::Uuid>) -> runs::ExpiredLease {
+        runs::ExpiredLease {
+            run_id: RunId::new(),
+            state,
+            attempt,
+            cancel_requested: cancel,
+        }
+    }
+
+    #[test]
+    fn an_expired_lease_is_retried_while_attempts_remain_and_a_recorded_cancel_wins() {
+        let grace = Duration::from_secs(60);
+        for state in [
+            RunState::Scheduled,
+            RunState::Provisioning,
+            RunState::Running,
+        ] {
+            let retried = expiry_event(&expired(state, 1, None), 3, grace);
+            assert!(
+                matches!(&retried, RunEvent::RetryScheduled(reason) if reason.message.contains("attempt 2 of 3")),
+                "{state}: {retried:?}"
+            );
+            let last = expiry_event(&expired(state, 3, None), 3, grace);
+            assert!(
+                matches!(&last, RunEvent::Failed(reason) if reason.code == TerminalCode::LeaseExpired),
+                "{state}: {last:?}"
+            );
+            let correlation = uuid::Uuid::new_v4();
+            let cancelled = expiry_event(&expired(state, 1, Some(correlation)), 3, grace);
+            assert!(
+                matches!(&cancelled, RunEvent::Cancelled(reason) if reason.message.contains(&correlation.to_string())),
+                "{state}: {cancelled:?}"
+            );
+        }
+        let running = expiry_event(&expired(RunState::Running, 1, None), 3, grace);
+        let RunEvent::RetryScheduled(reason) = running else {
+            panic!("retry expected");
+        };
+        assert!(reason.message.contains("adopted"), "{}", reason.message);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn nothing_is_reaped_until_postgres_was_reachable_for_a_full_lease() {
+        let lease = Duration::from_secs(30);
+        let mut reachable = Reachability::new();
+        assert!(
+            !reachable.for_at_least(lease),
+            "a fresh scheduler reaped at once"
+        );
+        tokio::time::advance(lease).await;
+        reachable.succeeded();
+        assert!(reachable.for_at_least(lease));
+        // An outage: the clock starts again when Postgres answers.
+        reachable.failed();
+        assert!(!reachable.for_at_least(lease));
+        reachable.succeeded();
+        tokio::time::advance(lease / 2).await;
+        reachable.succeeded();
+        assert!(!reachable.for_at_least(lease));
+        tokio::time::advance(lease / 2).await;
+        assert!(reachable.for_at_least(lease));
+    }
 }

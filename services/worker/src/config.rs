@@ -37,9 +37,26 @@ pub struct WorkerConfig {
     /// How long pulling a missing agent image may take.
     #[serde(default = "default_image_pull_timeout", with = "humantime_serde")]
     pub image_pull_timeout: Duration,
-    /// How long in-flight runs may continue after SIGTERM before they are stopped.
+    /// After SIGTERM, how long runs still preparing their workspace may take to start their
+    /// agent before the worker exits anyway. Running runs are never stopped by a shutdown: their
+    /// containers stay, and the next worker on the same Docker Engine adopts them.
     #[serde(default = "default_shutdown_grace", with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// A worker whose last heartbeat is older than this counts as dead: a worker on the same
+    /// Docker Engine may adopt its runs (the scheduler's setting of the same name).
+    #[serde(default = "default_worker_liveness", with = "humantime_serde")]
+    pub worker_liveness: Duration,
+    /// Attempts (including the first) a run gets when its workspace is lost (the scheduler's
+    /// setting of the same name).
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: i32,
+    /// How long a run's writes to Postgres are retried through an outage before the run gives
+    /// up (its end is then recorded by whoever adopts it).
+    #[serde(default = "default_database_outage_budget", with = "humantime_serde")]
+    pub database_outage_budget: Duration,
+    /// Replicas of the JetStream stream (3 on a NATS cluster).
+    #[serde(default = "default_stream_replicas")]
+    pub nats_stream_replicas: usize,
     /// The agent's working directory inside the container.
     #[serde(default = "default_workspace_dir")]
     pub workspace_dir: String,
@@ -176,6 +193,18 @@ fn default_image_pull_timeout() -> Duration {
 fn default_shutdown_grace() -> Duration {
     Duration::from_secs(30)
 }
+fn default_worker_liveness() -> Duration {
+    Duration::from_secs(15)
+}
+fn default_max_attempts() -> i32 {
+    3
+}
+fn default_database_outage_budget() -> Duration {
+    Duration::from_secs(600)
+}
+fn default_stream_replicas() -> usize {
+    1
+}
 fn default_workspace_idle_ttl() -> Duration {
     Duration::from_secs(15 * 60)
 }
@@ -205,6 +234,10 @@ impl WorkerConfig {
             agent_start_timeout: default_agent_start_timeout(),
             image_pull_timeout: default_image_pull_timeout(),
             shutdown_grace: default_shutdown_grace(),
+            worker_liveness: default_worker_liveness(),
+            max_attempts: default_max_attempts(),
+            database_outage_budget: default_database_outage_budget(),
+            nats_stream_replicas: default_stream_replicas(),
             workspace_dir: default_workspace_dir(),
             workspace_idle_ttl: default_workspace_idle_ttl(),
             default_llm_model: None,

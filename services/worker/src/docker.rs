@@ -29,6 +29,9 @@ pub const LABEL_PROJECT: &str = "io.cadenza.project";
 pub const LABEL_RUN: &str = "io.cadenza.run";
 pub const LABEL_ATTEMPT: &str = "io.cadenza.attempt";
 pub const LABEL_WORKER: &str = "io.cadenza.worker";
+/// The deployment a container belongs to (its bus prefix): workers adopt and sweep only their
+/// own deployment's containers on an engine several deployments (or test stacks) share.
+pub const LABEL_DEPLOYMENT: &str = "io.cadenza.deployment";
 /// On a helper container (`clone`), as opposed to the workspace container itself.
 pub const LABEL_ROLE: &str = "io.cadenza.role";
 /// On an agent image: the agent follows a script and needs no LLM (the test kit's fake).
@@ -816,6 +819,48 @@ impl DockerRuntime {
             .collect())
     }
 
+    /// Every container Cadenza manages on this engine, whichever worker made it: the worker
+    /// adopts the runs of workers that died (found by their labels, not by worker name) and
+    /// removes what no run needs any more.
+    pub async fn managed_containers(
+        &self,
+        deployment: &str,
+    ) -> Result<Vec<ManagedContainer>, ContainerError> {
+        let filters = HashMap::from([(
+            "label".to_owned(),
+            vec![
+                format!("{LABEL_MANAGED}=true"),
+                format!("{LABEL_DEPLOYMENT}={deployment}"),
+            ],
+        )]);
+        let containers = self
+            .docker
+            .list_containers(Some(ListContainersOptions {
+                all: true,
+                filters,
+                ..Default::default()
+            }))
+            .await
+            .map_err(docker_err("list containers"))?;
+        Ok(containers
+            .into_iter()
+            .filter_map(|container| {
+                let labels = container.labels.unwrap_or_default();
+                let name = container.names?.into_iter().next()?;
+                Some(ManagedContainer {
+                    name: name.trim_start_matches('/').to_owned(),
+                    run: labels
+                        .get(LABEL_RUN)
+                        .and_then(|run| uuid::Uuid::parse_str(run).ok())
+                        .map(cadenza_domain::RunId::from),
+                    attempt: labels.get(LABEL_ATTEMPT).and_then(|a| a.parse().ok()),
+                    clone_helper: labels.get(LABEL_ROLE).map(String::as_str) == Some("clone"),
+                    running: container.state.as_deref() == Some("running"),
+                })
+            })
+            .collect())
+    }
+
     /// Names of the containers this worker owns (running or not).
     pub async fn owned_containers(&self, worker: &str) -> Result<Vec<String>, ContainerError> {
         Ok(self
@@ -825,6 +870,18 @@ impl DockerRuntime {
             .map(|(name, _)| name)
             .collect())
     }
+}
+
+/// A container Cadenza made, as its labels describe it.
+#[derive(Clone, Debug)]
+pub struct ManagedContainer {
+    pub name: String,
+    /// The run it was made for (a follow-up turn works in its parent's container).
+    pub run: Option<cadenza_domain::RunId>,
+    pub attempt: Option<i32>,
+    /// A clone helper (`<workspace>-clone`), alive only while a workspace is prepared.
+    pub clone_helper: bool,
+    pub running: bool,
 }
 
 fn published_port(inspect: bollard::models::ContainerInspectResponse) -> Option<u16> {

@@ -8,6 +8,7 @@ mod normalize;
 mod secrets;
 mod supervisor;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,11 +16,13 @@ use anyhow::Context;
 use axum::Router;
 use cadenza_bus::messages::{LeaseOffered, VERSION};
 use cadenza_bus::{Bus, subjects};
-use cadenza_domain::{RunEvent, RunState, Scope, TerminalCode, TerminalReason, Worker};
+use cadenza_domain::{
+    Fence, Run, RunEvent, RunId, RunState, Scope, TerminalCode, TerminalReason, Worker,
+};
 use cadenza_service_runtime::{Check, ReadinessProbe, health_routes};
 use cadenza_storage::runs::{self, Actor};
 use cadenza_storage::{PgPool, StorageError, workers};
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use secrecy::ExposeSecret;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -35,6 +38,8 @@ const CONSUMER_EXPIRY: Duration = Duration::from_secs(3600);
 
 pub(crate) struct Core {
     pub(crate) pool: PgPool,
+    /// The heartbeat's own connection: lease renewal never waits behind run traffic.
+    heartbeat_pool: PgPool,
     pub(crate) bus: Bus,
     pub(crate) docker: DockerRuntime,
     pub(crate) config: WorkerConfig,
@@ -47,9 +52,46 @@ pub(crate) struct Core {
     /// Held while a run makes room for its network and creates it, so two runs never both take
     /// the last free one.
     pub(crate) network_room: tokio::sync::Mutex<()>,
-    /// The stop handles of the runs this worker is executing.
-    pub(crate) active:
-        std::sync::Mutex<std::collections::HashMap<cadenza_domain::RunId, supervisor::Stop>>,
+    /// The runs this worker drives, each with the lease epoch it holds.
+    pub(crate) active: std::sync::Mutex<HashMap<RunId, Handle>>,
+    /// One permit per run slot.
+    slots: Arc<Semaphore>,
+    /// The supervisor tasks.
+    tasks: std::sync::Mutex<JoinSet<()>>,
+    /// Cancelled on SIGTERM: no new leases; supervisors detach (their containers stay, to be
+    /// adopted by the next worker on this engine).
+    detach: CancellationToken,
+    draining: CancellationToken,
+}
+
+/// A run this worker drives: the epoch of its hold, and how to stop its supervisor.
+#[derive(Clone)]
+pub(crate) struct Handle {
+    pub(crate) epoch: i64,
+    pub(crate) stop: supervisor::Stop,
+}
+
+impl Core {
+    fn active(&self) -> std::sync::MutexGuard<'_, HashMap<RunId, Handle>> {
+        match self.active.lock() {
+            Ok(active) => active,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    fn tasks(&self) -> std::sync::MutexGuard<'_, JoinSet<()>> {
+        match self.tasks.lock() {
+            Ok(tasks) => tasks,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    fn fence(&self, run: &Run) -> Fence {
+        Fence {
+            worker: self.worker.id,
+            epoch: run.lease_epoch,
+        }
+    }
 }
 
 pub struct WorkerService {
@@ -65,12 +107,22 @@ pub async fn build(
         config.database_pool_size > 0,
         "CADENZA_DATABASE_POOL_SIZE must be at least 1"
     );
+    anyhow::ensure!(
+        config.heartbeat_interval * 3 <= config.lease_ttl,
+        "CADENZA_HEARTBEAT_INTERVAL ({:?}) must be at most a third of CADENZA_LEASE_TTL ({:?}), so \
+         a lease survives a missed heartbeat or two",
+        config.heartbeat_interval,
+        config.lease_ttl
+    );
     let pool = cadenza_storage::connect(
         config.database_url.expose_secret(),
         config.database_pool_size,
     )
     .await
     .context("connecting to Postgres (CADENZA_DATABASE_URL)")?;
+    let heartbeat_pool = cadenza_storage::connect(config.database_url.expose_secret(), 1)
+        .await
+        .context("connecting to Postgres (CADENZA_DATABASE_URL)")?;
     let keyring = config.keyring()?;
     let images = config.image_policy()?;
     let fallback_user = config.fallback_user()?;
@@ -82,9 +134,13 @@ pub async fn build(
                 "refusing to start: the configured key ring cannot open every stored secret",
             )?;
     }
-    let bus = Bus::connect(&config.nats_url, &config.bus_prefix)
-        .await
-        .context("connecting to NATS (CADENZA_NATS_URL)")?;
+    let bus = Bus::connect_with_replicas(
+        &config.nats_url,
+        &config.bus_prefix,
+        config.nats_stream_replicas,
+    )
+    .await
+    .context("connecting to NATS (CADENZA_NATS_URL)")?;
     let docker = DockerRuntime::connect(config.subnet_pool()?)
         .await
         .context("connecting to the Docker Engine (DOCKER_HOST or the local socket)")?;
@@ -95,9 +151,13 @@ pub async fn build(
         .context("registering the worker")?;
     drop(conn);
     tracing::info!(worker_id = %worker.id, worker = %worker.name, capacity = worker.capacity, "worker registered");
+    let slots = Arc::new(Semaphore::new(
+        usize::try_from(config.worker_capacity.max(0)).unwrap_or(0),
+    ));
     Ok(WorkerService {
         core: Arc::new(Core {
             pool,
+            heartbeat_pool,
             bus,
             docker,
             config,
@@ -107,6 +167,10 @@ pub async fn build(
             fallback_user,
             network_room: tokio::sync::Mutex::new(()),
             active: Default::default(),
+            slots,
+            tasks: Default::default(),
+            detach: CancellationToken::new(),
+            draining: CancellationToken::new(),
         }),
         shutdown,
     })
@@ -130,76 +194,167 @@ impl WorkerService {
 
     pub async fn run(self, listener: TcpListener) -> anyhow::Result<()> {
         tracing::info!(addr = %listener.local_addr()?, "worker health endpoints listening");
+        let core = self.core.clone();
+        // Health answers until the very end: a draining worker is still alive.
+        let http_stop = CancellationToken::new();
         let http = tokio::spawn(cadenza_service_runtime::serve(
             listener,
             self.router(),
-            self.shutdown.clone(),
+            http_stop.clone(),
         ));
-        let core = self.core.clone();
-        let runs_cancel = CancellationToken::new();
-        let mut tasks: JoinSet<()> = JoinSet::new();
-        let slots = Arc::new(Semaphore::new(
-            usize::try_from(core.config.worker_capacity.max(0)).unwrap_or(0),
-        ));
+        let loops = CancellationToken::new();
+        let (offers, offered) = tokio::sync::mpsc::channel::<RunId>(1024);
 
-        recover_after_restart(&core, &slots, &mut tasks, &runs_cancel).await;
+        recover_after_restart(&core).await;
 
-        let heartbeat = tokio::spawn(heartbeat_loop(core.clone(), self.shutdown.clone()));
-        consume_leases(&core, &slots, &mut tasks, &runs_cancel, &self.shutdown).await;
+        let heartbeat = tokio::spawn(heartbeat_loop(core.clone(), loops.clone(), offers.clone()));
+        let chores = tokio::spawn(chores_loop(core.clone(), loops.clone()));
+        let acceptor = tokio::spawn(accept_offers(core.clone(), offered));
+        consume_leases(&core, &offers, &self.shutdown).await;
 
-        // Drain: in-flight runs may finish within the grace period; then they are stopped and
-        // recorded as ended by the shutdown.
-        if !tasks.is_empty() {
-            tracing::info!(in_flight = tasks.len(), grace = ?core.config.shutdown_grace, "waiting for in-flight runs");
-            let drained = tokio::time::timeout(core.config.shutdown_grace, async {
-                while tasks.join_next().await.is_some() {}
-            })
-            .await;
-            if drained.is_err() {
-                runs_cancel.cancel();
-                let _ = tokio::time::timeout(Duration::from_secs(30), async {
-                    while tasks.join_next().await.is_some() {}
-                })
-                .await;
+        // SIGTERM: take nothing new, let runs still preparing their workspace start their agent
+        // (bounded), then detach from every run. Containers stay; the next worker on this
+        // engine adopts them. Nothing is failed because of the shutdown.
+        core.draining.cancel();
+        drop(offers);
+        acceptor.abort();
+        if let Ok(mut conn) = core.pool.acquire().await {
+            let _ = workers::set_draining(&mut conn, core.worker.id).await;
+        }
+        let preparing = |core: &Core| {
+            core.active()
+                .values()
+                .filter(|handle| !handle.stop.is_running())
+                .count()
+        };
+        let deadline = tokio::time::Instant::now() + core.config.shutdown_grace;
+        while preparing(&core) > 0 && tokio::time::Instant::now() < deadline {
+            tracing::info!(
+                preparing = preparing(&core),
+                "waiting for runs to start their agent before detaching"
+            );
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => {}
+                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
             }
         }
-        heartbeat.abort();
+        let in_flight = core.active().len();
+        tracing::info!(
+            in_flight,
+            "detaching from the runs in flight; their containers stay for the next worker"
+        );
+        core.detach.cancel();
+        let mut tasks = std::mem::take(&mut *core.tasks());
+        let _ = tokio::time::timeout(Duration::from_secs(30), async {
+            while tasks.join_next().await.is_some() {}
+        })
+        .await;
+        loops.cancel();
+        let _ = heartbeat.await;
+        let _ = chores.await;
         // Kept workspaces end with the worker: no follow-up turn could reach them.
         reap_idle_workspaces(&core, true).await;
         if let Ok(mut conn) = core.pool.acquire().await {
             let _ = workers::mark_stopped(&mut conn, core.worker.id).await;
         }
+        http_stop.cancel();
         let _ = http.await;
         tracing::info!("worker stopped");
         Ok(())
     }
 }
 
-async fn heartbeat_loop(core: Arc<Core>, shutdown: CancellationToken) {
+/// Every heartbeat: the worker is alive; the leases of exactly the runs it drives are renewed,
+/// and a run it no longer holds (retried, adopted elsewhere, ended by someone else) has its
+/// supervisor stopped; runs leased to it and not yet accepted are offered to the acceptor, so a
+/// lost NATS offer delays a run by one heartbeat at most. Its own task and connection: nothing
+/// here waits on Docker or on run traffic.
+async fn heartbeat_loop(
+    core: Arc<Core>,
+    stop: CancellationToken,
+    offers: tokio::sync::mpsc::Sender<RunId>,
+) {
     let mut tick = tokio::time::interval(core.config.heartbeat_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            _ = shutdown.cancelled() => {}
+            _ = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        // Keep renewing during the drain too, so runs finishing in the grace period keep their
-        // leases; the task is aborted after the drain.
-        let result = async {
-            let mut conn = core.pool.acquire().await?;
-            workers::heartbeat(&mut conn, core.worker.id, core.config.lease_ttl).await
+        let held: Vec<(RunId, i64)> = core
+            .active()
+            .iter()
+            .map(|(run, handle)| (*run, handle.epoch))
+            .collect();
+        let draining = core.draining.is_cancelled();
+        let beat = async {
+            let mut conn = core.heartbeat_pool.acquire().await?;
+            workers::heartbeat(&mut conn, core.worker.id).await?;
+            let renewed =
+                runs::renew(&mut conn, core.worker.id, &held, core.config.lease_ttl).await?;
+            let offered = if draining {
+                Vec::new()
+            } else {
+                runs::offered_to(&mut conn, core.worker.id).await?
+            };
+            Ok::<_, StorageError>((renewed, offered))
+        };
+        let (renewed, offered) =
+            match tokio::time::timeout(core.config.heartbeat_interval * 2, beat).await {
+                Ok(Ok(answer)) => answer,
+                Ok(Err(err)) => {
+                    tracing::warn!(error = %err, "heartbeat failed");
+                    continue;
+                }
+                Err(_) => {
+                    tracing::warn!("heartbeat timed out");
+                    continue;
+                }
+            };
+        for (run_id, epoch) in held.iter().filter(|(run, _)| !renewed.contains(run)) {
+            lost(&core, *run_id, *epoch);
         }
-        .await;
-        if let Err(err) = result {
-            tracing::warn!(error = %err, "heartbeat failed");
+        for run_id in offered {
+            let _ = offers.try_send(run_id);
         }
+    }
+}
+
+/// The worker no longer holds the run with this epoch: its supervisor stops without writing
+/// anything more (storage would refuse it) and leaves the container to the new holder or the
+/// engine sweep.
+fn lost(core: &Core, run_id: RunId, epoch: i64) {
+    if let Some(handle) = core.active().get(&run_id)
+        && handle.epoch == epoch
+        && !handle.stop.lost.is_cancelled()
+    {
+        tracing::warn!(%run_id, epoch, "this worker no longer holds the run; stopping its supervisor");
+        handle.stop.lost.cancel();
+    }
+}
+
+/// Everything periodic that may wait on Docker or on a busy pool, apart from the heartbeat.
+async fn chores_loop(core: Arc<Core>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(core.config.heartbeat_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut round = 0u64;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        round += 1;
         deliver_cancellations(&core).await;
         deliver_messages(&core).await;
+        if core.draining.is_cancelled() {
+            continue;
+        }
         reap_idle_workspaces(&core, false).await;
         stop_deleted_runs(&core).await;
-        remove_workspaces_of_deleted_runs(&core).await;
-        if shutdown.is_cancelled() {
-            tokio::time::sleep(core.config.heartbeat_interval).await;
+        // The engine sweep (adopting the runs of dead workers, removing what no run needs)
+        // lists every container: every few heartbeats is enough.
+        if round.is_multiple_of(3) {
+            sweep_engine(&core).await;
         }
     }
 }
@@ -219,16 +374,13 @@ async fn deliver_cancellations(core: &Core) {
             return;
         }
     };
-    let active = match core.active.lock() {
-        Ok(active) => active,
-        Err(poisoned) => poisoned.into_inner(),
-    };
+    let active = core.active();
     for (run_id, correlation) in requests {
-        if let Some(stop) = active.get(&run_id)
-            && !stop.user.is_cancelled()
+        if let Some(handle) = active.get(&run_id)
+            && !handle.stop.user.is_cancelled()
         {
-            let _ = stop.correlation.set(correlation);
-            stop.user.cancel();
+            let _ = handle.stop.correlation.set(correlation);
+            handle.stop.user.cancel();
             tracing::info!(%run_id, %correlation, "cancelling run on request");
         }
     }
@@ -238,10 +390,7 @@ async fn deliver_cancellations(core: &Core) {
 /// their supervisors are cancelled, which removes the containers. Nothing can be recorded about
 /// them any more.
 async fn stop_deleted_runs(core: &Core) {
-    let active: Vec<cadenza_domain::RunId> = match core.active.lock() {
-        Ok(active) => active.keys().copied().collect(),
-        Err(poisoned) => poisoned.into_inner().keys().copied().collect(),
-    };
+    let active: Vec<RunId> = core.active().keys().copied().collect();
     if active.is_empty() {
         return;
     }
@@ -257,16 +406,13 @@ async fn stop_deleted_runs(core: &Core) {
             return;
         }
     };
-    let current = match core.active.lock() {
-        Ok(current) => current,
-        Err(poisoned) => poisoned.into_inner(),
-    };
+    let current = core.active();
     for run_id in deleted_among(&active, &existing) {
-        if let Some(stop) = current.get(run_id)
-            && !stop.user.is_cancelled()
+        if let Some(handle) = current.get(run_id)
+            && !handle.stop.user.is_cancelled()
         {
             tracing::info!(%run_id, "the run was deleted with its project or org; stopping it");
-            stop.user.cancel();
+            handle.stop.user.cancel();
         }
     }
 }
@@ -274,50 +420,210 @@ async fn stop_deleted_runs(core: &Core) {
 /// The runs looked up that were not found. Only those: a run accepted after the lookup is not
 /// among the found, yet exists.
 fn deleted_among<'a>(
-    looked_up: &'a [cadenza_domain::RunId],
-    found: &'a [cadenza_domain::RunId],
-) -> impl Iterator<Item = &'a cadenza_domain::RunId> {
+    looked_up: &'a [RunId],
+    found: &'a [RunId],
+) -> impl Iterator<Item = &'a RunId> {
     looked_up.iter().filter(|run_id| !found.contains(run_id))
 }
 
-/// Removes this worker's containers (running or kept for a follow-up) whose run no longer
-/// exists: deleted with its project or org. Only a successful lookup removes anything, and a
-/// run's row exists before its container is made, so a starting run is never touched.
-async fn remove_workspaces_of_deleted_runs(core: &Core) {
-    let containers = match core.docker.owned_workspaces(&core.worker.name).await {
+/// What the engine sweep does with one managed container.
+#[derive(Debug, PartialEq, Eq)]
+enum Verdict {
+    /// Ours, or another live worker's, or a kept workspace: leave it.
+    Leave,
+    /// Its run is `provisioning` or `running` at the container's attempt: take the run over if
+    /// its holder is gone.
+    Adopt,
+    /// No run needs it: its run was deleted, ended, or moved on to another attempt.
+    Remove,
+}
+
+fn verdict(
+    container: &docker::ManagedContainer,
+    run: Option<&Run>,
+    in_use: bool,
+    driven_here: bool,
+) -> Verdict {
+    if in_use || driven_here {
+        return Verdict::Leave;
+    }
+    let Some(run) = run else {
+        // A container without a run label is not a workspace; one whose run is gone goes.
+        return if container.run.is_some() {
+            Verdict::Remove
+        } else {
+            Verdict::Leave
+        };
+    };
+    let current = container.attempt == Some(run.attempt)
+        && matches!(run.state, RunState::Provisioning | RunState::Running);
+    match (current, container.clone_helper) {
+        (true, false) => Verdict::Adopt,
+        (true, true) => Verdict::Leave,
+        (false, _) => Verdict::Remove,
+    }
+}
+
+/// Looks at every container Cadenza manages on this Docker Engine, whichever worker made it:
+/// runs whose holder died (or a previous process of this worker) are adopted, and containers
+/// no run needs are removed. Only a successful lookup removes anything, and a run's row exists
+/// before its container is made, so a starting run is never touched.
+async fn sweep_engine(core: &Arc<Core>) {
+    let containers = match core
+        .docker
+        .managed_containers(&core.config.bus_prefix)
+        .await
+    {
         Ok(containers) => containers,
         Err(err) => {
             tracing::warn!(error = %err, "listing workspace containers failed");
             return;
         }
     };
-    let labelled: Vec<(String, cadenza_domain::RunId)> = containers
-        .into_iter()
-        .filter_map(|(container, run)| {
-            let run = uuid::Uuid::parse_str(run.as_deref()?).ok()?;
-            Some((container, cadenza_domain::RunId::from(run)))
-        })
-        .collect();
-    if labelled.is_empty() {
+    if containers.is_empty() {
         return;
     }
-    let ids: Vec<cadenza_domain::RunId> = labelled.iter().map(|(_, run)| *run).collect();
-    let existing = async {
+    let ids: Vec<RunId> = containers.iter().filter_map(|c| c.run).collect();
+    let names: Vec<String> = containers.iter().map(|c| c.name.clone()).collect();
+    let looked_up = async {
         let mut conn = core.pool.acquire().await?;
-        runs::existing(&mut conn, &ids).await
+        let runs = runs::by_ids(&mut conn, &ids).await?;
+        let in_use = cadenza_storage::workspaces::in_use(&mut conn, &names).await?;
+        Ok::<_, StorageError>((runs, in_use))
     }
     .await;
-    let existing = match existing {
-        Ok(existing) => existing,
+    let (found, in_use) = match looked_up {
+        Ok(found) => found,
         Err(err) => {
-            tracing::warn!(error = %err, "checking workspaces for deleted runs failed");
+            tracing::warn!(error = %err, "looking up the runs of workspace containers failed");
             return;
         }
     };
-    for (container, run_id) in labelled {
-        if !existing.contains(&run_id) {
-            tracing::info!(%run_id, container, "removing the workspace of a deleted run");
-            core.docker.remove_workspace(&container, &container).await;
+    let found: HashMap<RunId, Run> = found.into_iter().map(|run| (run.id, run)).collect();
+    for container in containers {
+        let run = container.run.and_then(|id| found.get(&id));
+        let driven_here = container
+            .run
+            .is_some_and(|id| core.active().contains_key(&id));
+        match verdict(
+            &container,
+            run,
+            in_use.contains(&container.name),
+            driven_here,
+        ) {
+            Verdict::Leave => {}
+            Verdict::Remove => {
+                tracing::info!(
+                    container = container.name,
+                    "removing a container no run needs"
+                );
+                core.docker
+                    .remove_workspace(&container.name, &container.name)
+                    .await;
+            }
+            Verdict::Adopt => {
+                if let Some(run) = run {
+                    adopt(core, run, &container).await;
+                }
+            }
+        }
+    }
+}
+
+/// Takes over a run whose container is on this engine and whose holder is gone. A `running` run
+/// is resumed where its journal ends; a `provisioning` run never gave its agent the task, so it
+/// is retried from scratch (safe) and its half-made workspace removed.
+async fn adopt(core: &Arc<Core>, run: &Run, container: &docker::ManagedContainer) {
+    if core.draining.is_cancelled() {
+        return;
+    }
+    let adopted = async {
+        let mut conn = core.pool.acquire().await?;
+        runs::adopt(
+            &mut conn,
+            run.id,
+            run.lease_epoch,
+            core.worker.id,
+            core.config.lease_ttl,
+            core.config.worker_liveness,
+        )
+        .await
+    }
+    .await;
+    let adopted = match adopted {
+        Ok(Some(adopted)) => adopted,
+        Ok(None) => return,
+        Err(err) => {
+            tracing::warn!(run_id = %run.id, error = %err, "adopting a run failed");
+            return;
+        }
+    };
+    if adopted.state == RunState::Running && container.running {
+        tracing::info!(run_id = %adopted.id, container = container.name, epoch = adopted.lease_epoch, "re-attaching to a run whose worker is gone");
+        // An adopted run is driven even beyond the slot count: it holds its container already.
+        let permit = core.slots.clone().try_acquire_owned().ok();
+        spawn_supervisor(
+            core,
+            adopted,
+            permit,
+            supervisor::Entry::Resume(container.name.clone()),
+        );
+        return;
+    }
+    let why = if adopted.state == RunState::Running {
+        "its workspace container stopped"
+    } else {
+        "its worker stopped while preparing the workspace (the agent had not started)"
+    };
+    lose_workspace(core, &adopted, why).await;
+    core.docker
+        .remove_workspace(&container.name, &container.name)
+        .await;
+}
+
+/// Records that a run held by this worker lost its workspace: retried from scratch while
+/// attempts remain (safe before `running`: the agent never got its task), else failed.
+async fn lose_workspace(core: &Core, run: &Run, why: &str) {
+    let event = if run.attempt < core.config.max_attempts {
+        RunEvent::RetryScheduled(TerminalReason::new(
+            TerminalCode::WorkspaceUnavailable,
+            format!(
+                "{why}; retrying from scratch (attempt {} of {})",
+                run.attempt + 1,
+                core.config.max_attempts
+            ),
+        ))
+    } else {
+        RunEvent::Failed(TerminalReason::new(
+            TerminalCode::WorkspaceUnavailable,
+            format!(
+                "{why}, on the last of {} attempts",
+                core.config.max_attempts
+            ),
+        ))
+    };
+    let result = async {
+        let mut tx = core.pool.begin().await?;
+        let done = runs::transition(
+            &mut tx,
+            run.id,
+            run.state,
+            &event,
+            Actor::LeaseHolder(core.fence(run)),
+            None,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok::<_, StorageError>(done)
+    }
+    .await;
+    match result {
+        Ok(done) => {
+            tracing::warn!(run_id = %run.id, to = %done.run.state, why, "a run lost its workspace");
+            core.bus.publish_journal_event(&done.entry).await;
+        }
+        Err(err) => {
+            tracing::warn!(run_id = %run.id, error = %err, "recording a lost workspace failed")
         }
     }
 }
@@ -370,26 +676,22 @@ async fn deliver_messages(core: &Core) {
             return;
         }
     };
-    let active = match core.active.lock() {
-        Ok(active) => active,
-        Err(poisoned) => poisoned.into_inner(),
-    };
+    let active = core.active();
     for message in pending {
-        if let Some(stop) = active.get(&message.run_id) {
-            stop.offer(message);
+        if let Some(handle) = active.get(&message.run_id) {
+            handle.stop.offer(message);
         }
     }
 }
 
-/// After a restart: runs this worker held that never got past `scheduled` are started now; runs
-/// that were already provisioning or running lost their supervisor, so they fail with a reason
-/// (re-attaching to a live container is not supported yet), and leftover containers are removed.
-async fn recover_after_restart(
-    core: &Arc<Core>,
-    slots: &Arc<Semaphore>,
-    tasks: &mut JoinSet<()>,
-    runs_cancel: &CancellationToken,
-) {
+/// After a restart: kept workspaces of the previous process are given up; the runs whose
+/// containers are on this engine are adopted (a `running` run is resumed where its journal
+/// ends); runs this worker held whose container is gone lost their workspace (retried from
+/// scratch, or failed after the last attempt). Runs leased but not yet accepted come with the
+/// first heartbeat.
+async fn recover_after_restart(core: &Arc<Core>) {
+    reap_idle_workspaces(core, true).await;
+    sweep_engine(core).await;
     let held = async {
         let mut conn = core.pool.acquire().await?;
         runs::held_by(&mut conn, core.worker.id).await
@@ -399,55 +701,19 @@ async fn recover_after_restart(
         Ok(held) => held,
         Err(err) => {
             tracing::warn!(error = %err, "listing held runs failed");
-            Vec::new()
+            return;
         }
     };
     for run in held {
-        if run.state == RunState::Scheduled {
-            accept_lease(core, slots, tasks, runs_cancel, run.id)
-                .await
-                .ok();
+        if run.state == RunState::Scheduled || core.active().contains_key(&run.id) {
             continue;
         }
-        let reason = TerminalReason::new(
-            TerminalCode::WorkerShutdown,
-            format!("the worker restarted while the run was `{}`", run.state),
-        );
-        let result = async {
-            let mut tx = core.pool.begin().await?;
-            let done = runs::transition(
-                &mut tx,
-                run.id,
-                run.state,
-                &RunEvent::Failed(reason),
-                Actor::LeaseHolder(core.worker.id),
-                None,
-            )
-            .await?;
-            tx.commit().await?;
-            Ok::<_, StorageError>(done)
-        }
+        lose_workspace(
+            core,
+            &run,
+            "its workspace container is gone (the worker or its Docker Engine restarted)",
+        )
         .await;
-        match result {
-            Ok(done) => core.bus.publish_journal_event(&done.entry).await,
-            Err(err) => {
-                tracing::warn!(run_id = %run.id, error = %err, "failing an orphaned run failed")
-            }
-        }
-    }
-    // Kept workspaces do not survive a restart: forget them, and their containers go below.
-    reap_idle_workspaces(core, true).await;
-    match core.docker.owned_containers(&core.worker.name).await {
-        Ok(containers) => {
-            for container in containers {
-                tracing::info!(
-                    container,
-                    "removing a container left by a previous worker process"
-                );
-                core.docker.remove_workspace(&container, &container).await;
-            }
-        }
-        Err(err) => tracing::warn!(error = %err, "listing leftover containers failed"),
     }
 }
 
@@ -467,14 +733,15 @@ fn consumer_name(core: &Core) -> String {
     format!("worker-{cleaned}")
 }
 
+/// Lease offers from NATS: a nudge to accept now. Postgres is the source of truth (the
+/// heartbeat offers every run leased to this worker too), so an offer is acked once handed on.
 async fn consume_leases(
     core: &Arc<Core>,
-    slots: &Arc<Semaphore>,
-    tasks: &mut JoinSet<()>,
-    runs_cancel: &CancellationToken,
+    offers: &tokio::sync::mpsc::Sender<RunId>,
     shutdown: &CancellationToken,
 ) {
     let filter = subjects::lease_offered(core.worker.id);
+    let mut pause = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
     loop {
         if shutdown.is_cancelled() {
             return;
@@ -497,13 +764,11 @@ async fn consume_leases(
                 tracing::warn!(error = %err, "lease consumer unavailable; retrying");
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                    _ = tokio::time::sleep(pause.next()) => continue,
                 }
             }
         };
         loop {
-            // Reap finished run tasks as we go, so the set does not grow without bound.
-            while tasks.try_join_next().is_some() {}
             let message = tokio::select! {
                 _ = shutdown.cancelled() => return,
                 next = messages.next() => match next {
@@ -515,59 +780,61 @@ async fn consume_leases(
                     None => break,
                 },
             };
-            let offer: LeaseOffered = match cadenza_bus::decode(&message.subject, &message.payload)
-            {
-                Ok(offer) => offer,
-                Err(err) => {
-                    tracing::error!(error = %err, "undecodable lease offer; terminating it");
-                    let _ = message.ack_with(async_nats::jetstream::AckKind::Term).await;
-                    continue;
-                }
-            };
-            if offer.v > VERSION || offer.worker_id != core.worker.id {
-                let _ = message.ack_with(async_nats::jetstream::AckKind::Term).await;
-                continue;
-            }
-            match accept_lease(core, slots, tasks, runs_cancel, offer.run_id).await {
-                Ok(()) => {
+            pause.reset();
+            let offer: Option<LeaseOffered> =
+                cadenza_bus::decode(&message.subject, &message.payload).ok();
+            match offer {
+                Some(offer) if offer.v <= VERSION && offer.worker_id == core.worker.id => {
+                    let _ = offers.try_send(offer.run_id);
                     if let Err(err) = message.ack().await {
-                        tracing::warn!(error = %err, "ack failed; a redelivery will be ignored");
+                        tracing::debug!(error = %err, "ack failed; a redelivery is harmless");
                     }
                 }
-                Err(err) => {
-                    tracing::warn!(run_id = %offer.run_id, error = %err, "accepting a lease failed; will retry");
-                    let _ = message
-                        .ack_with(async_nats::jetstream::AckKind::Nak(Some(
-                            Duration::from_secs(1),
-                        )))
-                        .await;
+                _ => {
+                    tracing::warn!(
+                        subject = message.subject.as_str(),
+                        "a lease offer this worker cannot take; terminating it"
+                    );
+                    let _ = message.ack_with(async_nats::jetstream::AckKind::Term).await;
                 }
             }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(pause.next()) => {}
+        }
+    }
+}
+
+/// Accepts offered runs one at a time, so two offers of one run never race.
+async fn accept_offers(core: Arc<Core>, mut offered: tokio::sync::mpsc::Receiver<RunId>) {
+    while let Some(run_id) = offered.recv().await {
+        if let Err(err) = accept_lease(&core, run_id).await {
+            tracing::warn!(%run_id, error = %err, "accepting a lease failed; the next heartbeat offers it again");
         }
     }
 }
 
 /// Moves a run leased to this worker from `scheduled` to `provisioning` and starts its
-/// supervisor. A run that is no longer `scheduled` for us (a redelivered offer, a run cancelled
-/// meanwhile) is ignored. Errors are transient failures worth a redelivery.
-async fn accept_lease(
-    core: &Arc<Core>,
-    slots: &Arc<Semaphore>,
-    tasks: &mut JoinSet<()>,
-    runs_cancel: &CancellationToken,
-    run_id: cadenza_domain::RunId,
-) -> Result<(), StorageError> {
-    let Ok(permit) = slots.clone().try_acquire_owned() else {
-        // The scheduler counts leases in Postgres, so this only happens when a run ended in the
-        // database before its task finished cleaning up: wait for a slot.
-        return Err(StorageError::Conflict("no free slot".into()));
+/// supervisor. A run that is no longer `scheduled` for us (a second offer, a run cancelled
+/// meanwhile) is ignored; without a free slot the offer waits for the next heartbeat.
+async fn accept_lease(core: &Arc<Core>, run_id: RunId) -> Result<(), StorageError> {
+    if core.draining.is_cancelled() || core.active().contains_key(&run_id) {
+        return Ok(());
+    }
+    let Ok(permit) = core.slots.clone().try_acquire_owned() else {
+        // The scheduler counts leases in Postgres; a run that ended there may not have
+        // released its slot here yet.
+        tracing::debug!(%run_id, "no free slot yet for an offered run");
+        return Ok(());
     };
     let mut tx = core.pool.begin().await?;
-    let run = runs::get(&mut tx, &Scope::Instance, run_id).await?;
+    let run = runs::lock(&mut tx, &Scope::Instance, run_id).await?;
     if run.state != RunState::Scheduled || run.lease_holder != Some(core.worker.id) {
         tracing::debug!(%run_id, state = %run.state, "lease offer no longer applies");
         return Ok(());
     }
+    let fence = core.fence(&run);
     // Cancelled before it started: nothing to stop, just record it.
     if let Some(correlation) = runs::cancel_request(&mut tx, run_id).await? {
         let done = runs::transition_correlated(
@@ -578,7 +845,7 @@ async fn accept_lease(
                 TerminalCode::Cancelled,
                 format!("cancelled on request (correlation id {correlation})"),
             )),
-            Actor::LeaseHolder(core.worker.id),
+            Actor::LeaseHolder(fence),
             None,
             Some(correlation),
         )
@@ -592,33 +859,193 @@ async fn accept_lease(
         run_id,
         RunState::Scheduled,
         &RunEvent::ProvisioningStarted,
-        Actor::LeaseHolder(core.worker.id),
+        Actor::LeaseHolder(fence),
         None,
     )
     .await?;
     tx.commit().await?;
     core.bus.publish_journal_event(&done.entry).await;
+    spawn_supervisor(core, done.run, Some(permit), supervisor::Entry::Fresh);
+    Ok(())
+}
+
+/// Starts the supervisor of a run this worker now holds. A supervisor that panics does not
+/// leave its run hanging: the run fails with a reason, and its container goes.
+fn spawn_supervisor(
+    core: &Arc<Core>,
+    run: Run,
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    entry: supervisor::Entry,
+) {
     let stop = supervisor::Stop {
-        shutdown: runs_cancel.child_token(),
+        shutdown: core.detach.child_token(),
         ..Default::default()
     };
-    if let Ok(mut active) = core.active.lock() {
-        active.insert(run_id, stop.clone());
-    }
-    let core = core.clone();
-    tasks.spawn(async move {
-        supervisor::supervise(core.clone(), done.run, stop).await;
-        if let Ok(mut active) = core.active.lock() {
-            active.remove(&run_id);
+    let handle = Handle {
+        epoch: run.lease_epoch,
+        stop: stop.clone(),
+    };
+    core.active().insert(run.id, handle);
+    let core_for_task = core.clone();
+    core.tasks().spawn(async move {
+        let core = core_for_task;
+        let (run_id, epoch) = (run.id, run.lease_epoch);
+        let supervised = std::panic::AssertUnwindSafe(supervisor::supervise(
+            core.clone(),
+            run.clone(),
+            stop,
+            entry,
+        ))
+        .catch_unwind()
+        .await;
+        if supervised.is_err() {
+            tracing::error!(%run_id, "the run's supervisor panicked; failing the run");
+            supervisor::crashed(&core, &run).await;
+        }
+        {
+            let mut active = core.active();
+            if active
+                .get(&run_id)
+                .is_some_and(|handle| handle.epoch == epoch)
+            {
+                active.remove(&run_id);
+            }
         }
         drop(permit);
     });
-    Ok(())
+    // Reap finished tasks as we go, so the set does not grow without bound.
+    while core.tasks().try_join_next().is_some() {}
+}
+
+/// Exponential backoff between `start` and `max`, with no jitter (one caller per process).
+pub(crate) struct Backoff {
+    start: Duration,
+    max: Duration,
+    next: Duration,
+}
+
+impl Backoff {
+    pub(crate) fn new(start: Duration, max: Duration) -> Self {
+        Self {
+            start,
+            max,
+            next: start,
+        }
+    }
+
+    pub(crate) fn next(&mut self) -> Duration {
+        let pause = self.next;
+        self.next = (self.next * 2).min(self.max);
+        pause
+    }
+
+    pub(crate) fn reset(&mut self) {
+        self.next = self.start;
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use cadenza_domain::RunId;
+
+    use super::{Verdict, verdict};
+    use crate::docker::ManagedContainer;
+
+    fn run(state: cadenza_domain::RunState, attempt: i32) -> cadenza_domain::Run {
+        let now = time::OffsetDateTime::now_utc();
+        cadenza_domain::Run {
+            id: RunId::new(),
+            org_id: cadenza_domain::OrgId::new(),
+            project_id: cadenza_domain::ProjectId::new(),
+            state,
+            attempt,
+            prompt: String::new(),
+            idempotency_key: None,
+            lease_holder: None,
+            lease_expires_at: None,
+            lease_epoch: 1,
+            terminal_reason: None,
+            conversation_id: None,
+            final_message: None,
+            last_event_seq: 0,
+            created_at: now,
+            scheduled_at: None,
+            provisioning_at: None,
+            running_at: None,
+            finished_at: None,
+            updated_at: now,
+        }
+    }
+
+    fn container(run: &cadenza_domain::Run, attempt: i32, clone_helper: bool) -> ManagedContainer {
+        ManagedContainer {
+            name: format!("cadenza-run-{}-{attempt}", run.id),
+            run: Some(run.id),
+            attempt: Some(attempt),
+            clone_helper,
+            running: true,
+        }
+    }
+
+    #[test]
+    fn the_engine_sweep_adopts_live_attempts_and_removes_only_what_no_run_needs() {
+        use cadenza_domain::RunState as S;
+        let running = run(S::Running, 2);
+        let here = container(&running, 2, false);
+        assert_eq!(verdict(&here, Some(&running), false, false), Verdict::Adopt);
+        assert_eq!(
+            verdict(&here, Some(&run(S::Provisioning, 2)), false, false),
+            Verdict::Adopt
+        );
+        // This worker drives it, or a run still needs the container (kept, or a follow-up's).
+        assert_eq!(verdict(&here, Some(&running), false, true), Verdict::Leave);
+        assert_eq!(verdict(&here, Some(&running), true, false), Verdict::Leave);
+        let ended = run(S::Succeeded, 2);
+        assert_eq!(
+            verdict(&container(&ended, 2, false), Some(&ended), true, false),
+            Verdict::Leave
+        );
+        // An earlier attempt's container, an ended run's, a deleted run's: removed.
+        assert_eq!(
+            verdict(&container(&running, 1, false), Some(&running), false, false),
+            Verdict::Remove
+        );
+        assert_eq!(
+            verdict(&container(&ended, 2, false), Some(&ended), false, false),
+            Verdict::Remove
+        );
+        for state in [
+            S::Queued,
+            S::Retrying,
+            S::Scheduled,
+            S::Failed,
+            S::Cancelled,
+        ] {
+            let other = run(state, 2);
+            assert_eq!(
+                verdict(&container(&other, 2, false), Some(&other), false, false),
+                Verdict::Remove,
+                "{state}"
+            );
+        }
+        assert_eq!(verdict(&here, None, false, false), Verdict::Remove);
+        // A clone helper is never adopted; it goes with its attempt.
+        assert_eq!(
+            verdict(&container(&running, 2, true), Some(&running), false, false),
+            Verdict::Leave
+        );
+        assert_eq!(
+            verdict(&container(&running, 1, true), Some(&running), false, false),
+            Verdict::Remove
+        );
+        // Not a workspace at all.
+        let unlabelled = ManagedContainer {
+            run: None,
+            attempt: None,
+            ..here.clone()
+        };
+        assert_eq!(verdict(&unlabelled, None, false, false), Verdict::Leave);
+    }
 
     #[test]
     fn a_run_accepted_after_the_lookup_is_not_taken_for_deleted() {

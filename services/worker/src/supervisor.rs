@@ -27,7 +27,8 @@ use url::Url;
 
 use crate::Core;
 use crate::docker::{
-    LABEL_ATTEMPT, LABEL_MANAGED, LABEL_ORG, LABEL_PROJECT, LABEL_RUN, LABEL_WORKER, WorkspaceSpec,
+    LABEL_ATTEMPT, LABEL_DEPLOYMENT, LABEL_MANAGED, LABEL_ORG, LABEL_PROJECT, LABEL_RUN,
+    LABEL_WORKER, WorkspaceSpec,
 };
 use crate::normalize::normalize;
 use crate::secrets::{self, LogLines, RunSecrets};
@@ -39,11 +40,16 @@ const MAX_RECONNECTS: u32 = 10;
 /// How long a terminal status seen on the socket may take to show up over REST.
 const CONFIRM_BUDGET: Duration = Duration::from_secs(30);
 
-/// Why a run should stop early: the worker is shutting down, or someone cancelled the run.
+/// Why a run should stop early: someone cancelled it (`user`: the run ends cancelled), or the
+/// worker lets go of it: it shuts down (`shutdown`) or no longer holds the run (`lost`). Letting
+/// go records nothing and leaves the container, for the worker that adopts the run.
 #[derive(Clone, Default)]
 pub(crate) struct Stop {
     pub(crate) shutdown: CancellationToken,
     pub(crate) user: CancellationToken,
+    pub(crate) lost: CancellationToken,
+    /// Set once `running` is committed: the agent has its task, and a shutdown may detach.
+    pub(crate) running: Arc<std::sync::atomic::AtomicBool>,
     /// The cancel request's correlation id, set before `user` is cancelled.
     pub(crate) correlation: Arc<std::sync::OnceLock<uuid::Uuid>>,
     /// User messages waiting to be sent to the conversation.
@@ -59,16 +65,27 @@ pub(crate) struct Inbox {
 }
 
 impl Stop {
-    /// Resolves when a stop is requested, with the reason to record.
+    /// Resolves when a stop is requested, with the reason to record (a detach records
+    /// nothing: see `detached`).
     async fn requested(&self) -> TerminalReason {
         tokio::select! {
             _ = self.user.cancelled() => cancelled_reason(self.correlation.get().copied()),
             _ = self.shutdown.cancelled() => shutdown_reason(),
+            _ = self.lost.cancelled() => lost_reason(),
         }
     }
 
     fn any(&self) -> bool {
-        self.user.is_cancelled() || self.shutdown.is_cancelled()
+        self.user.is_cancelled() || self.detached()
+    }
+
+    /// The worker lets go of the run (shutdown or lost), and nobody cancelled it.
+    pub(crate) fn detached(&self) -> bool {
+        !self.user.is_cancelled() && (self.shutdown.is_cancelled() || self.lost.is_cancelled())
+    }
+
+    pub(crate) fn is_running(&self) -> bool {
+        self.running.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     fn inbox(&self) -> std::sync::MutexGuard<'_, Inbox> {
@@ -97,6 +114,20 @@ impl Stop {
     }
 }
 
+fn lost_reason() -> TerminalReason {
+    fail(
+        TerminalCode::Internal,
+        "this worker no longer holds the run (another holder or attempt has it)",
+    )
+}
+
+/// How a supervisor starts: a run just accepted, or a run adopted in its running container.
+pub(crate) enum Entry {
+    Fresh,
+    /// The container (named by the adopter's engine sweep) in which the run's agent works.
+    Resume(String),
+}
+
 fn cancelled_reason(correlation: Option<uuid::Uuid>) -> TerminalReason {
     let message = match correlation {
         Some(id) => format!("cancelled on request (correlation id {id})"),
@@ -105,33 +136,41 @@ fn cancelled_reason(correlation: Option<uuid::Uuid>) -> TerminalReason {
     fail(TerminalCode::Cancelled, message)
 }
 
-/// Runs one leased run to its end. `run` is in `provisioning`, held by this worker.
-pub(crate) async fn supervise(core: Arc<Core>, run: Run, cancel: Stop) {
+/// Runs one leased run to its end. `run` is in `provisioning` (a fresh run) or `running` (an
+/// adopted one), held by this worker with `run.lease_epoch`.
+pub(crate) async fn supervise(core: Arc<Core>, run: Run, cancel: Stop, entry: Entry) {
     let span = tracing::info_span!(
         "run",
         run_id = %run.id,
         org_id = %run.org_id,
         project_id = %run.project_id,
         attempt = run.attempt,
+        epoch = run.lease_epoch,
     );
     async move {
         let workspace = async {
             let mut conn = core.pool.acquire().await?;
             workspaces::of_run(&mut conn, run.id).await
         }
-        .await
-        .unwrap_or(workspaces::RunWorkspace {
-            parent_run_id: None,
-            container: None,
-            worker: None,
-            kept_until: None,
-        });
+        .await;
+        let workspace = match workspace {
+            Ok(workspace) => workspace,
+            Err(err) => {
+                // Never a silent fresh start: a follow-up turn would lose its workspace.
+                tracing::warn!(error = %err, "reading the run's workspace failed; letting the run go");
+                return;
+            }
+        };
         // A follow-up turn works in its parent's container.
-        let container = match (&workspace.parent_run_id, &workspace.container) {
-            (Some(_), Some(container)) => container.clone(),
+        let container = match (&entry, &workspace.parent_run_id, &workspace.container) {
+            (Entry::Resume(container), _, _) => container.clone(),
+            (_, Some(_), Some(container)) => container.clone(),
             _ => format!("cadenza-run-{}-{}", run.id, run.attempt),
         };
-        let mut state = RunState::Provisioning;
+        let mut state = run.state;
+        if state == RunState::Running {
+            cancel.running.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
         // Replaced by the run's own once its secrets are decrypted; everything recorded about
         // the run, its end reason included, passes through it.
         let mut redactor = Arc::new(Redactor::empty());
@@ -143,8 +182,16 @@ pub(crate) async fn supervise(core: Arc<Core>, run: Run, cancel: Stop) {
             &mut state,
             &mut redactor,
             workspace.parent_run_id,
+            matches!(entry, Entry::Resume(_)),
         )
         .await;
+        if cancel.detached() {
+            // Shutting down, or the run is someone else's now: record nothing, leave the
+            // container (the next holder adopts it; the engine sweep removes it if no run
+            // needs it).
+            tracing::info!(state = %state, "let go of the run");
+            return;
+        }
         let outcome = outcome
             .map(|message| redactor.redact(&message).into_owned())
             .map_err(|reason| {
@@ -152,12 +199,9 @@ pub(crate) async fn supervise(core: Arc<Core>, run: Run, cancel: Stop) {
             });
         let correlation = cancel.correlation.get().copied();
         // A workspace whose agent finished stays for follow-up turns, if the worker keeps
-        // workspaces; any other end removes it. The container goes before the end state is
-        // written, so a client that sees the end also sees the resources released.
+        // workspaces; any other end removes it, after the end is recorded (a crash in between
+        // leaves a container the engine sweep removes, never an end that is lost).
         let keep = outcome.is_ok() && !core.config.workspace_idle_ttl.is_zero() && !cancel.any();
-        if !keep {
-            core.docker.remove_workspace(&container, &container).await;
-        }
         let event = match outcome {
             Ok(final_message) => RunEvent::Succeeded(TerminalReason::new(
                 TerminalCode::AgentFinished,
@@ -170,7 +214,7 @@ pub(crate) async fn supervise(core: Arc<Core>, run: Run, cancel: Stop) {
             Err(reason) if reason.code == TerminalCode::Cancelled => RunEvent::Cancelled(reason),
             Err(reason) => RunEvent::Failed(reason),
         };
-        finish(
+        let recorded = finish(
             &core,
             &run,
             state,
@@ -179,11 +223,18 @@ pub(crate) async fn supervise(core: Arc<Core>, run: Run, cancel: Stop) {
             keep.then_some(container.as_str()),
         )
         .await;
+        if recorded && !keep {
+            core.docker.remove_workspace(&container, &container).await;
+        }
     }
     .instrument(span)
     .await
 }
 
+/// Records the run's end, as its holder. Transient failures (a Postgres outage) are retried for
+/// `database_outage_budget`. Returns whether the end was recorded; when it was not, the run is
+/// not ours (or the outage outlasted the budget), and the container is left to whoever adopts
+/// the run.
 async fn finish(
     core: &Core,
     run: &Run,
@@ -191,9 +242,10 @@ async fn finish(
     event: &RunEvent,
     correlation: Option<uuid::Uuid>,
     kept_container: Option<&str>,
-) {
-    // A transient database failure must not leave the run hanging until its lease expires.
-    for attempt in 0..5u32 {
+) -> bool {
+    let deadline = Instant::now() + core.config.database_outage_budget;
+    let mut pause = crate::Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+    loop {
         let result = async {
             let mut tx = core.pool.begin().await?;
             let correlation = matches!(event, RunEvent::Cancelled(_))
@@ -204,7 +256,7 @@ async fn finish(
                 run.id,
                 state,
                 event,
-                Actor::LeaseHolder(core.worker.id),
+                Actor::LeaseHolder(fence_of(core, run)),
                 None,
                 correlation,
             )
@@ -227,17 +279,55 @@ async fn finish(
             Ok(done) => {
                 tracing::info!(state = %done.run.state, reason = ?event.reason().map(|r| &r.message), "run ended");
                 core.bus.publish_journal_event(&done.entry).await;
-                return;
+                return true;
             }
-            Err(err) if err.is_transient() => {
-                tracing::warn!(error = %err, attempt, "recording the end failed; retrying");
-                tokio::time::sleep(Duration::from_millis(200 * 2u64.pow(attempt))).await;
+            Err(err) if err.is_transient() && Instant::now() < deadline => {
+                tracing::warn!(error = %err, "recording the end failed; retrying");
+                tokio::time::sleep(pause.next()).await;
             }
             Err(err) => {
-                tracing::error!(error = %err, "recording the end failed");
-                return;
+                tracing::error!(error = %err, "recording the end failed; the run is left to whoever adopts it");
+                return false;
             }
         }
+    }
+}
+
+fn fence_of(core: &Core, run: &Run) -> cadenza_domain::Fence {
+    cadenza_domain::Fence {
+        worker: core.worker.id,
+        epoch: run.lease_epoch,
+    }
+}
+
+/// A supervisor panicked: the run fails with a reason (if this worker still holds it) and its
+/// own container goes.
+pub(crate) async fn crashed(core: &Core, run: &Run) {
+    let current = async {
+        let mut conn = core.pool.acquire().await?;
+        runs::get(&mut conn, &Scope::Instance, run.id).await
+    }
+    .await;
+    let Ok(current) = current else { return };
+    if current.lease_epoch != run.lease_epoch || !current.state.is_leased() {
+        return;
+    }
+    let reason = fail(
+        TerminalCode::Internal,
+        "the worker's supervisor of this run crashed; the worker's log has the details",
+    );
+    if finish(
+        core,
+        &current,
+        current.state,
+        &RunEvent::Failed(reason),
+        None,
+        None,
+    )
+    .await
+    {
+        let container = format!("cadenza-run-{}-{}", run.id, run.attempt);
+        core.docker.remove_workspace(&container, &container).await;
     }
 }
 
@@ -257,6 +347,7 @@ fn random_key() -> String {
 
 /// Everything between `provisioning` and the agent's confirmed end. Returns the agent's final
 /// message, or why the run cannot succeed. Keeps `state` in step with what was committed.
+#[allow(clippy::too_many_arguments)]
 async fn execute(
     core: &Core,
     run: &Run,
@@ -265,8 +356,15 @@ async fn execute(
     state: &mut RunState,
     redactor: &mut Arc<Redactor>,
     follow_up_of: Option<cadenza_domain::RunId>,
+    resume: bool,
 ) -> Result<String, TerminalReason> {
-    let deadline = Instant::now() + core.config.run_timeout;
+    // The budget counts from the run's start, also for a run adopted half-way.
+    let spent = run
+        .provisioning_at
+        .map(|started| OffsetDateTime::now_utc() - started)
+        .and_then(|spent| Duration::try_from(spent).ok())
+        .unwrap_or_default();
+    let deadline = Instant::now() + core.config.run_timeout.saturating_sub(spent);
     let project = {
         let mut conn = core
             .pool
@@ -279,9 +377,10 @@ async fn execute(
     };
     // The agent-server's session key (a follow-up turn uses its parent container's) is
     // redacted like a secret: the agent can read it from its environment and print it.
-    let session_key = match follow_up_of {
-        Some(_) => core.docker.session_key(container).await,
-        None => Some(SecretString::from(random_key())),
+    let session_key = if follow_up_of.is_some() || resume {
+        core.docker.session_key(container).await
+    } else {
+        Some(SecretString::from(random_key()))
     };
     // 0. Secrets, decrypted before anything starts: a missing or unreadable one fails the run
     // at once, naming it.
@@ -297,6 +396,19 @@ async fn execute(
     *redactor = secrets.redactor.clone();
     let redactor: &Redactor = &secrets.redactor;
 
+    if resume {
+        return resume_turn(
+            core,
+            run,
+            follow_up_of,
+            container,
+            cancel,
+            state,
+            redactor,
+            deadline,
+        )
+        .await;
+    }
     if let Some(parent) = follow_up_of {
         return follow_up_turn(
             core, run, parent, container, cancel, state, redactor, deadline,
@@ -411,6 +523,7 @@ async fn execute(
             project.repository.branch.as_deref(),
             base_commit,
             redactor,
+            cancel,
         )
         .await?;
     }
@@ -437,7 +550,6 @@ async fn execute(
         AgentSpec::with_standard_tools(llm),
     )
     .with_conversation_id(conversation_id)
-    .with_initial_message(run.prompt.clone())
     .with_max_iterations(u32::try_from(project.agent.max_iterations).unwrap_or(u32::MAX))
     .with_autotitle(false);
     for (name, value) in &secrets.shell {
@@ -467,6 +579,9 @@ async fn execute(
             base_commit,
             after: None,
             sent: Vec::new(),
+            prompt: Prompt::Send {
+                text: run.prompt.clone(),
+            },
         },
         deadline,
     )
@@ -483,6 +598,17 @@ struct Turn<'a> {
     after: Option<(i64, String)>,
     /// Messages sent to start this turn: (text, correlation id).
     sent: Vec<(String, uuid::Uuid)>,
+    /// The turn's task for the agent, given only once `running` is committed.
+    prompt: Prompt,
+}
+
+/// How a turn's task reaches the agent.
+enum Prompt {
+    /// A fresh turn: commit `running`, then send it.
+    Send { text: String },
+    /// An adopted turn, already `running`: send it unless the conversation has it already
+    /// (as a user message after `after`, the event the previous turn ended with).
+    Ensure { text: String, after: Option<String> },
 }
 
 /// From a conversation that has its task to the agent's confirmed end: `running`, every event
@@ -504,32 +630,40 @@ async fn run_turn(
         base_commit,
         after,
         sent,
+        prompt,
     } = turn;
-    {
+    let fence = fence_of(core, run);
+    if *state == RunState::Provisioning {
         let mut tx = core
             .pool
             .begin()
             .await
             .map_err(|err| internal(StorageError::from(err)))?;
-        runs::set_conversation(&mut tx, run.id, conversation_id)
+        runs::set_conversation(&mut tx, run.id, fence, conversation_id)
             .await
-            .map_err(internal)?;
+            .map_err(|err| held(cancel, err))?;
         let done = runs::transition(
             &mut tx,
             run.id,
             RunState::Provisioning,
             &RunEvent::AgentStarted,
-            Actor::LeaseHolder(core.worker.id),
+            Actor::LeaseHolder(fence),
             None,
         )
         .await
-        .map_err(internal)?;
+        .map_err(|err| held(cancel, err))?;
         tx.commit()
             .await
             .map_err(|err| internal(StorageError::from(err)))?;
         *state = RunState::Running;
+        cancel
+            .running
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         core.bus.publish_journal_event(&done.entry).await;
     }
+    // The agent gets its task only now that `running` is committed: a run retried before this
+    // point never had an agent act on it.
+    deliver_prompt(client, conversation_id, prompt, cancel).await?;
     tracing::info!(%conversation_id, "agent running");
 
     // 4. Follow the session socket until the agent ends, journaling every durable event.
@@ -579,9 +713,9 @@ async fn run_turn(
             .acquire()
             .await
             .map_err(|err| internal(StorageError::from(err)))?;
-        runs::set_final_message(&mut conn, run.id, &final_message)
+        runs::set_final_message(&mut conn, run.id, fence, &final_message)
             .await
-            .map_err(internal)?;
+            .map_err(|err| held(cancel, err))?;
     }
     match client
         .archive_git_delta(
@@ -603,11 +737,12 @@ async fn run_turn(
                 &mut conn,
                 run.id,
                 run.org_id,
+                fence,
                 delta.base_commit.as_deref(),
                 &patch,
             )
             .await
-            .map_err(internal)?;
+            .map_err(|err| held(cancel, err))?;
             tracing::info!(
                 bytes = delta.patch.len(),
                 omitted = delta.omitted.len(),
@@ -698,17 +833,7 @@ async fn follow_up_turn(
         .max_message_bytes(core.config.max_agent_message_bytes)
         .build();
     wait_healthy(core, &client, container, cancel).await?;
-    // The message is saved even when the server is busy; a retry would add it twice.
-    match client.send_message(conversation, &run.prompt, true).await {
-        Ok(()) | Err(AgentError::CapacityFull { .. }) => {}
-        Err(err) => {
-            return Err(fail(
-                TerminalCode::AgentUnreachable,
-                format!("sending the follow-up message failed: {err}"),
-            ));
-        }
-    }
-    tracing::info!(%parent, %conversation, "follow-up turn started");
+    tracing::info!(%parent, %conversation, "follow-up turn starting");
     run_turn(
         core,
         run,
@@ -724,10 +849,184 @@ async fn follow_up_turn(
             sent: correlation
                 .map(|id| vec![(run.prompt.clone(), id)])
                 .unwrap_or_default(),
+            prompt: Prompt::Send {
+                text: run.prompt.clone(),
+            },
         },
         deadline,
     )
     .await
+}
+
+/// An adopted `running` run: its container (on this engine) still runs the agent. Reconnects
+/// with the session key in the container's environment, gives the agent its task if the
+/// previous holder died before it could, and follows the conversation after the last event the
+/// journal has, so nothing is journaled twice and nothing is run twice.
+#[allow(clippy::too_many_arguments)]
+async fn resume_turn(
+    core: &Core,
+    run: &Run,
+    follow_up_of: Option<cadenza_domain::RunId>,
+    container: &str,
+    cancel: &Stop,
+    state: &mut RunState,
+    redactor: &Redactor,
+    deadline: Instant,
+) -> Result<String, TerminalReason> {
+    let gone = || {
+        fail(
+            TerminalCode::WorkspaceUnavailable,
+            format!("the workspace container {container} of this run is gone"),
+        )
+    };
+    let (Some(host_port), Some(session_key)) = (
+        core.docker.running_host_port(container).await,
+        core.docker.session_key(container).await,
+    ) else {
+        return Err(gone());
+    };
+    let conversation_id = run.conversation_id.unwrap_or_else(|| run.id.as_uuid());
+    let (own_last, base, parent_last, correlation) = {
+        let mut conn = core
+            .pool
+            .acquire()
+            .await
+            .map_err(|err| internal(StorageError::from(err)))?;
+        let own_last = workspaces::last_agent_event(&mut conn, run.id)
+            .await
+            .map_err(internal)?;
+        let (base, parent_last, correlation) = match follow_up_of {
+            Some(parent) => (
+                diffs::get(&mut conn, &Scope::Org(run.org_id), parent)
+                    .await
+                    .map_err(internal)?
+                    .and_then(|diff| diff.base_commit)
+                    .filter(|base| base != EMPTY_TREE),
+                workspaces::last_agent_event(&mut conn, parent)
+                    .await
+                    .map_err(internal)?,
+                workspaces::follow_up_correlation(&mut conn, run.id)
+                    .await
+                    .map_err(internal)?,
+            ),
+            None => (
+                journal::base_commit(&mut conn, run.id)
+                    .await
+                    .map_err(internal)?,
+                None,
+                None,
+            ),
+        };
+        (own_last, base, parent_last, correlation)
+    };
+    let base_url = Url::parse(&format!("http://127.0.0.1:{host_port}")).map_err(internal)?;
+    let client = AgentServerClient::builder(base_url, session_key)
+        .request_timeout(Duration::from_secs(60))
+        .max_body_bytes(core.config.max_agent_message_bytes)
+        .max_message_bytes(core.config.max_agent_message_bytes)
+        .build();
+    wait_healthy(core, &client, container, cancel).await?;
+    tracing::info!(
+        %conversation_id,
+        after_seq = own_last.as_ref().or(parent_last.as_ref()).map(|(seq, _)| *seq),
+        "re-attached to the agent"
+    );
+    let prompt_after = parent_last.as_ref().map(|(_, id)| id.clone());
+    run_turn(
+        core,
+        run,
+        container,
+        cancel,
+        state,
+        redactor,
+        Turn {
+            client: &client,
+            conversation_id,
+            base_commit: base,
+            after: own_last.or(parent_last),
+            sent: correlation
+                .map(|id| vec![(run.prompt.clone(), id)])
+                .unwrap_or_default(),
+            prompt: Prompt::Ensure {
+                text: run.prompt.clone(),
+                after: prompt_after,
+            },
+        },
+        deadline,
+    )
+    .await
+}
+
+/// Gives the agent its task. Sent at most once per conversation: an adopted turn first looks
+/// for it among the conversation's user messages; a send that failed in transport is looked for
+/// before it is sent again.
+async fn deliver_prompt(
+    client: &AgentServerClient,
+    conversation: uuid::Uuid,
+    prompt: Prompt,
+    cancel: &Stop,
+) -> Result<(), TerminalReason> {
+    let (text, after, mut check_first) = match prompt {
+        Prompt::Send { text } => (text, None, false),
+        Prompt::Ensure { text, after } => (text, after, true),
+    };
+    let mut pause = crate::Backoff::new(Duration::from_millis(200), Duration::from_secs(2));
+    for _ in 0..5 {
+        if check_first {
+            match client.events_after(conversation, after.as_deref()).await {
+                Ok(events) => {
+                    let delivered = events.iter().any(|event| {
+                        matches!(event.typed(), TypedEvent::Message(message)
+                            if message.role == "user" && message.text == text)
+                    });
+                    if delivered {
+                        return Ok(());
+                    }
+                }
+                Err(err) if err.is_retryable() && !cancel.any() => {
+                    tokio::time::sleep(pause.next()).await;
+                    continue;
+                }
+                Err(err) => {
+                    return Err(fail(
+                        TerminalCode::AgentUnreachable,
+                        format!("reading the conversation failed: {err}"),
+                    ));
+                }
+            }
+        }
+        // The message is saved even when the server is busy.
+        match client.send_message(conversation, &text, true).await {
+            Ok(()) | Err(AgentError::CapacityFull { .. }) => return Ok(()),
+            Err(err) if err.is_retryable() && !cancel.any() => {
+                tracing::debug!(error = %err, "sending the task failed; checking whether it arrived");
+                check_first = true;
+                tokio::time::sleep(pause.next()).await;
+            }
+            Err(err) => {
+                return Err(fail(
+                    TerminalCode::AgentUnreachable,
+                    format!("sending the task to the agent failed: {err}"),
+                ));
+            }
+        }
+    }
+    Err(fail(
+        TerminalCode::AgentUnreachable,
+        "the agent-server did not take the task after several tries",
+    ))
+}
+
+/// A refused write: `Fenced` (or a compare-and-set conflict on a holder's transition) means
+/// another holder has the run, and the supervisor lets it go; anything else fails the run.
+fn held(cancel: &Stop, err: StorageError) -> TerminalReason {
+    match err {
+        StorageError::Fenced(_) | StorageError::Conflict(_) => {
+            cancel.lost.cancel();
+            lost_reason()
+        }
+        other => internal(other),
+    }
 }
 
 /// Waits until this worker holds fewer workspace networks than its bound, giving up the kept
@@ -875,6 +1174,7 @@ fn workspace_spec(
         (LABEL_RUN.to_owned(), run.id.to_string()),
         (LABEL_ATTEMPT.to_owned(), run.attempt.to_string()),
         (LABEL_WORKER.to_owned(), core.worker.name.clone()),
+        (LABEL_DEPLOYMENT.to_owned(), core.config.bus_prefix.clone()),
     ]);
     // Project environment first, so it can never override the settings Cadenza relies on.
     let mut env: Vec<(String, String)> = project
@@ -990,6 +1290,7 @@ async fn journal_workspace(
     branch: Option<&str>,
     base_commit: &str,
     redactor: &Redactor,
+    cancel: &Stop,
 ) -> Result<(), TerminalReason> {
     let entry = NewJournalEvent {
         run_id: run.id,
@@ -1005,17 +1306,42 @@ async fn journal_workspace(
         source_event_id: None,
         source_seq: None,
         occurred_at: OffsetDateTime::now_utc(),
+        fence: Some(fence_of(core, run)),
     };
-    let mut conn = core
-        .pool
-        .acquire()
-        .await
-        .map_err(|err| internal(StorageError::from(err)))?;
-    if let Some(entry) = journal::append(&mut conn, entry).await.map_err(internal)? {
-        core.bus.publish_journal_event(&entry).await;
-    }
+    append_through_outages(core, cancel, || entry.clone()).await?;
     tracing::info!(repository = %redactor.redact(url), %base_commit, "repository cloned");
     Ok(())
+}
+
+/// Journals one entry as the run's holder. A transient failure (Postgres restarting, a full
+/// pool) is retried for `database_outage_budget` while the agent keeps working (its events wait
+/// in the agent-server); a refused fence lets the run go.
+async fn append_through_outages(
+    core: &Core,
+    stop: &Stop,
+    entry: impl Fn() -> NewJournalEvent,
+) -> Result<(), TerminalReason> {
+    let deadline = Instant::now() + core.config.database_outage_budget;
+    let mut pause = crate::Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+    loop {
+        let result = async {
+            let mut conn = core.pool.acquire().await?;
+            journal::append(&mut conn, entry()).await
+        }
+        .await;
+        match result {
+            Ok(Some(entry)) => {
+                core.bus.publish_journal_event(&entry).await;
+                return Ok(());
+            }
+            Ok(None) => return Ok(()),
+            Err(err) if err.is_transient() && Instant::now() < deadline && !stop.any() => {
+                tracing::warn!(error = %err, "journal write failed; retrying");
+                tokio::time::sleep(pause.next()).await;
+            }
+            Err(err) => return Err(held(stop, err)),
+        }
+    }
 }
 
 async fn wait_healthy(
@@ -1119,8 +1445,11 @@ impl Follower<'_> {
         loop {
             let step = tokio::select! {
                 reason = cancel.requested() => {
-                    // Stop the agent first, so it does nothing more while the container goes.
-                    let _ = self.client.interrupt(self.conversation_id).await;
+                    // A cancel stops the agent first, so it does nothing more while the
+                    // container goes; a detach leaves it working for the next holder.
+                    if !cancel.detached() {
+                        let _ = self.client.interrupt(self.conversation_id).await;
+                    }
                     return Err(reason);
                 }
                 _ = tokio::time::sleep_until(deadline) => {
@@ -1357,29 +1686,9 @@ impl Follower<'_> {
             source_event_id: (!event.id.is_empty()).then(|| event.id.clone()),
             source_seq: seq,
             occurred_at: OffsetDateTime::now_utc(),
+            fence: Some(fence_of(self.core, self.run)),
         };
-        let mut pause = Duration::from_millis(100);
-        for attempt in 0..5 {
-            let result = async {
-                let mut conn = self.core.pool.acquire().await?;
-                journal::append(&mut conn, new_event()).await
-            }
-            .await;
-            match result {
-                Ok(Some(entry)) => {
-                    self.core.bus.publish_journal_event(&entry).await;
-                    return Ok(());
-                }
-                Ok(None) => return Ok(()),
-                Err(err) if err.is_transient() && attempt < 4 => {
-                    tracing::warn!(error = %err, "journal write failed; retrying");
-                    tokio::time::sleep(pause).await;
-                    pause *= 2;
-                }
-                Err(err) => return Err(internal(err)),
-            }
-        }
-        Err(internal("journal write kept failing"))
+        append_through_outages(self.core, self.stop, new_event).await
     }
 }
 
