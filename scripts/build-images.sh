@@ -5,12 +5,15 @@
 #   cadenza/git-helper:dev                       the base, as the worker's clone helper
 #   cadenza/fake-agent-server:<hash>             the scripted fake agent-server, also tagged :dev
 #   cadenza/fake-llm:<hash>                      the scripted OpenAI-compatible LLM, also :dev
+#   cadenza/nats:<hash>                          Debian's nats-server, for the chaos tests'
+#                                                three-node cluster, also :dev
 #   cadenza/openhands-agent-server:1.58.0        the real agent-server from PyPI
 #                                                (deploy/images/openhands-agent-server/build.sh)
 #
 # Each image is rebuilt only when its inputs change: a Rust image's tag is a hash of its
-# Dockerfile, its crate, the workspace manifest, Cargo.lock and the base image, so a second run
-# with nothing changed only re-tags :dev. Idempotent; prints the image references on stdout.
+# Dockerfile, its crate, the workspace manifest, Cargo.lock and the base image, another image's
+# a hash of its directory under deploy/images/ and the base image, so a second run with nothing
+# changed only re-tags :dev. Idempotent; prints the image references on stdout.
 #
 # The real agent-server image takes a few minutes to build the first time (it installs the
 # server with pip); the conformance tests need it. CADENZA_SKIP_REAL_AGENT_IMAGE=1 skips it for
@@ -107,10 +110,61 @@ build_rust_image() {
   echo "$repository:dev"
 }
 
+# Builds an image from a directory under deploy/images/ (its Dockerfile and whatever it
+# copies) on the base image, unless an image with the same inputs exists; tags it :dev and
+# prints both references. The smoke test runs the image with <smoke args> (e.g. --version).
+#   build_context_image <repository> <directory> <smoke args...>
+build_context_image() {
+  local repository=$1 directory=$2
+  shift 2
+  local hash
+  hash=$(
+    {
+      echo "base $base_image"
+      find "$directory" -type f | LC_ALL=C sort | while read -r path; do
+        sha256sum "$path"
+      done
+    } | sha256sum | cut -c1-16
+  )
+  local image="$repository:$hash"
+
+  if docker image inspect "$image" >/dev/null 2>&1; then
+    log "$image is up to date"
+  else
+    local context
+    context=$(mktemp -d "${TMPDIR:-/tmp}/cadenza-image.XXXXXX")
+    contexts+=("$context")
+    cp -r "$directory/." "$context/"
+
+    log "docker build $image"
+    DOCKER_BUILDKIT=0 docker build --quiet --build-arg "BASE_IMAGE=$base_image" \
+      --label "org.opencontainers.image.title=${repository#*/}" \
+      --label "io.cadenza.inputs-hash=$hash" \
+      -t "$image" "$context" >/dev/null 2>"$context/build.log" || {
+      cat "$context/build.log" >&2
+      die "docker build of $image failed"
+    }
+
+    local smoke
+    if ! smoke=$(docker run --rm "$image" "$@" 2>&1); then
+      docker rmi "$image" >/dev/null 2>&1 || true
+      die "the image does not run: $smoke"
+    fi
+    log "built $image ($smoke)"
+  fi
+
+  docker tag "$image" "$repository:dev"
+  log "$repository:dev is $(docker image inspect --format '{{.Size}}' "$image" | awk '{printf "%.0f MB", $1/1000000}')"
+  echo "$image"
+  echo "$repository:dev"
+}
+
 build_rust_image cadenza/fake-agent-server deploy/images/fake-agent-server/Dockerfile \
   crates/fake-agent-server cadenza-fake-agent-server cadenza-fake-agent-server
 build_rust_image cadenza/fake-llm deploy/images/fake-llm/Dockerfile \
   crates/fake-llm cadenza-fake-llm cadenza-fake-llm
+
+build_context_image cadenza/nats deploy/images/nats --version
 
 if [ "${CADENZA_SKIP_REAL_AGENT_IMAGE:-0}" = 1 ]; then
   log "skipping the real agent-server image (CADENZA_SKIP_REAL_AGENT_IMAGE=1); the conformance tests need it"

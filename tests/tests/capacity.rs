@@ -28,6 +28,7 @@ async fn a_burst_of_runs_all_succeed_within_the_network_bound() {
             // kept workspaces must give way.
             ("CADENZA_WORKSPACE_IDLE_TTL".into(), "15m".into()),
         ],
+        ..Default::default()
     })
     .await
     .expect("stack starts");
@@ -190,7 +191,7 @@ const WORKER_MEMORY_BOUND: u64 = 256 * 1024 * 1024;
 async fn huge_files_and_output_in_a_workspace_are_cut_and_leave_other_runs_alone() {
     let mut stack = Stack::start_with(StackOptions {
         worker_capacity: 2,
-        extra_env: Vec::new(),
+        ..Default::default()
     })
     .await
     .expect("stack starts");

@@ -63,29 +63,40 @@ pub fn networks_with_label(label: &str, value: &str) -> Vec<String> {
     }
 }
 
-/// Removes, on drop, every container and network labelled with this worker name.
+/// Removes, on drop, every container, network and volume labelled with one of these worker
+/// names (`io.cadenza.worker`), so a stack with several workers leaves nothing behind.
 pub struct ContainerSweeper {
-    worker_name: String,
+    worker_names: Vec<String>,
 }
 
 impl ContainerSweeper {
+    /// A sweeper for one worker's objects.
     pub fn for_worker(worker_name: impl Into<String>) -> Self {
+        Self::for_workers([worker_name])
+    }
+
+    /// A sweeper for the objects of every one of these workers.
+    pub fn for_workers<Name: Into<String>>(worker_names: impl IntoIterator<Item = Name>) -> Self {
         Self {
-            worker_name: worker_name.into(),
+            worker_names: worker_names.into_iter().map(Into::into).collect(),
         }
     }
 
+    /// Removes every container (with its anonymous volumes), network and volume of the workers
+    /// now; errors are ignored (this runs on drop).
     pub fn sweep(&self) {
-        let label = format!("label=io.cadenza.worker={}", self.worker_name);
-        let containers = containers_with_label("io.cadenza.worker", &self.worker_name);
-        if !containers.is_empty() {
-            let _ = Command::new("docker")
-                .args(["rm", "-f", "-v"])
-                .args(&containers)
-                .output();
-        }
-        for kind in ["network", "volume"] {
-            remove_labelled(kind, &label);
+        for worker_name in &self.worker_names {
+            let label = format!("label=io.cadenza.worker={worker_name}");
+            let containers = containers_with_label("io.cadenza.worker", worker_name);
+            if !containers.is_empty() {
+                let _ = Command::new("docker")
+                    .args(["rm", "-f", "-v"])
+                    .args(&containers)
+                    .output();
+            }
+            for kind in ["network", "volume"] {
+                remove_labelled(kind, &label);
+            }
         }
     }
 }

@@ -58,12 +58,23 @@ pub struct TestDatabase {
 }
 
 impl TestDatabase {
+    /// A database on the shared test server (`admin_database_url`, `runtime_database_url`).
     pub async fn create() -> anyhow::Result<Self> {
-        let admin_url = admin_database_url();
+        Self::create_on(&admin_database_url(), &runtime_database_url())
+            .await
+            .context("creating a database on the shared test Postgres; run `scripts/infra.sh up`")
+    }
+
+    /// A database on the server `admin_url` names (e.g. a `chaos::PrivatePostgres`), created and
+    /// migrated as that URL's role (which needs CREATEDB), and connected to as `runtime_url`'s
+    /// user and password (its host and database are ignored). Dropping it drops the database,
+    /// waiting at most `DROP_BUDGET` (a server that is down is not waited for).
+    pub async fn create_on(admin_url: &str, runtime_url: &str) -> anyhow::Result<Self> {
+        let admin_url = admin_url.to_owned();
         let name = unique_name("cadenza_test_");
-        let mut admin = PgConnection::connect(&admin_url).await.with_context(|| {
-            format!("connecting to the test Postgres at {admin_url}; run `scripts/infra.sh up`")
-        })?;
+        let mut admin = PgConnection::connect(&admin_url)
+            .await
+            .with_context(|| format!("connecting to the test Postgres at {admin_url}"))?;
         sqlx::query(&format!("create database \"{name}\""))
             .execute(&mut admin)
             .await
@@ -81,7 +92,7 @@ impl TestDatabase {
                 .context("migrating the test database as its owner")?;
             owner.close().await;
         }
-        let url = replace_credentials(&owner_url, &runtime_database_url())?;
+        let url = replace_credentials(&owner_url, runtime_url)?;
         let pool = sqlx::postgres::PgPoolOptions::new()
             .max_connections(5)
             .acquire_timeout(Duration::from_secs(10))
@@ -99,6 +110,9 @@ impl TestDatabase {
             admin_url,
         })
     }
+
+    /// The longest dropping a `TestDatabase` waits for its server.
+    pub const DROP_BUDGET: Duration = Duration::from_secs(10);
 
     /// A connection as the database's owner (the migration role), for fixtures only.
     pub async fn owner_connection(&self) -> anyhow::Result<PgConnection> {
@@ -122,12 +136,18 @@ impl Drop for TestDatabase {
                 return;
             };
             runtime.block_on(async move {
-                if let Ok(mut admin) = PgConnection::connect(&admin_url).await {
-                    let _ =
-                        sqlx::query(&format!("drop database if exists \"{name}\" with (force)"))
-                            .execute(&mut admin)
-                            .await;
-                }
+                // Bounded: a private server a chaos test killed (or stopped) must not hang the
+                // test's end; its data goes with the server anyway.
+                let _ = tokio::time::timeout(Self::DROP_BUDGET, async {
+                    if let Ok(mut admin) = PgConnection::connect(&admin_url).await {
+                        let _ = sqlx::query(&format!(
+                            "drop database if exists \"{name}\" with (force)"
+                        ))
+                        .execute(&mut admin)
+                        .await;
+                    }
+                })
+                .await;
             });
         })
         .join();

@@ -2,6 +2,7 @@
 //! agent-server), per-test infrastructure (databases, bus prefixes), and a harness that starts
 //! every service as a real process. Never a dependency of a release binary.
 
+pub mod chaos;
 pub mod dns;
 pub mod docker;
 pub mod fixtures;

@@ -1,6 +1,9 @@
 //! Starts all four Cadenza services as separate processes against real Postgres, NATS, Redis and
 //! Docker, each on a random loopback port, isolated from other tests by their own database, bus
-//! prefix and worker name. Everything started here is stopped when the `Stack` is dropped.
+//! prefix and worker name(s). By default the services use the shared test servers; a chaos test
+//! points them at private ones it may kill (`StackOptions::database`, `StackOptions::nats_url`,
+//! see `crate::chaos`), and may run several workers. Everything started here is stopped when the
+//! `Stack` is dropped.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -35,7 +38,9 @@ pub fn free_port() -> anyhow::Result<u16> {
 
 /// One service process, stopped with SIGTERM (then SIGKILL) on drop.
 pub struct ServiceProcess {
-    pub name: &'static str,
+    /// The service's name in the stack (`api`, `scheduler`, `worker`, `worker-2`, …), also its
+    /// log file's name.
+    pub name: String,
     pub port: u16,
     pub log_path: PathBuf,
     binary: PathBuf,
@@ -45,7 +50,7 @@ pub struct ServiceProcess {
 
 impl ServiceProcess {
     pub fn spawn(
-        name: &'static str,
+        name: impl Into<String>,
         binary: &str,
         port: u16,
         env: &[(String, String)],
@@ -58,6 +63,7 @@ impl ServiceProcess {
                 path.display()
             );
         }
+        let name = name.into();
         let log_path = log_dir.join(format!("{name}.log"));
         let mut process = Self {
             name,
@@ -108,7 +114,8 @@ impl ServiceProcess {
         Ok(())
     }
 
-    /// Starts the process again (after `stop` or a kill), with the same settings and log.
+    /// Starts the process again (after `stop`, `kill`, `terminate` or a crash), with the same
+    /// settings and log; a process still running is killed first.
     pub fn restart(&mut self) -> anyhow::Result<()> {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
@@ -130,6 +137,27 @@ impl ServiceProcess {
         match &mut self.child {
             Some(child) => matches!(child.try_wait(), Ok(None)),
             None => false,
+        }
+    }
+
+    /// SIGKILL, as a crash would end it; returns once the process has exited. `restart` starts it
+    /// again. Does nothing when it is not running.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Sends SIGTERM (a graceful shutdown) and returns at once: the process may still be
+    /// draining, which `is_running` tells. `stop` waits instead; `restart` starts it again.
+    pub fn terminate(&mut self) {
+        if let Some(child) = &mut self.child
+            && matches!(child.try_wait(), Ok(None))
+        {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
         }
     }
 
@@ -187,10 +215,23 @@ impl Drop for ServiceProcess {
     }
 }
 
+/// How to start a `Stack`. Build it with `..Default::default()`: fields are added over time.
 pub struct StackOptions {
+    /// `CADENZA_WORKER_CAPACITY` of every worker.
     pub worker_capacity: u32,
     /// Extra environment for every service (e.g. shorter timeouts).
     pub extra_env: Vec<(String, String)>,
+    /// The Postgres server the stack's database is created on, as (admin URL, runtime URL) for
+    /// `TestDatabase::create_on` (e.g. a `chaos::PrivatePostgres`'s `admin_url()` and
+    /// `runtime_url()`). `None`: the shared test server.
+    pub database: Option<(String, String)>,
+    /// The NATS URL every service gets (e.g. a `chaos::PrivateNats`'s `url()`). `None`: the
+    /// shared test server.
+    pub nats_url: Option<String>,
+    /// How many worker processes to run (at least one): the first is the service `worker`
+    /// named `Stack::worker_name`, the n-th the service `worker-<n>` named
+    /// `<worker_name>-<n>`, each with its own listen port and otherwise the same environment.
+    pub workers: u32,
 }
 
 impl Default for StackOptions {
@@ -198,19 +239,27 @@ impl Default for StackOptions {
         Self {
             worker_capacity: 4,
             extra_env: Vec::new(),
+            database: None,
+            nats_url: None,
+            workers: 1,
         }
     }
 }
 
-/// All four services, a database with one org and project (using the fake agent image), and an
-/// instance-wide API token.
+/// All four services (with `StackOptions::workers` workers), a database with one org and project
+/// (using the fake agent image), and an instance-wide API token.
 pub struct Stack {
     pub api_url: String,
     pub token: String,
     pub org: Org,
     pub project: Project,
     pub bus_prefix: String,
+    /// The NATS URL the services were given.
+    pub nats_url: String,
+    /// The first worker's name (`CADENZA_WORKER_NAME` of the service `worker`).
     pub worker_name: String,
+    /// Every worker's name, the first one first (the service `worker-<n>` has the n-th).
+    pub worker_names: Vec<String>,
     /// The services' key ring (`CADENZA_SECRET_KEKS`), one fresh key per stack.
     pub keyring: cadenza_crypto::KeyRing,
     pub services: Vec<ServiceProcess>,
@@ -226,10 +275,22 @@ impl Stack {
     }
 
     pub async fn start_with(options: StackOptions) -> anyhow::Result<Self> {
-        let db = TestDatabase::create().await?;
+        if options.workers == 0 {
+            bail!("a stack needs at least one worker (StackOptions::workers)");
+        }
+        let db = match &options.database {
+            Some((admin_url, runtime_url)) => {
+                TestDatabase::create_on(admin_url, runtime_url).await?
+            }
+            None => TestDatabase::create().await?,
+        };
+        let nats_url = options.nats_url.clone().unwrap_or_else(nats_url);
         let bus_prefix = unique_name("t");
         let worker_name = unique_name("test-worker-");
-        let sweeper = ContainerSweeper::for_worker(worker_name.clone());
+        let worker_names: Vec<String> = std::iter::once(worker_name.clone())
+            .chain((2..=options.workers).map(|index| format!("{worker_name}-{index}")))
+            .collect();
+        let sweeper = ContainerSweeper::for_workers(worker_names.iter().cloned());
         let log_dir = tempfile::tempdir()?;
 
         let mut conn = db.pool.acquire().await?;
@@ -264,7 +325,7 @@ impl Stack {
             // and no service gets the owner's credentials.
             ("CADENZA_DATABASE_URL".into(), db.url.clone()),
             ("CADENZA_MIGRATE_ON_START".into(), "false".into()),
-            ("CADENZA_NATS_URL".into(), nats_url()),
+            ("CADENZA_NATS_URL".into(), nats_url.clone()),
             ("CADENZA_REDIS_URL".into(), redis_url()),
             ("CADENZA_BUS_PREFIX".into(), bus_prefix.clone()),
             (
@@ -310,14 +371,28 @@ impl Stack {
                 log_dir.path(),
             )?,
             ServiceProcess::spawn("worker", "cadenza-worker", ports[2], &env, log_dir.path())?,
-            ServiceProcess::spawn(
-                "linear-sync",
-                "cadenza-linear-sync",
-                ports[3],
-                &env,
-                log_dir.path(),
-            )?,
         ];
+        // Later entries win: each extra worker gets its own name and listen port.
+        for (index, name) in worker_names.iter().enumerate().skip(1) {
+            let port = free_port()?;
+            let mut worker_env = env.clone();
+            worker_env.push(("CADENZA_WORKER_NAME".into(), name.clone()));
+            worker_env.push(("CADENZA_WORKER_LISTEN".into(), format!("127.0.0.1:{port}")));
+            services.push(ServiceProcess::spawn(
+                format!("worker-{}", index + 1),
+                "cadenza-worker",
+                port,
+                &worker_env,
+                log_dir.path(),
+            )?);
+        }
+        services.push(ServiceProcess::spawn(
+            "linear-sync",
+            "cadenza-linear-sync",
+            ports[3],
+            &env,
+            log_dir.path(),
+        )?);
         for service in &mut services {
             service.wait_ready(Duration::from_secs(60)).await?;
         }
@@ -327,7 +402,9 @@ impl Stack {
             org,
             project,
             bus_prefix,
+            nats_url,
             worker_name,
+            worker_names,
             keyring,
             services,
             _sweeper: sweeper,
@@ -380,8 +457,16 @@ impl Drop for Stack {
             service.stop(Duration::from_secs(10));
         }
         // The bus prefix is unique to this stack: remove its stream so test runs do not pile up
-        // JetStream state.
+        // JetStream state. Bounded (a chaos test's NATS may be down): at most 5 s to connect and
+        // 5 s to delete. A comma-separated list of cluster URLs is split, as async-nats takes
+        // one URL per string.
         let prefix = self.bus_prefix.clone();
+        let servers: Vec<String> = self
+            .nats_url
+            .split(',')
+            .map(|url| url.trim().to_owned())
+            .filter(|url| !url.is_empty())
+            .collect();
         let _ = std::thread::spawn(move || {
             let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -392,7 +477,7 @@ impl Drop for Stack {
             runtime.block_on(async move {
                 let connect = async_nats::ConnectOptions::new()
                     .connection_timeout(Duration::from_secs(2))
-                    .connect(nats_url());
+                    .connect(servers);
                 if let Ok(Ok(client)) = tokio::time::timeout(Duration::from_secs(5), connect).await
                 {
                     let bus = cadenza_bus::Bus::from_client(client, &prefix);
