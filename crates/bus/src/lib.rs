@@ -76,11 +76,15 @@ impl Bus {
         prefix: &str,
         replicas: usize,
     ) -> BusResult<Self> {
+        let servers = server_addrs(url).map_err(|source| BusError::Connect {
+            url: url.to_owned(),
+            source,
+        })?;
         let client = async_nats::ConnectOptions::new()
             .name("cadenza")
             .retry_on_initial_connect()
             .connection_timeout(Duration::from_secs(5))
-            .connect(url)
+            .connect(servers)
             .await
             .map_err(|source| BusError::Connect {
                 url: url.to_owned(),
@@ -90,8 +94,21 @@ impl Bus {
         // background, so check the server answers before declaring the bus usable.
         let mut bus = Self::from_client(client, prefix);
         bus.replicas = replicas.max(1);
-        bus.ensure_streams().await?;
-        Ok(bus)
+        // A cluster that is electing its leaders (or several services creating the stream at
+        // once) may time a request out: try for up to a minute before giving up.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        let mut pause = Duration::from_millis(250);
+        loop {
+            match bus.ensure_streams().await {
+                Ok(()) => return Ok(bus),
+                Err(err) if tokio::time::Instant::now() + pause < deadline => {
+                    tracing::warn!(error = %err, "creating the JetStream stream failed; retrying");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(5));
+                }
+                Err(err) => return Err(err),
+            }
+        }
     }
 
     /// A bus over an existing connection. Must be called inside a Tokio runtime (it starts the
@@ -357,10 +374,47 @@ impl Bus {
     }
 }
 
+/// The servers of a URL list: `nats://a:4222,nats://b:4222` names the nodes of a cluster (the
+/// client also learns the others from the one it reaches).
+fn server_addrs(urls: &str) -> Result<Vec<async_nats::ServerAddr>, async_nats::ConnectError> {
+    let servers: Vec<async_nats::ServerAddr> = urls
+        .split(',')
+        .map(str::trim)
+        .filter(|url| !url.is_empty())
+        .map(|url| {
+            url.parse::<async_nats::ServerAddr>().map_err(|err| {
+                async_nats::ConnectError::with_source(
+                    async_nats::ConnectErrorKind::ServerParse,
+                    err,
+                )
+            })
+        })
+        .collect::<Result<_, _>>()?;
+    if servers.is_empty() {
+        return Err(async_nats::ConnectError::new(
+            async_nats::ConnectErrorKind::ServerParse,
+        ));
+    }
+    Ok(servers)
+}
+
 /// Decodes a message body.
 pub fn decode<T: DeserializeOwned>(subject: &str, body: &[u8]) -> BusResult<T> {
     serde_json::from_slice(body).map_err(|source| BusError::Decode {
         subject: subject.to_owned(),
         source,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_comma_separated_list_names_every_server_of_a_cluster() {
+        let servers =
+            super::server_addrs("nats://127.0.0.1:4222, nats://127.0.0.1:4223,,").expect("a list");
+        let ports: Vec<u16> = servers.iter().map(|server| server.port()).collect();
+        assert_eq!(ports, [4222, 4223]);
+        assert!(super::server_addrs(" , ").is_err());
+        assert!(super::server_addrs("nats://127.0.0.1:notaport").is_err());
+    }
 }

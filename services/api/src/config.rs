@@ -22,6 +22,9 @@ pub struct ApiConfig {
     /// Prefix for every NATS subject and stream of this deployment.
     #[serde(default = "default_bus_prefix")]
     pub bus_prefix: String,
+    /// Replicas of the JetStream stream (3 on a NATS cluster).
+    #[serde(default = "default_stream_replicas")]
+    pub nats_stream_replicas: usize,
     #[serde(default = "default_pool_size")]
     pub database_pool_size: u32,
     /// Apply pending migrations at start-up (safe with several replicas: the migrator locks).
@@ -251,7 +254,11 @@ fn default_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 8080))
 }
 
-pub fn default_bus_prefix() -> String {
+pub fn default_stream_replicas() -> usize {
+    1
+}
+
+fn default_bus_prefix() -> String {
     "cadenza".to_owned()
 }
 

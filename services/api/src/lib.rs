@@ -72,9 +72,13 @@ pub async fn build(config: &ApiConfig, shutdown: CancellationToken) -> anyhow::R
     let images = config.image_policy()?;
     let stream_settings = config.stream_settings()?;
     check_keyring(&pool, &keyring).await?;
-    let bus = Bus::connect(&config.nats_url, &config.bus_prefix)
-        .await
-        .context("connecting to NATS (CADENZA_NATS_URL)")?;
+    let bus = Bus::connect_with_replicas(
+        &config.nats_url,
+        &config.bus_prefix,
+        config.nats_stream_replicas,
+    )
+    .await
+    .context("connecting to NATS (CADENZA_NATS_URL)")?;
     let redis_client = redis::Client::open(config.redis_url.expose_secret())
         .context("parsing CADENZA_REDIS_URL")?;
     let redis = tokio::time::timeout(

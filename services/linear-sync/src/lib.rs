@@ -22,12 +22,19 @@ pub struct LinearSyncConfig {
     pub nats_url: String,
     #[serde(default = "default_bus_prefix")]
     pub bus_prefix: String,
+    /// Replicas of the JetStream stream (3 on a NATS cluster).
+    #[serde(default = "default_stream_replicas")]
+    pub nats_stream_replicas: usize,
     #[serde(default)]
     pub log_json: bool,
 }
 
 fn default_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 8083))
+}
+
+fn default_stream_replicas() -> usize {
+    1
 }
 
 fn default_bus_prefix() -> String {
@@ -47,9 +54,13 @@ pub async fn build(
     let pool = cadenza_storage::connect(config.database_url.expose_secret(), 4)
         .await
         .context("connecting to Postgres (CADENZA_DATABASE_URL)")?;
-    let bus = Bus::connect(&config.nats_url, &config.bus_prefix)
-        .await
-        .context("connecting to NATS (CADENZA_NATS_URL)")?;
+    let bus = Bus::connect_with_replicas(
+        &config.nats_url,
+        &config.bus_prefix,
+        config.nats_stream_replicas,
+    )
+    .await
+    .context("connecting to NATS (CADENZA_NATS_URL)")?;
     Ok(LinearSync {
         pool,
         bus,

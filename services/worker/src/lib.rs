@@ -327,6 +327,7 @@ fn lost(core: &Core, run_id: RunId, epoch: i64) {
     if let Some(handle) = core.active().get(&run_id)
         && handle.epoch == epoch
         && !handle.stop.lost.is_cancelled()
+        && !handle.stop.ended.load(std::sync::atomic::Ordering::SeqCst)
     {
         tracing::warn!(%run_id, epoch, "this worker no longer holds the run; stopping its supervisor");
         handle.stop.lost.cancel();

@@ -50,6 +50,8 @@ pub(crate) struct Stop {
     pub(crate) lost: CancellationToken,
     /// Set once `running` is committed: the agent has its task, and a shutdown may detach.
     pub(crate) running: Arc<std::sync::atomic::AtomicBool>,
+    /// Set once the run's end is recorded: only clean-up is left.
+    pub(crate) ended: Arc<std::sync::atomic::AtomicBool>,
     /// The cancel request's correlation id, set before `user` is cancelled.
     pub(crate) correlation: Arc<std::sync::OnceLock<uuid::Uuid>>,
     /// User messages waiting to be sent to the conversation.
@@ -223,6 +225,9 @@ pub(crate) async fn supervise(core: Arc<Core>, run: Run, cancel: Stop, entry: En
             keep.then_some(container.as_str()),
         )
         .await;
+        if recorded {
+            cancel.ended.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
         if recorded && !keep {
             core.docker.remove_workspace(&container, &container).await;
         }
@@ -707,16 +712,11 @@ async fn run_turn(
             return Err(fail(TerminalCode::AgentError, detail));
         }
     };
-    {
-        let mut conn = core
-            .pool
-            .acquire()
-            .await
-            .map_err(|err| internal(StorageError::from(err)))?;
-        runs::set_final_message(&mut conn, run.id, fence, &final_message)
-            .await
-            .map_err(|err| held(cancel, err))?;
-    }
+    through_outages(core, cancel, || async {
+        let mut conn = core.pool.acquire().await?;
+        runs::set_final_message(&mut conn, run.id, fence, &final_message).await
+    })
+    .await?;
     match client
         .archive_git_delta(
             &core.config.workspace_dir,
@@ -728,21 +728,19 @@ async fn run_turn(
         Ok(delta) => {
             let patch = with_omissions_noted(&delta);
             let patch = redactor.redact(&patch);
-            let mut conn = core
-                .pool
-                .acquire()
+            through_outages(core, cancel, || async {
+                let mut conn = core.pool.acquire().await?;
+                diffs::upsert(
+                    &mut conn,
+                    run.id,
+                    run.org_id,
+                    fence,
+                    delta.base_commit.as_deref(),
+                    &patch,
+                )
                 .await
-                .map_err(|err| internal(StorageError::from(err)))?;
-            diffs::upsert(
-                &mut conn,
-                run.id,
-                run.org_id,
-                fence,
-                delta.base_commit.as_deref(),
-                &patch,
-            )
-            .await
-            .map_err(|err| held(cancel, err))?;
+            })
+            .await?;
             tracing::info!(
                 bytes = delta.patch.len(),
                 omitted = delta.omitted.len(),
@@ -1313,30 +1311,42 @@ async fn journal_workspace(
     Ok(())
 }
 
-/// Journals one entry as the run's holder. A transient failure (Postgres restarting, a full
-/// pool) is retried for `database_outage_budget` while the agent keeps working (its events wait
-/// in the agent-server); a refused fence lets the run go.
+/// Journals one entry as the run's holder (see `through_outages`).
 async fn append_through_outages(
     core: &Core,
     stop: &Stop,
     entry: impl Fn() -> NewJournalEvent,
 ) -> Result<(), TerminalReason> {
+    let appended = through_outages(core, stop, || async {
+        let mut conn = core.pool.acquire().await?;
+        journal::append(&mut conn, entry()).await
+    })
+    .await?;
+    if let Some(entry) = appended {
+        core.bus.publish_journal_event(&entry).await;
+    }
+    Ok(())
+}
+
+/// One of the run's writes, as its holder. A transient failure (Postgres restarting, a full
+/// pool) is retried for `database_outage_budget` while the agent keeps working (its events wait
+/// in the agent-server); a refused fence lets the run go.
+async fn through_outages<T, F, Fut>(
+    core: &Core,
+    stop: &Stop,
+    mut write: F,
+) -> Result<T, TerminalReason>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, StorageError>>,
+{
     let deadline = Instant::now() + core.config.database_outage_budget;
     let mut pause = crate::Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     loop {
-        let result = async {
-            let mut conn = core.pool.acquire().await?;
-            journal::append(&mut conn, entry()).await
-        }
-        .await;
-        match result {
-            Ok(Some(entry)) => {
-                core.bus.publish_journal_event(&entry).await;
-                return Ok(());
-            }
-            Ok(None) => return Ok(()),
+        match write().await {
+            Ok(value) => return Ok(value),
             Err(err) if err.is_transient() && Instant::now() < deadline && !stop.any() => {
-                tracing::warn!(error = %err, "journal write failed; retrying");
+                tracing::warn!(error = %err, "a write for the run failed; retrying");
                 tokio::time::sleep(pause.next()).await;
             }
             Err(err) => return Err(held(stop, err)),
