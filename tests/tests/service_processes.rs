@@ -236,3 +236,83 @@ async fn a_failed_test_leaves_no_container_behind() {
     drop(stack);
     assert!(containers_with_label("io.cadenza.worker", &worker_name).is_empty());
 }
+
+/// kill -9 of the worker, and its run's container removed too (the engine lost it): the
+/// restarted worker finds the run without its workspace.
+async fn lose_the_workspace_of_a_running_run(
+    stack: &mut Stack,
+    api: &Api,
+    project: &str,
+) -> String {
+    let (_, run) = api
+        .submit_run(project, &counted_steps(4, "1"), None)
+        .await
+        .expect("submit");
+    let run_id = run["id"].as_str().expect("id").to_owned();
+    api.wait_for_run(&run_id, Duration::from_secs(60), |run| {
+        run["state"] == "running"
+    })
+    .await
+    .expect("the run starts");
+    let worker = stack.service("worker").expect("worker");
+    worker.kill();
+    for container in containers_with_label("io.cadenza.run", &run_id) {
+        let _ = Command::new("docker")
+            .args(["rm", "-f", &container])
+            .output();
+    }
+    worker.restart().expect("restart");
+    worker
+        .wait_ready(Duration::from_secs(60))
+        .await
+        .expect("worker ready again");
+    run_id
+}
+
+#[tokio::test]
+async fn a_run_whose_workspace_is_lost_starts_again_or_fails_as_its_project_says() {
+    let mut stack = Stack::start().await.expect("stack starts");
+    let api = Api::new(&stack.api_url, &stack.token);
+    let project = stack.project.id.to_string();
+
+    // The default: started again from scratch, and every command of the new attempt runs once.
+    let run_id = lose_the_workspace_of_a_running_run(&mut stack, &api, &project).await;
+    let ended = api
+        .wait_for_end(&run_id, Duration::from_secs(120))
+        .await
+        .expect("the run ends");
+    assert_eq!(ended["state"], "succeeded", "{ended}");
+    assert_eq!(ended["attempt"], 2, "{ended}");
+    let diff = api.diff(&run_id).await.expect("diff");
+    let added: Vec<&str> = diff
+        .lines()
+        .filter(|line| line.starts_with('+') && !line.starts_with("+++"))
+        .collect();
+    assert_eq!(added, ["+1", "+2", "+3", "+4"], "{diff}");
+
+    // A project whose runs must not repeat work fails the run, saying why and what to change.
+    let patched = api
+        .http
+        .patch(api.url(&format!("/projects/{project}")))
+        .bearer_auth(&api.token)
+        .json(&serde_json::json!({"agent": {"on_lost_workspace": "fail"}}))
+        .send()
+        .await
+        .expect("patch");
+    assert_eq!(patched.status(), 200);
+    let run_id = lose_the_workspace_of_a_running_run(&mut stack, &api, &project).await;
+    let ended = api
+        .wait_for_end(&run_id, Duration::from_secs(120))
+        .await
+        .expect("the run ends");
+    assert_eq!(ended["state"], "failed", "{ended}");
+    assert_eq!(ended["attempt"], 1, "{ended}");
+    assert_eq!(
+        ended["terminal_reason"]["code"], "workspace_unavailable",
+        "{ended}"
+    );
+    let message = ended["terminal_reason"]["message"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(message.contains("agent.on_lost_workspace"), "{message}");
+}

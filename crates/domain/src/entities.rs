@@ -36,6 +36,42 @@ pub struct AgentSettings {
     pub env: BTreeMap<String, String>,
     /// Names of secrets exposed to the agent's shell as environment variables.
     pub secrets: Vec<String>,
+    /// What happens to a run whose workspace is lost while its agent works.
+    pub on_lost_workspace: OnLostWorkspace,
+}
+
+/// A run's workspace can be lost while its agent works: its worker and Docker Engine went away
+/// and no worker adopted the container. The agent may have done part of the task; the project
+/// says whether the run starts again from scratch (`retry`, the default, while attempts remain)
+/// or fails (`fail`: for tasks whose side effects must not be repeated). A run lost before its
+/// agent got its task is always retried: nothing happened yet.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnLostWorkspace {
+    #[default]
+    Retry,
+    Fail,
+}
+
+impl OnLostWorkspace {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            OnLostWorkspace::Retry => "retry",
+            OnLostWorkspace::Fail => "fail",
+        }
+    }
+}
+
+impl std::str::FromStr for OnLostWorkspace {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "retry" => Ok(OnLostWorkspace::Retry),
+            "fail" => Ok(OnLostWorkspace::Fail),
+            other => Err(format!("unknown lost-workspace policy `{other}`")),
+        }
+    }
 }
 
 impl AgentSettings {
@@ -56,6 +92,7 @@ impl AgentSettings {
             llm_api_key_secret: None,
             env: BTreeMap::new(),
             secrets: Vec::new(),
+            on_lost_workspace: OnLostWorkspace::Retry,
         }
     }
 }

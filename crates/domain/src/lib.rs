@@ -7,7 +7,9 @@ pub mod journal;
 pub mod run;
 pub mod validation;
 
-pub use entities::{AgentSettings, JournalEvent, Org, Project, Repository, Run, Worker};
+pub use entities::{
+    AgentSettings, JournalEvent, OnLostWorkspace, Org, Project, Repository, Run, Worker,
+};
 pub use ids::{InvitationId, OrgId, ProjectId, RunId, TokenId, UserId, WorkerId};
 pub use images::{ImagePolicy, ImageRef, ImageRule};
 pub use journal::EventKind;

@@ -22,6 +22,7 @@ struct ProjectRow {
     agent_env: serde_json::Value,
     agent_llm_api_key_secret: Option<String>,
     agent_secrets: Vec<String>,
+    agent_on_lost_workspace: String,
     repo_url: Option<String>,
     repo_branch: Option<String>,
     repo_credentials_secret: Option<String>,
@@ -51,6 +52,10 @@ impl TryFrom<ProjectRow> for Project {
                 llm_api_key_secret: row.agent_llm_api_key_secret,
                 env,
                 secrets: row.agent_secrets,
+                on_lost_workspace: row
+                    .agent_on_lost_workspace
+                    .parse()
+                    .map_err(StorageError::Corrupt)?,
             },
             repository: Repository {
                 url: row.repo_url,
@@ -78,11 +83,13 @@ pub async fn create(
         r#"insert into projects (id, org_id, slug, name, agent_image, agent_cpus, agent_memory_mb,
                                  agent_pids_limit, agent_max_iterations, agent_llm_model,
                                  agent_llm_base_url, agent_env, agent_llm_api_key_secret,
-                                 agent_secrets, repo_url, repo_branch, repo_credentials_secret)
-           values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)
+                                 agent_secrets, repo_url, repo_branch, repo_credentials_secret,
+                                 agent_on_lost_workspace)
+           values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17,
+                   $18)
            returning id, org_id, slug, name, agent_image, agent_cpus, agent_memory_mb,
                      agent_pids_limit, agent_max_iterations, agent_llm_model, agent_llm_base_url,
-                     agent_env, agent_llm_api_key_secret, agent_secrets, repo_url, repo_branch,
+                     agent_env, agent_llm_api_key_secret, agent_secrets, agent_on_lost_workspace, repo_url, repo_branch,
                      repo_credentials_secret, created_at, updated_at"#,
         ProjectId::new().as_uuid(),
         org_id.as_uuid(),
@@ -100,7 +107,8 @@ pub async fn create(
         &agent.secrets,
         repository.url,
         repository.branch,
-        repository.credentials_secret
+        repository.credentials_secret,
+        agent.on_lost_workspace.as_str()
     )
     .fetch_one(conn)
     .await?;
@@ -123,11 +131,11 @@ pub async fn update(
                   agent_pids_limit = $6, agent_max_iterations = $7, agent_llm_model = $8,
                   agent_llm_base_url = $9, agent_env = $10, agent_llm_api_key_secret = $11,
                   agent_secrets = $12, repo_url = $13, repo_branch = $14,
-                  repo_credentials_secret = $15, updated_at = now()
+                  repo_credentials_secret = $15, agent_on_lost_workspace = $16, updated_at = now()
            where id = $1
            returning id, org_id, slug, name, agent_image, agent_cpus, agent_memory_mb,
                      agent_pids_limit, agent_max_iterations, agent_llm_model, agent_llm_base_url,
-                     agent_env, agent_llm_api_key_secret, agent_secrets, repo_url, repo_branch,
+                     agent_env, agent_llm_api_key_secret, agent_secrets, agent_on_lost_workspace, repo_url, repo_branch,
                      repo_credentials_secret, created_at, updated_at"#,
         id.as_uuid(),
         name,
@@ -143,7 +151,8 @@ pub async fn update(
         &agent.secrets,
         repository.url,
         repository.branch,
-        repository.credentials_secret
+        repository.credentials_secret,
+        agent.on_lost_workspace.as_str()
     )
     .fetch_optional(conn)
     .await?
@@ -184,7 +193,7 @@ pub async fn get(conn: &mut PgConnection, scope: &Scope, id: ProjectId) -> Stora
         ProjectRow,
         r#"select id, org_id, slug, name, agent_image, agent_cpus, agent_memory_mb,
                   agent_pids_limit, agent_max_iterations, agent_llm_model, agent_llm_base_url,
-                  agent_env, agent_llm_api_key_secret, agent_secrets, repo_url, repo_branch,
+                  agent_env, agent_llm_api_key_secret, agent_secrets, agent_on_lost_workspace, repo_url, repo_branch,
                   repo_credentials_secret, created_at, updated_at
            from projects where id = $1 and ($2::uuid[] is null or org_id = any($2))"#,
         id.as_uuid(),
@@ -205,7 +214,7 @@ pub async fn find_by_slug(
         ProjectRow,
         r#"select id, org_id, slug, name, agent_image, agent_cpus, agent_memory_mb,
                   agent_pids_limit, agent_max_iterations, agent_llm_model, agent_llm_base_url,
-                  agent_env, agent_llm_api_key_secret, agent_secrets, repo_url, repo_branch,
+                  agent_env, agent_llm_api_key_secret, agent_secrets, agent_on_lost_workspace, repo_url, repo_branch,
                   repo_credentials_secret, created_at, updated_at
            from projects where org_id = $1 and slug = $2"#,
         org_id.as_uuid(),
@@ -228,7 +237,7 @@ pub async fn list(
         ProjectRow,
         r#"select id, org_id, slug, name, agent_image, agent_cpus, agent_memory_mb,
                   agent_pids_limit, agent_max_iterations, agent_llm_model, agent_llm_base_url,
-                  agent_env, agent_llm_api_key_secret, agent_secrets, repo_url, repo_branch,
+                  agent_env, agent_llm_api_key_secret, agent_secrets, agent_on_lost_workspace, repo_url, repo_branch,
                   repo_credentials_secret, created_at, updated_at
            from projects
            where ($1::uuid[] is null or org_id = any($1)) and ($2::uuid is null or id < $2)

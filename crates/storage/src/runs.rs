@@ -1,7 +1,8 @@
 use std::time::Duration;
 
 use cadenza_domain::{
-    Fence, OrgId, ProjectId, Run, RunEvent, RunId, RunState, Scope, TerminalReason, WorkerId, apply,
+    Fence, OnLostWorkspace, OrgId, ProjectId, Run, RunEvent, RunId, RunState, Scope,
+    TerminalReason, WorkerId, apply,
 };
 use sqlx::PgConnection;
 use time::OffsetDateTime;
@@ -495,6 +496,8 @@ pub struct ExpiredLease {
     pub attempt: i32,
     /// Someone asked to cancel the run: it ends cancelled, never retried.
     pub cancel_requested: Option<Uuid>,
+    /// The project's policy for a run whose workspace is lost while its agent works.
+    pub on_lost_workspace: OnLostWorkspace,
 }
 
 /// Leased runs whose holder stopped renewing the lease, locked for the reaper. A `running` run
@@ -506,11 +509,12 @@ pub async fn lock_expired_leases(
     limit: i64,
 ) -> StorageResult<Vec<ExpiredLease>> {
     let rows = sqlx::query!(
-        r#"select id, state, attempt, cancel_correlation_id from runs
-           where state in ('scheduled', 'provisioning', 'running')
-             and lease_expires_at < now() - case when state = 'running'
+        r#"select r.id, r.state, r.attempt, r.cancel_correlation_id, p.agent_on_lost_workspace
+           from runs r join projects p on p.id = r.project_id
+           where r.state in ('scheduled', 'provisioning', 'running')
+             and r.lease_expires_at < now() - case when r.state = 'running'
                  then make_interval(secs => $1::float8) else interval '0' end
-           order by lease_expires_at limit $2 for update skip locked"#,
+           order by r.lease_expires_at limit $2 for update of r skip locked"#,
         running_grace.as_secs_f64(),
         limit
     )
@@ -518,15 +522,18 @@ pub async fn lock_expired_leases(
     .await?;
     rows.into_iter()
         .map(|row| {
-            let state = row
-                .state
-                .parse()
-                .map_err(|err| StorageError::Corrupt(format!("run {}: {err}", row.id)))?;
+            let corrupt = |err: String| StorageError::Corrupt(format!("run {}: {err}", row.id));
             Ok(ExpiredLease {
                 run_id: RunId::from(row.id),
-                state,
+                state: row
+                    .state
+                    .parse()
+                    .map_err(|err: cadenza_domain::run::UnknownRunState| {
+                        corrupt(err.to_string())
+                    })?,
                 attempt: row.attempt,
                 cancel_requested: row.cancel_correlation_id,
+                on_lost_workspace: row.agent_on_lost_workspace.parse().map_err(corrupt)?,
             })
         })
         .collect()

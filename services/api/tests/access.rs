@@ -1947,3 +1947,47 @@ async fn repository_credentials_are_refused_and_env_values_reach_only_project_ma
         audit[1]
     );
 }
+
+#[tokio::test]
+async fn a_project_says_what_becomes_of_a_run_whose_workspace_is_lost() {
+    let app = app(json!({})).await;
+    let a = org_fixture(&app, "a-").await;
+    let b = org_fixture(&app, "b-").await;
+    let token = token_for(&app, Caller::Owner, a.org, b.org)
+        .await
+        .expect("owner");
+    let path = format!("/projects/{}", a.project);
+    let (status, project) = call(&app.router, Method::GET, &path, Some(&token), None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        project["agent"]["on_lost_workspace"], "retry",
+        "the default"
+    );
+    let (status, project) = call(
+        &app.router,
+        Method::PATCH,
+        &path,
+        Some(&token),
+        Some(json!({"agent": {"on_lost_workspace": "fail"}})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{project}");
+    assert_eq!(project["agent"]["on_lost_workspace"], "fail");
+    let (_, project) = call(&app.router, Method::GET, &path, Some(&token), None).await;
+    assert_eq!(project["agent"]["on_lost_workspace"], "fail", "stored");
+    // Anything else is a client mistake, named.
+    let (status, problem) = call(
+        &app.router,
+        Method::PATCH,
+        &path,
+        Some(&token),
+        Some(json!({"agent": {"on_lost_workspace": "sometimes"}})),
+    )
+    .await;
+    assert!(status.is_client_error(), "{status}: {problem}");
+    assert!(
+        problem.to_string().contains("on_lost_workspace")
+            || problem.to_string().contains("sometimes"),
+        "{problem}"
+    );
+}

@@ -15,7 +15,9 @@ use anyhow::Context;
 use axum::Router;
 use cadenza_bus::messages::{LeaseOffered, RunRequested, VERSION};
 use cadenza_bus::{Bus, subjects};
-use cadenza_domain::{JournalEvent, RunEvent, RunId, RunState, TerminalCode, TerminalReason};
+use cadenza_domain::{
+    JournalEvent, OnLostWorkspace, RunEvent, RunId, RunState, TerminalCode, TerminalReason,
+};
 use cadenza_outbox_relay::RelayNudge;
 use cadenza_service_runtime::{Check, ReadinessProbe, health_routes};
 use cadenza_storage::runs::{self, Actor, Lease};
@@ -365,6 +367,14 @@ fn expiry_event(lease: &runs::ExpiredLease, max_attempts: i32, grace: Duration) 
         ),
         _ => format!("the worker stopped renewing its lease while the run was `{state}`"),
     };
+    if state == RunState::Running && lease.on_lost_workspace == OnLostWorkspace::Fail {
+        return RunEvent::Failed(TerminalReason::new(
+            TerminalCode::LeaseExpired,
+            format!(
+                "{lost}; the project does not start such runs again (`agent.on_lost_workspace`: `fail`)"
+            ),
+        ));
+    }
     if lease.attempt < max_attempts {
         RunEvent::RetryScheduled(TerminalReason::new(
             TerminalCode::LeaseExpired,
@@ -467,6 +477,7 @@ mod tests {
             state,
             attempt,
             cancel_requested: cancel,
+            on_lost_workspace: OnLostWorkspace::Retry,
         }
     }
 
@@ -500,6 +511,20 @@ mod tests {
             panic!("retry expected");
         };
         assert!(reason.message.contains("adopted"), "{}", reason.message);
+        // A project that must not repeat an agent's work fails the run instead; a run whose
+        // agent never got its task is retried all the same.
+        let strict = |state| runs::ExpiredLease {
+            on_lost_workspace: OnLostWorkspace::Fail,
+            ..expired(state, 1, None)
+        };
+        assert!(matches!(
+            expiry_event(&strict(RunState::Running), 3, grace),
+            RunEvent::Failed(reason) if reason.message.contains("on_lost_workspace")
+        ));
+        assert!(matches!(
+            expiry_event(&strict(RunState::Provisioning), 3, grace),
+            RunEvent::RetryScheduled(_)
+        ));
     }
 
     #[tokio::test(start_paused = true)]

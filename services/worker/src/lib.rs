@@ -17,7 +17,8 @@ use axum::Router;
 use cadenza_bus::messages::{LeaseOffered, VERSION};
 use cadenza_bus::{Bus, subjects};
 use cadenza_domain::{
-    Fence, Run, RunEvent, RunId, RunState, Scope, TerminalCode, TerminalReason, Worker,
+    Fence, OnLostWorkspace, Run, RunEvent, RunId, RunState, Scope, TerminalCode, TerminalReason,
+    Worker,
 };
 use cadenza_service_runtime::{Check, ReadinessProbe, health_routes};
 use cadenza_storage::runs::{self, Actor};
@@ -585,7 +586,28 @@ async fn adopt(core: &Arc<Core>, run: &Run, container: &docker::ManagedContainer
 /// Records that a run held by this worker lost its workspace: retried from scratch while
 /// attempts remain (safe before `running`: the agent never got its task), else failed.
 async fn lose_workspace(core: &Core, run: &Run, why: &str) {
-    let event = if run.attempt < core.config.max_attempts {
+    // Before `running` the agent never had its task: always safe to retry. After, the project
+    // says.
+    let policy = if run.state == RunState::Running {
+        let project = async {
+            let mut conn = core.pool.acquire().await?;
+            cadenza_storage::projects::get(&mut conn, &Scope::Org(run.org_id), run.project_id).await
+        }
+        .await;
+        project.map_or(OnLostWorkspace::Retry, |project| {
+            project.agent.on_lost_workspace
+        })
+    } else {
+        OnLostWorkspace::Retry
+    };
+    let event = if policy == OnLostWorkspace::Fail {
+        RunEvent::Failed(TerminalReason::new(
+            TerminalCode::WorkspaceUnavailable,
+            format!(
+                "{why}; the project does not start such runs again (`agent.on_lost_workspace`: `fail`)"
+            ),
+        ))
+    } else if run.attempt < core.config.max_attempts {
         RunEvent::RetryScheduled(TerminalReason::new(
             TerminalCode::WorkspaceUnavailable,
             format!(

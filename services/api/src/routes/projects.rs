@@ -137,6 +137,7 @@ pub struct AgentPatch {
     pids_limit: Option<i64>,
     env: Option<BTreeMap<String, String>>,
     secrets: Option<Vec<String>>,
+    on_lost_workspace: Option<cadenza_domain::OnLostWorkspace>,
 }
 
 #[derive(Deserialize, Default)]
@@ -175,6 +176,7 @@ impl AgentPatch {
         set(&mut agent.pids_limit, self.pids_limit);
         set(&mut agent.env, self.env);
         set(&mut agent.secrets, self.secrets);
+        set(&mut agent.on_lost_workspace, self.on_lost_workspace);
         validate_agent(agent)
     }
 }

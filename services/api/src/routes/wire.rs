@@ -41,6 +41,8 @@ pub struct AgentView {
     pub llm_api_key_secret: Option<String>,
     pub env: std::collections::BTreeMap<String, String>,
     pub secrets: Vec<String>,
+    /// `retry` or `fail`: a run whose workspace is lost while its agent works.
+    pub on_lost_workspace: cadenza_domain::OnLostWorkspace,
 }
 
 #[derive(Serialize)]
@@ -82,6 +84,7 @@ impl From<Project> for ProjectView {
                 llm_api_key_secret: project.agent.llm_api_key_secret,
                 env: project.agent.env,
                 secrets: project.agent.secrets,
+                on_lost_workspace: project.agent.on_lost_workspace,
             },
             repository: RepositoryView {
                 url: project.repository.url,
