@@ -789,36 +789,6 @@ impl DockerRuntime {
         }
     }
 
-    /// The containers this worker owns (running or not), by name, with the run each was made
-    /// for (its `io.cadenza.run` label).
-    pub async fn owned_workspaces(
-        &self,
-        worker: &str,
-    ) -> Result<Vec<(String, Option<String>)>, ContainerError> {
-        let filters =
-            HashMap::from([("label".to_owned(), vec![format!("{LABEL_WORKER}={worker}")])]);
-        let containers = self
-            .docker
-            .list_containers(Some(ListContainersOptions {
-                all: true,
-                filters,
-                ..Default::default()
-            }))
-            .await
-            .map_err(docker_err("list containers"))?;
-        Ok(containers
-            .into_iter()
-            .filter_map(|container| {
-                let run = container
-                    .labels
-                    .as_ref()
-                    .and_then(|labels| labels.get(LABEL_RUN).cloned());
-                let name = container.names?.into_iter().next()?;
-                Some((name.trim_start_matches('/').to_owned(), run))
-            })
-            .collect())
-    }
-
     /// Every container Cadenza manages on this engine, whichever worker made it: the worker
     /// adopts the runs of workers that died (found by their labels, not by worker name) and
     /// removes what no run needs any more.
@@ -858,16 +828,6 @@ impl DockerRuntime {
                     running: container.state.as_deref() == Some("running"),
                 })
             })
-            .collect())
-    }
-
-    /// Names of the containers this worker owns (running or not).
-    pub async fn owned_containers(&self, worker: &str) -> Result<Vec<String>, ContainerError> {
-        Ok(self
-            .owned_workspaces(worker)
-            .await?
-            .into_iter()
-            .map(|(name, _)| name)
             .collect())
     }
 }

@@ -2,11 +2,14 @@
 //! container, drives the agent-server inside it, journals every event, and heartbeats so the
 //! scheduler knows it is alive and its leases stay valid.
 
+mod agent;
 pub mod config;
 pub mod docker;
 mod normalize;
+mod retry;
+mod run;
+mod runtime;
 mod secrets;
-mod supervisor;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -30,8 +33,12 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use agent::{AgentConnector, HttpAgents};
 pub use config::WorkerConfig;
 use docker::DockerRuntime;
+use retry::Backoff;
+use run::control::{Progress, RunCommand, RunHandle};
+use runtime::ContainerRuntime;
 
 /// A worker's lease consumer is deleted by NATS after this long without a pull: the worker is
 /// gone (a renamed or retired host). Its unconsumed offers stay in the work queue.
@@ -42,7 +49,8 @@ pub(crate) struct Core {
     /// The heartbeat's own connection: lease renewal never waits behind run traffic.
     heartbeat_pool: PgPool,
     pub(crate) bus: Bus,
-    pub(crate) docker: DockerRuntime,
+    pub(crate) runtime: Arc<dyn ContainerRuntime>,
+    pub(crate) agents: Arc<dyn AgentConnector>,
     pub(crate) config: WorkerConfig,
     pub(crate) worker: Worker,
     pub(crate) keyring: cadenza_crypto::KeyRing,
@@ -54,7 +62,7 @@ pub(crate) struct Core {
     /// the last free one.
     pub(crate) network_room: tokio::sync::Mutex<()>,
     /// The runs this worker drives, each with the lease epoch it holds.
-    pub(crate) active: std::sync::Mutex<HashMap<RunId, Handle>>,
+    pub(crate) active: std::sync::Mutex<HashMap<RunId, RunHandle>>,
     /// One permit per run slot.
     slots: Arc<Semaphore>,
     /// The supervisor tasks.
@@ -65,15 +73,8 @@ pub(crate) struct Core {
     draining: CancellationToken,
 }
 
-/// A run this worker drives: the epoch of its hold, and how to stop its supervisor.
-#[derive(Clone)]
-pub(crate) struct Handle {
-    pub(crate) epoch: i64,
-    pub(crate) stop: supervisor::Stop,
-}
-
 impl Core {
-    fn active(&self) -> std::sync::MutexGuard<'_, HashMap<RunId, Handle>> {
+    fn active(&self) -> std::sync::MutexGuard<'_, HashMap<RunId, RunHandle>> {
         match self.active.lock() {
             Ok(active) => active,
             Err(poisoned) => poisoned.into_inner(),
@@ -160,7 +161,10 @@ pub async fn build(
             pool,
             heartbeat_pool,
             bus,
-            docker,
+            runtime: Arc::new(docker),
+            agents: Arc::new(HttpAgents {
+                max_message_bytes: config.max_agent_message_bytes,
+            }),
             config,
             worker,
             keyring,
@@ -186,7 +190,7 @@ impl WorkerService {
                 vec![
                     Check::from_result("postgres", cadenza_storage::ping(&core.pool).await),
                     Check::from_result("nats", core.bus.ping().await),
-                    Check::from_result("docker", core.docker.ping().await),
+                    Check::from_result("docker", core.runtime.ping().await),
                 ]
             })
         });
@@ -225,7 +229,7 @@ impl WorkerService {
         let preparing = |core: &Core| {
             core.active()
                 .values()
-                .filter(|handle| !handle.stop.is_running())
+                .filter(|handle| handle.progress() == Progress::Preparing)
                 .count()
         };
         let deadline = tokio::time::Instant::now() + core.config.shutdown_grace;
@@ -327,11 +331,10 @@ async fn heartbeat_loop(
 fn lost(core: &Core, run_id: RunId, epoch: i64) {
     if let Some(handle) = core.active().get(&run_id)
         && handle.epoch == epoch
-        && !handle.stop.lost.is_cancelled()
-        && !handle.stop.ended.load(std::sync::atomic::Ordering::SeqCst)
+        && handle.progress() != Progress::Ended
     {
         tracing::warn!(%run_id, epoch, "this worker no longer holds the run; stopping its supervisor");
-        handle.stop.lost.cancel();
+        handle.send(RunCommand::Lost);
     }
 }
 
@@ -376,13 +379,14 @@ async fn deliver_cancellations(core: &Core) {
             return;
         }
     };
-    let active = core.active();
+    let mut active = core.active();
     for (run_id, correlation) in requests {
-        if let Some(handle) = active.get(&run_id)
-            && !handle.stop.user.is_cancelled()
+        if let Some(handle) = active.get_mut(&run_id)
+            && !handle.cancel_sent
         {
-            let _ = handle.stop.correlation.set(correlation);
-            handle.stop.user.cancel();
+            handle.cancel_sent = handle.send(RunCommand::Cancel {
+                correlation: Some(correlation),
+            });
             tracing::info!(%run_id, %correlation, "cancelling run on request");
         }
     }
@@ -408,13 +412,13 @@ async fn stop_deleted_runs(core: &Core) {
             return;
         }
     };
-    let current = core.active();
+    let mut current = core.active();
     for run_id in deleted_among(&active, &existing) {
-        if let Some(handle) = current.get(run_id)
-            && !handle.stop.user.is_cancelled()
+        if let Some(handle) = current.get_mut(run_id)
+            && !handle.cancel_sent
         {
             tracing::info!(%run_id, "the run was deleted with its project or org; stopping it");
-            handle.stop.user.cancel();
+            handle.cancel_sent = handle.send(RunCommand::Cancel { correlation: None });
         }
     }
 }
@@ -472,7 +476,7 @@ fn verdict(
 /// before its container is made, so a starting run is never touched.
 async fn sweep_engine(core: &Arc<Core>) {
     let containers = match core
-        .docker
+        .runtime
         .managed_containers(&core.config.bus_prefix)
         .await
     {
@@ -519,7 +523,7 @@ async fn sweep_engine(core: &Arc<Core>) {
                     container = container.name,
                     "removing a container no run needs"
                 );
-                core.docker
+                core.runtime
                     .remove_workspace(&container.name, &container.name)
                     .await;
             }
@@ -568,7 +572,7 @@ async fn adopt(core: &Arc<Core>, run: &Run, container: &docker::ManagedContainer
             core,
             adopted,
             permit,
-            supervisor::Entry::Resume(container.name.clone()),
+            run::Entry::Resume(container.name.clone()),
         );
         return;
     }
@@ -578,7 +582,7 @@ async fn adopt(core: &Arc<Core>, run: &Run, container: &docker::ManagedContainer
         "its worker stopped while preparing the workspace (the agent had not started)"
     };
     lose_workspace(core, &adopted, why).await;
-    core.docker
+    core.runtime
         .remove_workspace(&container.name, &container.name)
         .await;
 }
@@ -625,25 +629,11 @@ async fn lose_workspace(core: &Core, run: &Run, why: &str) {
             ),
         ))
     };
-    let result = async {
-        let mut tx = core.pool.begin().await?;
-        let done = runs::transition(
-            &mut tx,
-            run.id,
-            run.state,
-            &event,
-            Actor::LeaseHolder(core.fence(run)),
-            None,
-        )
-        .await?;
-        tx.commit().await?;
-        Ok::<_, StorageError>(done)
-    }
-    .await;
+    let result =
+        run::commit_transition(&core.pool, &core.bus, run, core.fence(run), &event, None).await;
     match result {
         Ok(done) => {
-            tracing::warn!(run_id = %run.id, to = %done.run.state, why, "a run lost its workspace");
-            core.bus.publish_journal_event(&done.entry).await;
+            tracing::warn!(run_id = %run.id, to = %done.state, why, "a run lost its workspace");
         }
         Err(err) => {
             tracing::warn!(run_id = %run.id, error = %err, "recording a lost workspace failed")
@@ -676,7 +666,7 @@ async fn reap_idle_workspaces(core: &Core, all: bool) {
         match released {
             Ok(true) => {
                 tracing::info!(%run_id, container, "removing an idle workspace");
-                core.docker.remove_workspace(&container, &container).await;
+                core.runtime.remove_workspace(&container, &container).await;
             }
             Ok(false) => {}
             Err(err) => tracing::warn!(%run_id, error = %err, "releasing an idle workspace failed"),
@@ -702,7 +692,7 @@ async fn deliver_messages(core: &Core) {
     let active = core.active();
     for message in pending {
         if let Some(handle) = active.get(&message.run_id) {
-            handle.stop.offer(message);
+            handle.send(RunCommand::Deliver(message));
         }
     }
 }
@@ -888,7 +878,7 @@ async fn accept_lease(core: &Arc<Core>, run_id: RunId) -> Result<(), StorageErro
     .await?;
     tx.commit().await?;
     core.bus.publish_journal_event(&done.entry).await;
-    spawn_supervisor(core, done.run, Some(permit), supervisor::Entry::Fresh);
+    spawn_supervisor(core, done.run, Some(permit), run::Entry::Fresh);
     Ok(())
 }
 
@@ -898,32 +888,27 @@ fn spawn_supervisor(
     core: &Arc<Core>,
     run: Run,
     permit: Option<tokio::sync::OwnedSemaphorePermit>,
-    entry: supervisor::Entry,
+    entry: run::Entry,
 ) {
-    let stop = supervisor::Stop {
-        shutdown: core.detach.child_token(),
-        ..Default::default()
+    let start = if run.state == RunState::Running {
+        Progress::Running
+    } else {
+        Progress::Preparing
     };
-    let handle = Handle {
-        epoch: run.lease_epoch,
-        stop: stop.clone(),
-    };
+    let (handle, control) =
+        run::control::channel(run.lease_epoch, core.detach.child_token(), start);
     core.active().insert(run.id, handle);
     let core_for_task = core.clone();
     core.tasks().spawn(async move {
         let core = core_for_task;
         let (run_id, epoch) = (run.id, run.lease_epoch);
-        let supervised = std::panic::AssertUnwindSafe(supervisor::supervise(
-            core.clone(),
-            run.clone(),
-            stop,
-            entry,
-        ))
-        .catch_unwind()
-        .await;
+        let supervised =
+            std::panic::AssertUnwindSafe(run::supervise(core.clone(), run.clone(), control, entry))
+                .catch_unwind()
+                .await;
         if supervised.is_err() {
             tracing::error!(%run_id, "the run's supervisor panicked; failing the run");
-            supervisor::crashed(&core, &run).await;
+            run::crashed(&core, &run).await;
         }
         {
             let mut active = core.active();
@@ -938,33 +923,6 @@ fn spawn_supervisor(
     });
     // Reap finished tasks as we go, so the set does not grow without bound.
     while core.tasks().try_join_next().is_some() {}
-}
-
-/// Exponential backoff between `start` and `max`, with no jitter (one caller per process).
-pub(crate) struct Backoff {
-    start: Duration,
-    max: Duration,
-    next: Duration,
-}
-
-impl Backoff {
-    pub(crate) fn new(start: Duration, max: Duration) -> Self {
-        Self {
-            start,
-            max,
-            next: start,
-        }
-    }
-
-    pub(crate) fn next(&mut self) -> Duration {
-        let pause = self.next;
-        self.next = (self.next * 2).min(self.max);
-        pause
-    }
-
-    pub(crate) fn reset(&mut self) {
-        self.next = self.start;
-    }
 }
 
 #[cfg(test)]
