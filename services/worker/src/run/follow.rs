@@ -24,15 +24,17 @@ use crate::runtime::ContainerRuntime;
 /// Consecutive failed socket (re)connects before the agent counts as unreachable.
 const MAX_RECONNECTS: u32 = 10;
 /// How long a terminal status seen on the socket may take to show up over REST.
-const CONFIRM_BUDGET: Duration = Duration::from_secs(30);
+pub(crate) const CONFIRM_BUDGET: Duration = Duration::from_secs(30);
 
-/// How much one run may journal.
+/// How much one run may journal, and how long a follower waits for REST to confirm an end.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct JournalLimits {
+pub(crate) struct FollowLimits {
     /// The largest journal entry (long text is cut, with a marker).
     pub(crate) max_event_bytes: usize,
     /// The most agent events one run may journal.
     pub(crate) max_events_per_run: i64,
+    /// How long a terminal status seen on the socket may take to show up over REST.
+    pub(crate) confirm_budget: Duration,
 }
 
 /// Where a turn starts reading, and what it sent to start.
@@ -52,7 +54,7 @@ pub(crate) struct FollowContext<'a> {
     pub(crate) runtime: &'a dyn ContainerRuntime,
     pub(crate) journal: &'a RunJournal,
     pub(crate) redactor: &'a Redactor,
-    pub(crate) limits: JournalLimits,
+    pub(crate) limits: FollowLimits,
     pub(crate) conversation_id: uuid::Uuid,
     pub(crate) container: &'a str,
 }
@@ -259,7 +261,7 @@ impl<'a> Follower<'a> {
     /// Polls the conversation until REST agrees the status is terminal. `None` when it stays
     /// non-terminal for the whole budget.
     async fn confirm(&self) -> Result<Option<ExecutionStatus>, TerminalReason> {
-        let deadline = Instant::now() + CONFIRM_BUDGET;
+        let deadline = Instant::now() + self.ctx.limits.confirm_budget;
         loop {
             match self
                 .ctx

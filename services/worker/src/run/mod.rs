@@ -10,6 +10,8 @@ mod outcome;
 mod phase;
 mod provision;
 mod repository;
+#[cfg(test)]
+mod tests;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -17,7 +17,8 @@ use secrecy::ExposeSecret;
 use super::Attempt;
 use super::control::RunControl;
 use super::follow::{
-    Cursor, FollowContext, Follower, JournalLimits, Prompt, deliver_prompt, with_retries,
+    CONFIRM_BUDGET, Cursor, FollowContext, FollowLimits, Follower, Prompt, deliver_prompt,
+    with_retries,
 };
 use super::outcome::{fail, internal, with_omissions_noted};
 use super::provision::{
@@ -420,9 +421,10 @@ async fn follow(
             runtime: &*core.runtime,
             journal: &attempt.journal,
             redactor: &attempt.secrets.redactor,
-            limits: JournalLimits {
+            limits: FollowLimits {
                 max_event_bytes: core.config.max_event_bytes,
                 max_events_per_run: core.config.max_events_per_run,
+                confirm_budget: CONFIRM_BUDGET,
             },
             conversation_id: turn.conversation_id,
             container: &attempt.container,
