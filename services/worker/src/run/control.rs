@@ -168,16 +168,21 @@ impl RunControl {
             if let Some(reason) = self.reason() {
                 return reason;
             }
-            tokio::select! {
-                command = self.commands.recv() => match command {
-                    Some(command) => self.take(command),
-                    // The worker dropped the handle: it is going away.
-                    None => {
-                        self.stopping.get_or_insert(Stopping::Detached(Detach::Shutdown));
-                    }
-                },
-                _ = self.shutdown.cancelled() => {}
-            }
+            self.wait().await;
+        }
+    }
+
+    /// Waits for the next command (or the shutdown) and takes it. Cancel-safe.
+    async fn wait(&mut self) {
+        tokio::select! {
+            command = self.commands.recv() => match command {
+                Some(command) => self.take(command),
+                // The worker dropped the handle: it is going away.
+                None => {
+                    self.stopping.get_or_insert(Stopping::Detached(Detach::Shutdown));
+                }
+            },
+            _ = self.shutdown.cancelled() => {}
         }
     }
 
@@ -191,15 +196,7 @@ impl RunControl {
             if !self.inbox.is_empty() {
                 return Signal::Deliver;
             }
-            tokio::select! {
-                command = self.commands.recv() => match command {
-                    Some(command) => self.take(command),
-                    None => {
-                        self.stopping.get_or_insert(Stopping::Detached(Detach::Shutdown));
-                    }
-                },
-                _ = self.shutdown.cancelled() => {}
-            }
+            self.wait().await;
         }
     }
 

@@ -846,6 +846,26 @@ async fn adopt_after_kill(world: &World, dead: &Core, adopter: &Arc<Core>, run: 
     crate::adopt(adopter, &current, &listed(&current)).await;
 }
 
+/// A second worker adopts the run of the killed one and drives it to success: the task sent
+/// once in all, every agent event journaled once.
+async fn the_adopter_finishes_the_run(world: &World, dead: &Core, run: &Run) {
+    let adopter = world.worker("b").await;
+    adopt_after_kill(world, dead, &adopter, run).await;
+    let ended = world.ended(run).await;
+    assert_eq!(
+        ended.state,
+        RunState::Succeeded,
+        "{:?}",
+        ended.terminal_reason
+    );
+    assert_eq!(
+        world.agent.with(|state| state.sent.clone()),
+        ["add a README"],
+        "the task is sent once in all"
+    );
+    assert_eq!(world.journaled_seqs(run).await, [0, 1, 2]);
+}
+
 #[tokio::test]
 async fn a_fresh_run_gives_its_agent_the_task_once_and_only_after_running_is_committed() {
     let (world, run) = World::new(true).await;
@@ -931,20 +951,7 @@ async fn a_worker_killed_after_committing_running_is_re_attached_and_the_task_is
     assert_eq!(world.current(&run).await.state, RunState::Running);
     assert!(world.agent.with(|state| state.sent.is_empty()));
 
-    let adopter = world.worker("b").await;
-    adopt_after_kill(&world, &first, &adopter, &run).await;
-    let ended = world.ended(&run).await;
-    assert_eq!(
-        ended.state,
-        RunState::Succeeded,
-        "{:?}",
-        ended.terminal_reason
-    );
-    assert_eq!(
-        world.agent.with(|state| state.sent.clone()),
-        ["add a README"]
-    );
-    assert_eq!(world.journaled_seqs(&run).await, [0, 1, 2]);
+    the_adopter_finishes_the_run(&world, &first, &run).await;
 }
 
 #[tokio::test]
@@ -961,19 +968,5 @@ async fn a_worker_killed_just_after_sending_the_task_is_re_attached_without_send
     }
     assert_eq!(world.current(&run).await.state, RunState::Running);
 
-    let adopter = world.worker("b").await;
-    adopt_after_kill(&world, &first, &adopter, &run).await;
-    let ended = world.ended(&run).await;
-    assert_eq!(
-        ended.state,
-        RunState::Succeeded,
-        "{:?}",
-        ended.terminal_reason
-    );
-    assert_eq!(
-        world.agent.with(|state| state.sent.clone()),
-        ["add a README"],
-        "found among the conversation's messages, not sent twice"
-    );
-    assert_eq!(world.journaled_seqs(&run).await, [0, 1, 2]);
+    the_adopter_finishes_the_run(&world, &first, &run).await;
 }
