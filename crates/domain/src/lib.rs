@@ -4,6 +4,7 @@ pub mod entities;
 pub mod ids;
 pub mod images;
 pub mod journal;
+pub mod lifecycle;
 pub mod run;
 pub mod validation;
 
@@ -13,7 +14,13 @@ pub use entities::{
 pub use ids::{InvitationId, OrgId, ProjectId, RunId, TokenId, UserId, WorkerId};
 pub use images::{ImagePolicy, ImageRef, ImageRule};
 pub use journal::EventKind;
-pub use run::{Fence, RunEvent, RunState, TerminalCode, TerminalReason, apply};
+pub use lifecycle::{
+    CancelDisposition, LeaseExpiry, end_event, lease_expired_event, lost_workspace_event,
+};
+pub use run::{
+    AttemptEffect, Fence, LeaseEffect, Milestone, RunEvent, RunState, TerminalCode, TerminalReason,
+    Transition, apply, transition,
+};
 pub mod scope;
 pub use scope::Scope;
 pub mod access;

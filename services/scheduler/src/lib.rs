@@ -16,7 +16,8 @@ use axum::Router;
 use cadenza_bus::messages::{LeaseOffered, RunRequested, VERSION};
 use cadenza_bus::{Bus, subjects};
 use cadenza_domain::{
-    JournalEvent, OnLostWorkspace, RunEvent, RunId, RunState, TerminalCode, TerminalReason,
+    JournalEvent, LeaseExpiry, RunEvent, RunId, RunState, TerminalCode, TerminalReason,
+    lease_expired_event,
 };
 use cadenza_outbox_relay::RelayNudge;
 use cadenza_service_runtime::{Check, ReadinessProbe, health_routes};
@@ -322,7 +323,14 @@ async fn reap_expired_leases(core: &Core) -> Result<(), StorageError> {
         runs::lock_expired_leases(&mut tx, core.config.reattach_grace, RECONCILE_BATCH).await?;
     let mut entries: Vec<JournalEvent> = Vec::new();
     for lease in expired {
-        let event = expiry_event(&lease, core.config.max_attempts, core.config.reattach_grace);
+        let event = lease_expired_event(&LeaseExpiry {
+            state: lease.state,
+            attempt: lease.attempt,
+            max_attempts: core.config.max_attempts,
+            cancel_requested: lease.cancel_requested,
+            on_lost_workspace: lease.on_lost_workspace,
+            reattach_grace: core.config.reattach_grace,
+        });
         let correlation = match &event {
             RunEvent::Cancelled(_) => lease.cancel_requested,
             _ => None,
@@ -345,50 +353,6 @@ async fn reap_expired_leases(core: &Core) -> Result<(), StorageError> {
         core.bus.publish_journal_event(entry).await;
     }
     Ok(())
-}
-
-/// What an expired lease becomes. A cancel on record wins. Before `running` the agent has not
-/// been given its task (it is started only after `running` is committed), so another attempt
-/// is always safe; a `running` run no worker adopted within the grace lost its workspace, and
-/// starts again from scratch while attempts remain. Then it fails.
-fn expiry_event(lease: &runs::ExpiredLease, max_attempts: i32, grace: Duration) -> RunEvent {
-    let state = lease.state;
-    if let Some(correlation) = lease.cancel_requested {
-        return RunEvent::Cancelled(TerminalReason::new(
-            TerminalCode::Cancelled,
-            format!(
-                "cancelled on request (correlation id {correlation}); its worker had stopped renewing the lease"
-            ),
-        ));
-    }
-    let lost = match state {
-        RunState::Running => format!(
-            "the worker running it stopped renewing its lease and no worker on its Docker Engine              adopted the workspace within {grace:?}"
-        ),
-        _ => format!("the worker stopped renewing its lease while the run was `{state}`"),
-    };
-    if state == RunState::Running && lease.on_lost_workspace == OnLostWorkspace::Fail {
-        return RunEvent::Failed(TerminalReason::new(
-            TerminalCode::LeaseExpired,
-            format!(
-                "{lost}; the project does not start such runs again (`agent.on_lost_workspace`: `fail`)"
-            ),
-        ));
-    }
-    if lease.attempt < max_attempts {
-        RunEvent::RetryScheduled(TerminalReason::new(
-            TerminalCode::LeaseExpired,
-            format!(
-                "{lost}; retrying from scratch (attempt {} of {max_attempts})",
-                lease.attempt + 1
-            ),
-        ))
-    } else {
-        RunEvent::Failed(TerminalReason::new(
-            TerminalCode::LeaseExpired,
-            format!("{lost}, on the last of {max_attempts} attempts"),
-        ))
-    }
 }
 
 /// Follow-up turns whose worker is gone can never run: they fail with a reason.
@@ -470,62 +434,6 @@ async fn transition_locked(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn expired(state: RunState, attempt: i32, cancel: Option<uuid::Uuid>) -> runs::ExpiredLease {
-        runs::ExpiredLease {
-            run_id: RunId::new(),
-            state,
-            attempt,
-            cancel_requested: cancel,
-            on_lost_workspace: OnLostWorkspace::Retry,
-        }
-    }
-
-    #[test]
-    fn an_expired_lease_is_retried_while_attempts_remain_and_a_recorded_cancel_wins() {
-        let grace = Duration::from_secs(60);
-        for state in [
-            RunState::Scheduled,
-            RunState::Provisioning,
-            RunState::Running,
-        ] {
-            let retried = expiry_event(&expired(state, 1, None), 3, grace);
-            assert!(
-                matches!(&retried, RunEvent::RetryScheduled(reason) if reason.message.contains("attempt 2 of 3")),
-                "{state}: {retried:?}"
-            );
-            let last = expiry_event(&expired(state, 3, None), 3, grace);
-            assert!(
-                matches!(&last, RunEvent::Failed(reason) if reason.code == TerminalCode::LeaseExpired),
-                "{state}: {last:?}"
-            );
-            let correlation = uuid::Uuid::new_v4();
-            let cancelled = expiry_event(&expired(state, 1, Some(correlation)), 3, grace);
-            assert!(
-                matches!(&cancelled, RunEvent::Cancelled(reason) if reason.message.contains(&correlation.to_string())),
-                "{state}: {cancelled:?}"
-            );
-        }
-        let running = expiry_event(&expired(RunState::Running, 1, None), 3, grace);
-        let RunEvent::RetryScheduled(reason) = running else {
-            panic!("retry expected");
-        };
-        assert!(reason.message.contains("adopted"), "{}", reason.message);
-        // A project that must not repeat an agent's work fails the run instead; a run whose
-        // agent never got its task is retried all the same.
-        let strict = |state| runs::ExpiredLease {
-            on_lost_workspace: OnLostWorkspace::Fail,
-            ..expired(state, 1, None)
-        };
-        assert!(matches!(
-            expiry_event(&strict(RunState::Running), 3, grace),
-            RunEvent::Failed(reason) if reason.message.contains("on_lost_workspace")
-        ));
-        assert!(matches!(
-            expiry_event(&strict(RunState::Provisioning), 3, grace),
-            RunEvent::RetryScheduled(_)
-        ));
-    }
 
     #[tokio::test(start_paused = true)]
     async fn nothing_is_reaped_until_postgres_was_reachable_for_a_full_lease() {
