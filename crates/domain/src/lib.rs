@@ -1,6 +1,7 @@
 //! Cadenza's domain: identifiers, entities, the run state machine and input rules. No I/O.
 
 pub mod entities;
+pub mod error_kind;
 pub mod ids;
 pub mod images;
 pub mod journal;
@@ -11,6 +12,7 @@ pub mod validation;
 pub use entities::{
     AgentSettings, JournalEvent, OnLostWorkspace, Org, Project, Repository, Run, Worker,
 };
+pub use error_kind::ErrorKind;
 pub use ids::{InvitationId, OrgId, ProjectId, RunId, TokenId, UserId, WorkerId};
 pub use images::{ImagePolicy, ImageRef, ImageRule};
 pub use journal::EventKind;

@@ -901,4 +901,5 @@ async fn a_connection_the_server_terminates_is_a_transient_error() {
             .expect_err("the connection is gone"),
     );
     assert!(err.is_transient(), "{err:?}");
+    assert_eq!(err.kind(), cadenza_domain::ErrorKind::Unavailable);
 }
