@@ -5,6 +5,7 @@
 //! Durable messages (run requested, lease offered) go through JetStream with a de-duplication id;
 //! live journal fan-out uses core NATS, because readers fill any gap from Postgres.
 
+pub mod consume;
 pub mod messages;
 pub mod subjects;
 
@@ -16,6 +17,8 @@ use serde::de::DeserializeOwned;
 use thiserror::Error;
 
 pub use async_nats::jetstream::Message as DurableMessage;
+pub use consume::{Disposition, Durable, consume};
+pub use messages::Message;
 
 #[derive(Debug, Error)]
 pub enum BusError {

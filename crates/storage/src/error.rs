@@ -24,6 +24,9 @@ pub enum StorageError {
     Crypto(#[source] cadenza_crypto::Error),
     #[error("migration failed")]
     Migration(#[source] sqlx::migrate::MigrateError),
+    /// A message for the outbox does not encode (a bug in its type).
+    #[error("an outbox message does not encode")]
+    Encode(#[source] serde_json::Error),
 }
 
 impl StorageError {
@@ -36,7 +39,8 @@ impl StorageError {
             StorageError::Database(_)
             | StorageError::Corrupt(_)
             | StorageError::Crypto(_)
-            | StorageError::Migration(_) => ErrorKind::Internal,
+            | StorageError::Migration(_)
+            | StorageError::Encode(_) => ErrorKind::Internal,
         }
     }
 

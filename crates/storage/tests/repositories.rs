@@ -903,3 +903,30 @@ async fn a_connection_the_server_terminates_is_a_transient_error() {
     assert!(err.is_transient(), "{err:?}");
     assert_eq!(err.kind(), cadenza_domain::ErrorKind::Unavailable);
 }
+
+#[tokio::test]
+async fn a_typed_message_is_enqueued_on_the_subject_of_its_kind() {
+    use cadenza_bus::messages::{LeaseOffered, RunRequested};
+    use cadenza_storage::outbox;
+    let db = TestDatabase::create().await.expect("db");
+    let mut conn = db.pool.acquire().await.expect("conn");
+    let worker = cadenza_domain::WorkerId::new();
+    let offer = LeaseOffered::new(cadenza_domain::RunId::new(), OrgId::new(), worker, 2);
+    let request = RunRequested::new(cadenza_domain::RunId::new(), OrgId::new());
+    let offer_id = outbox::enqueue_message(&mut conn, &offer)
+        .await
+        .expect("enqueue the offer");
+    let request_id = outbox::enqueue_message(&mut conn, &request)
+        .await
+        .expect("enqueue the request");
+    let rows = outbox::lock_unpublished(&mut conn, 10).await.expect("rows");
+    let row = |id| rows.iter().find(|row| row.id == id).expect("enqueued");
+    assert_eq!(row(offer_id).subject, format!("runs.lease.{worker}"));
+    assert_eq!(row(offer_id).payload["v"], 1);
+    let read: LeaseOffered = serde_json::from_value(row(offer_id).payload.clone()).expect("decode");
+    assert_eq!(read, offer);
+    assert_eq!(row(request_id).subject, "runs.requested");
+    let read: RunRequested =
+        serde_json::from_value(row(request_id).payload.clone()).expect("decode");
+    assert_eq!(read, request);
+}

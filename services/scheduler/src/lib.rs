@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use axum::Router;
-use cadenza_bus::messages::{LeaseOffered, RunRequested, VERSION};
-use cadenza_bus::{Bus, subjects};
+use cadenza_bus::messages::{LeaseOffered, RunRequested};
+use cadenza_bus::{Bus, Disposition, Durable, subjects};
 use cadenza_domain::{
     JournalEvent, LeaseExpiry, RunEvent, RunId, RunState, TerminalCode, TerminalReason,
     lease_expired_event,
@@ -23,7 +23,6 @@ use cadenza_outbox_relay::RelayNudge;
 use cadenza_service_runtime::{Check, ReadinessProbe, health_routes};
 use cadenza_storage::runs::{self, Actor, Lease};
 use cadenza_storage::{PgPool, StorageError, outbox, workers};
-use futures::StreamExt;
 use secrecy::ExposeSecret;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -125,76 +124,30 @@ impl Scheduler {
     }
 }
 
+/// Run requests from NATS: a nudge to lease that run now. Acked once the lease (or the finding
+/// that there is nothing to lease) is committed; retried shortly when Postgres fails.
 async fn consume_requests(core: Arc<Core>, shutdown: CancellationToken) {
-    loop {
-        if shutdown.is_cancelled() {
-            return;
-        }
-        match consume_requests_once(&core, &shutdown).await {
-            Ok(()) => return,
-            Err(err) => {
-                tracing::warn!(error = %err, "run-request consumer failed; reconnecting");
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+    let durable = Durable {
+        name: DURABLE_NAME,
+        filter: subjects::RUN_REQUESTED,
+        expire_after: None,
+    };
+    cadenza_bus::consume(&core.bus, durable, &shutdown, |request: RunRequested| {
+        let core = core.clone();
+        async move {
+            match schedule_run(&core, Some(request.run_id)).await {
+                Ok(outcome) => {
+                    tracing::debug!(run_id = %request.run_id, ?outcome, "run request handled");
+                    Disposition::Ack
+                }
+                Err(err) => {
+                    tracing::warn!(run_id = %request.run_id, error = %err, "scheduling failed; will retry");
+                    Disposition::Retry(Duration::from_secs(1))
                 }
             }
         }
-    }
-}
-
-async fn consume_requests_once(core: &Core, shutdown: &CancellationToken) -> anyhow::Result<()> {
-    let consumer = core
-        .bus
-        .durable_consumer(DURABLE_NAME, subjects::RUN_REQUESTED, None)
-        .await?;
-    let mut messages = consumer
-        .messages()
-        .await
-        .map_err(|err| anyhow::anyhow!("opening the message stream: {err}"))?;
-    loop {
-        let message = tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
-            next = messages.next() => match next {
-                Some(Ok(message)) => message,
-                Some(Err(err)) => return Err(anyhow::anyhow!("receiving: {err}")),
-                None => return Err(anyhow::anyhow!("message stream ended")),
-            },
-        };
-        let request: RunRequested = match cadenza_bus::decode(&message.subject, &message.payload) {
-            Ok(request) => request,
-            Err(err) => {
-                // A message nobody can read would be redelivered for ever; drop it loudly.
-                tracing::error!(error = %err, "undecodable run request; terminating it");
-                let _ = message.ack_with(async_nats::jetstream::AckKind::Term).await;
-                continue;
-            }
-        };
-        if request.v > VERSION {
-            let _ = message
-                .ack_with(async_nats::jetstream::AckKind::Nak(Some(
-                    Duration::from_secs(5),
-                )))
-                .await;
-            continue;
-        }
-        match schedule_run(core, Some(request.run_id)).await {
-            Ok(outcome) => {
-                tracing::debug!(run_id = %request.run_id, ?outcome, "run request handled");
-                if let Err(err) = message.ack().await {
-                    tracing::warn!(error = %err, "ack failed; the request will be redelivered");
-                }
-            }
-            Err(err) => {
-                tracing::warn!(run_id = %request.run_id, error = %err, "scheduling failed; will retry");
-                let _ = message
-                    .ack_with(async_nats::jetstream::AckKind::Nak(Some(
-                        Duration::from_secs(1),
-                    )))
-                    .await;
-            }
-        }
-    }
+    })
+    .await;
 }
 
 /// Leases one run: the given one if it is still queued, or else the oldest queued run.
@@ -231,16 +184,8 @@ async fn schedule_run(core: &Core, run_id: Option<RunId>) -> Result<Outcome, Sto
         }),
     )
     .await?;
-    let offer = LeaseOffered {
-        v: VERSION,
-        run_id,
-        org_id: done.run.org_id,
-        worker_id: worker,
-        attempt: done.run.attempt,
-    };
-    let payload = serde_json::to_value(&offer)
-        .map_err(|err| StorageError::Corrupt(format!("encoding a lease offer: {err}")))?;
-    outbox::enqueue(&mut tx, &subjects::lease_offered(worker), &payload).await?;
+    let offer = LeaseOffered::new(run_id, done.run.org_id, worker, done.run.attempt);
+    outbox::enqueue_message(&mut tx, &offer).await?;
     tx.commit().await?;
     core.relay.nudge();
     tracing::info!(run_id = %run_id, org_id = %done.run.org_id, worker_id = %worker, attempt = done.run.attempt, "run leased");

@@ -2,7 +2,7 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use cadenza_bus::messages::{LiveEvent, RunRequested, VERSION};
+use cadenza_bus::messages::{LiveEvent, RunRequested};
 use cadenza_bus::subjects;
 use cadenza_domain::validation::{validate_idempotency_key, validate_prompt};
 use cadenza_domain::{CancelDisposition, ProjectId, RunId, RunState, Scope};
@@ -502,13 +502,6 @@ async fn enqueue_run_requested(
     tx: &mut cadenza_storage::PgConnection,
     run: &cadenza_domain::Run,
 ) -> ApiResult<()> {
-    let message = RunRequested {
-        v: VERSION,
-        run_id: run.id,
-        org_id: run.org_id,
-    };
-    let payload =
-        serde_json::to_value(&message).map_err(|err| ApiError::Internal(Box::new(err)))?;
-    outbox::enqueue(tx, subjects::RUN_REQUESTED, &payload).await?;
+    outbox::enqueue_message(tx, &RunRequested::new(run.id, run.org_id)).await?;
     Ok(())
 }
