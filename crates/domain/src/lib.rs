@@ -8,6 +8,7 @@ pub mod journal;
 pub mod lifecycle;
 pub mod run;
 pub mod validation;
+pub mod workspace;
 
 pub use entities::{
     AgentSettings, JournalEvent, OnLostWorkspace, Org, Project, Repository, Run, Worker,
@@ -25,5 +26,6 @@ pub use run::{
 };
 pub mod scope;
 pub use scope::Scope;
+pub use workspace::{WorkspaceEvent, WorkspaceState};
 pub mod access;
 pub use access::{Permission, Role};

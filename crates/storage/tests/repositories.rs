@@ -930,3 +930,69 @@ async fn a_typed_message_is_enqueued_on_the_subject_of_its_kind() {
         serde_json::from_value(row(request_id).payload.clone()).expect("decode");
     assert_eq!(read, request);
 }
+
+#[tokio::test]
+async fn the_workspace_guards_follow_the_workspace_lifecycle() {
+    use cadenza_domain::{WorkspaceEvent, WorkspaceState};
+    use cadenza_storage::workspaces;
+    let db = TestDatabase::create().await.expect("db");
+    let (org, project) = org_with_project(&db, "workspaces").await;
+    let mut conn = db.pool.acquire().await.expect("conn");
+    let worker = workers::register(&mut conn, "w1", 2).await.expect("worker");
+    let later = OffsetDateTime::now_utc() + time::Duration::minutes(15);
+    // Each step: what storage did, and what the lifecycle says, from the same state.
+    #[derive(Clone, Copy, Debug)]
+    enum Step {
+        Claim,
+        Release,
+    }
+    let paths: [(Duration, &[Step]); 3] = [
+        (
+            Duration::from_secs(900),
+            &[Step::Claim, Step::Claim, Step::Release],
+        ),
+        (Duration::from_secs(900), &[Step::Release, Step::Claim]),
+        // Its time is up at once: nobody can claim it, its worker can still release it.
+        (Duration::ZERO, &[Step::Claim, Step::Release]),
+    ];
+    for (ttl, steps) in paths {
+        let Submitted::Created(run) = submit(&db, org, project, None).await else {
+            panic!("new run expected");
+        };
+        workspaces::keep(&mut conn, run.id, "container", worker.id, ttl)
+            .await
+            .expect("keep");
+        let until = if ttl.is_zero() {
+            OffsetDateTime::now_utc()
+        } else {
+            later
+        };
+        let mut state = WorkspaceState::Active
+            .next(WorkspaceEvent::Keep { until })
+            .expect("kept");
+        for step in steps {
+            let (stored, event) = match step {
+                Step::Claim => (
+                    workspaces::claim(&mut conn, run.id)
+                        .await
+                        .expect("claim")
+                        .is_some(),
+                    WorkspaceEvent::Claim {
+                        at: OffsetDateTime::now_utc(),
+                    },
+                ),
+                Step::Release => (
+                    workspaces::release(&mut conn, run.id)
+                        .await
+                        .expect("release"),
+                    WorkspaceEvent::Release,
+                ),
+            };
+            let modelled = state.next(event);
+            assert_eq!(stored, modelled.is_ok(), "{state:?} {step:?} (ttl {ttl:?})");
+            if let Ok(next) = modelled {
+                state = next;
+            }
+        }
+    }
+}
