@@ -1,6 +1,6 @@
 //! What kind of failure an error is, independent of the crate that raised it: one small
-//! vocabulary that decides both the HTTP status an API answers with and whether a bus message
-//! is worth redelivering.
+//! vocabulary for the HTTP status the API answers with, and for a consumer to tell a failure
+//! worth a redelivery (`is_transient`) from one that will not go away.
 
 /// The kind of an error. Each crate's error type says which kind each of its errors is
 /// (`kind()`); callers decide on the kind, never on a crate's variants.
