@@ -5,6 +5,7 @@
 //! Durable messages (run requested, lease offered) go through JetStream with a de-duplication id;
 //! live journal fan-out uses core NATS, because readers fill any gap from Postgres.
 
+pub mod consume;
 pub mod messages;
 pub mod subjects;
 
@@ -16,6 +17,8 @@ use serde::de::DeserializeOwned;
 use thiserror::Error;
 
 pub use async_nats::jetstream::Message as DurableMessage;
+pub use consume::{Disposition, Durable, consume};
+pub use messages::Message;
 
 #[derive(Debug, Error)]
 pub enum BusError {
@@ -39,6 +42,22 @@ pub enum BusError {
     },
     #[error("message does not encode: {0}")]
     Encode(#[source] serde_json::Error),
+}
+
+impl BusError {
+    /// The kind of failure: the bus being away is `Unavailable` (worth a retry), a body that does
+    /// not decode is `Invalid`, one that does not encode is a bug.
+    pub fn kind(&self) -> cadenza_domain::ErrorKind {
+        use cadenza_domain::ErrorKind;
+        match self {
+            BusError::Connect { .. }
+            | BusError::Publish { .. }
+            | BusError::JetStream(_)
+            | BusError::Subscribe { .. } => ErrorKind::Unavailable,
+            BusError::Decode { .. } => ErrorKind::Invalid,
+            BusError::Encode(_) => ErrorKind::Internal,
+        }
+    }
 }
 
 pub type BusResult<T> = Result<T, BusError>;
@@ -408,6 +427,17 @@ pub fn decode<T: DeserializeOwned>(subject: &str, body: &[u8]) -> BusResult<T> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn an_unreachable_bus_is_worth_a_retry_and_an_unreadable_body_is_not() {
+        use cadenza_domain::ErrorKind;
+        let unreachable = super::BusError::JetStream("timed out".into());
+        assert_eq!(unreachable.kind(), ErrorKind::Unavailable);
+        assert!(unreachable.kind().is_transient());
+        let unreadable = super::decode::<u32>("runs.requested", b"{").expect_err("garbage");
+        assert_eq!(unreadable.kind(), ErrorKind::Invalid);
+        assert!(!unreadable.kind().is_transient());
+    }
+
     #[test]
     fn a_comma_separated_list_names_every_server_of_a_cluster() {
         let servers =

@@ -35,6 +35,27 @@ impl RunState {
         RunState::Cancelled,
     ];
 
+    /// The states in which a worker holds the run under a lease (`is_leased`), for queries that
+    /// bind them as a list.
+    pub const LEASED: [RunState; 3] = [
+        RunState::Scheduled,
+        RunState::Provisioning,
+        RunState::Running,
+    ];
+
+    /// The end states (`is_terminal`), for queries that bind them as a list.
+    pub const TERMINAL: [RunState; 3] =
+        [RunState::Succeeded, RunState::Failed, RunState::Cancelled];
+
+    /// The leased states in which the holder has accepted the run and drives it (its writes for
+    /// the run, the journal and the diff among them, are allowed only here).
+    pub const DRIVEN: [RunState; 2] = [RunState::Provisioning, RunState::Running];
+
+    /// The names of `states`, as stored, to bind as a `text[]` parameter.
+    pub fn names(states: &[RunState]) -> Vec<&'static str> {
+        states.iter().map(|state| state.as_str()).collect()
+    }
+
     pub const fn as_str(self) -> &'static str {
         match self {
             RunState::Queued => "queued",
@@ -263,18 +284,124 @@ pub struct IllegalTransition {
     pub event: &'static str,
 }
 
-/// The transition function: the next state, or why the event is not allowed.
-pub fn apply(state: RunState, event: &RunEvent) -> Result<RunState, IllegalTransition> {
+/// What a transition does to the run's lease (its holder, epoch and expiry).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LeaseEffect {
+    /// A new lease: the holder named with the event, a fresh expiry, and the next lease epoch,
+    /// which fences every earlier holder.
+    Grant,
+    /// The lease stays as it is: holder, epoch and expiry.
+    Keep,
+    /// The lease ends (no expiry any more). The last holder stays on record with its epoch, so
+    /// its late writes are still recognised as stale.
+    Clear,
+    /// The lease ends and the holder is forgotten: the run is back in the queue for any worker.
+    Release,
+}
+
+impl LeaseEffect {
+    /// Whether the run holds a lease after a transition with this effect, given whether it held
+    /// one before.
+    pub const fn leased_after(self, leased_before: bool) -> bool {
+        match self {
+            LeaseEffect::Grant => true,
+            LeaseEffect::Keep => leased_before,
+            LeaseEffect::Clear | LeaseEffect::Release => false,
+        }
+    }
+}
+
+/// What a transition does to the run's attempt counter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttemptEffect {
+    Same,
+    /// A new attempt starts (a retry goes back to the queue).
+    Increment,
+}
+
+impl AttemptEffect {
+    /// What to add to the attempt counter.
+    pub const fn delta(self) -> i32 {
+        match self {
+            AttemptEffect::Same => 0,
+            AttemptEffect::Increment => 1,
+        }
+    }
+}
+
+/// The moment a transition records on the run (each is stamped when the run reaches it, again
+/// on a later attempt).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Milestone {
+    Scheduled,
+    Provisioning,
+    Running,
+    Finished,
+}
+
+/// Everything a legal event does to a run: its next state and the effects storage writes with
+/// it, in one place, so the SQL takes them as plain values and never re-derives them from
+/// state names.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Transition {
+    pub next: RunState,
+    pub lease: LeaseEffect,
+    pub attempt: AttemptEffect,
+    pub milestone: Option<Milestone>,
+    /// The reason recorded on the run: set on reaching an end state, cleared by every other
+    /// transition (a retry's reason is journaled, not kept on the run).
+    pub terminal: Option<TerminalReason>,
+}
+
+/// The transition function with its effects, or why the event is not allowed.
+pub fn transition(state: RunState, event: &RunEvent) -> Result<Transition, IllegalTransition> {
     use RunState as S;
-    let next = match (state, event) {
-        (S::Queued, RunEvent::Leased) => S::Scheduled,
-        (S::Scheduled, RunEvent::ProvisioningStarted) => S::Provisioning,
-        (S::Provisioning, RunEvent::AgentStarted) => S::Running,
-        (S::Running, RunEvent::Succeeded(_)) => S::Succeeded,
-        (from, RunEvent::Failed(_)) if !from.is_terminal() => S::Failed,
-        (from, RunEvent::Cancelled(_)) if !from.is_terminal() => S::Cancelled,
-        (S::Scheduled | S::Provisioning | S::Running, RunEvent::RetryScheduled(_)) => S::Retrying,
-        (S::Retrying, RunEvent::Requeued) => S::Queued,
+    let (next, lease, attempt, milestone) = match (state, event) {
+        (S::Queued, RunEvent::Leased) => (
+            S::Scheduled,
+            LeaseEffect::Grant,
+            AttemptEffect::Same,
+            Some(Milestone::Scheduled),
+        ),
+        (S::Scheduled, RunEvent::ProvisioningStarted) => (
+            S::Provisioning,
+            LeaseEffect::Keep,
+            AttemptEffect::Same,
+            Some(Milestone::Provisioning),
+        ),
+        (S::Provisioning, RunEvent::AgentStarted) => (
+            S::Running,
+            LeaseEffect::Keep,
+            AttemptEffect::Same,
+            Some(Milestone::Running),
+        ),
+        (S::Running, RunEvent::Succeeded(_)) => (
+            S::Succeeded,
+            LeaseEffect::Clear,
+            AttemptEffect::Same,
+            Some(Milestone::Finished),
+        ),
+        (from, RunEvent::Failed(_)) if !from.is_terminal() => (
+            S::Failed,
+            LeaseEffect::Clear,
+            AttemptEffect::Same,
+            Some(Milestone::Finished),
+        ),
+        (from, RunEvent::Cancelled(_)) if !from.is_terminal() => (
+            S::Cancelled,
+            LeaseEffect::Clear,
+            AttemptEffect::Same,
+            Some(Milestone::Finished),
+        ),
+        (from, RunEvent::RetryScheduled(_)) if from.is_leased() => {
+            (S::Retrying, LeaseEffect::Clear, AttemptEffect::Same, None)
+        }
+        (S::Retrying, RunEvent::Requeued) => (
+            S::Queued,
+            LeaseEffect::Release,
+            AttemptEffect::Increment,
+            None,
+        ),
         (from, event) => {
             return Err(IllegalTransition {
                 from,
@@ -282,7 +409,19 @@ pub fn apply(state: RunState, event: &RunEvent) -> Result<RunState, IllegalTrans
             });
         }
     };
-    Ok(next)
+    let terminal = event.reason().filter(|_| next.is_terminal()).cloned();
+    Ok(Transition {
+        next,
+        lease,
+        attempt,
+        milestone,
+        terminal,
+    })
+}
+
+/// The transition function: the next state, or why the event is not allowed.
+pub fn apply(state: RunState, event: &RunEvent) -> Result<RunState, IllegalTransition> {
+    transition(state, event).map(|transition| transition.next)
 }
 
 #[cfg(test)]
@@ -396,5 +535,107 @@ mod tests {
         for state in RunState::ALL {
             walk(state, 5);
         }
+    }
+
+    fn any_event() -> impl proptest::strategy::Strategy<Value = RunEvent> {
+        use proptest::prelude::*;
+        (0..every_event().len()).prop_map(|index| every_event().swap_remove(index))
+    }
+
+    proptest::proptest! {
+        /// Random event sequences from a new run, with the effects applied the way storage
+        /// applies them: attempts only grow, a run has a lease exactly while it is in a leased
+        /// state (and a holder after every grant), an end state takes no event, and
+        /// `transition` agrees with `apply`.
+        #[test]
+        fn the_effects_of_any_event_sequence_keep_the_lease_and_attempt_invariants(
+            events in proptest::collection::vec(any_event(), 0..60)
+        ) {
+            let mut state = RunState::Queued;
+            let mut attempt = 1;
+            let mut leased = false;
+            let mut holder = false;
+            for event in &events {
+                let result = transition(state, event);
+                proptest::prop_assert_eq!(
+                    result.as_ref().map(|transition| transition.next).ok(),
+                    apply(state, event).ok()
+                );
+                let Ok(step) = result else {
+                    continue;
+                };
+                proptest::prop_assert!(!state.is_terminal(), "{} took {:?}", state, event);
+                let next_attempt = attempt + step.attempt.delta();
+                proptest::prop_assert!(next_attempt >= attempt);
+                leased = step.lease.leased_after(leased);
+                holder = match step.lease {
+                    LeaseEffect::Grant => true,
+                    LeaseEffect::Release => false,
+                    LeaseEffect::Keep | LeaseEffect::Clear => holder,
+                };
+                proptest::prop_assert_eq!(leased, step.next.is_leased(), "{:?}", step);
+                proptest::prop_assert!(!leased || holder, "a lease without a holder");
+                proptest::prop_assert_eq!(
+                    step.terminal.is_some(),
+                    step.next.is_terminal(),
+                    "{:?}",
+                    step
+                );
+                proptest::prop_assert_eq!(
+                    step.milestone == Some(Milestone::Finished),
+                    step.next.is_terminal()
+                );
+                attempt = next_attempt;
+                state = step.next;
+            }
+            if state.is_terminal() {
+                for event in every_event() {
+                    proptest::prop_assert!(transition(state, &event).is_err());
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_retry_starts_the_next_attempt_only_when_it_is_requeued() {
+        let retry =
+            transition(RunState::Running, &RunEvent::RetryScheduled(reason())).expect("a retry");
+        assert_eq!(retry.attempt, AttemptEffect::Same);
+        assert_eq!(retry.lease, LeaseEffect::Clear);
+        assert_eq!(retry.terminal, None, "a retry is not an end");
+        let requeued = transition(RunState::Retrying, &RunEvent::Requeued).expect("requeued");
+        assert_eq!(requeued.attempt, AttemptEffect::Increment);
+        assert_eq!(requeued.lease, LeaseEffect::Release);
+    }
+
+    #[test]
+    fn a_lease_is_granted_only_by_leasing_a_queued_run() {
+        for state in RunState::ALL {
+            for event in every_event() {
+                if let Ok(step) = transition(state, &event) {
+                    assert_eq!(
+                        step.lease == LeaseEffect::Grant,
+                        (state, &event) == (RunState::Queued, &RunEvent::Leased),
+                        "{state} {event:?}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_state_lists_match_the_predicates() {
+        for state in RunState::ALL {
+            assert_eq!(RunState::LEASED.contains(&state), state.is_leased());
+            assert_eq!(RunState::TERMINAL.contains(&state), state.is_terminal());
+            assert_eq!(
+                RunState::DRIVEN.contains(&state),
+                matches!(state, RunState::Provisioning | RunState::Running)
+            );
+        }
+        assert_eq!(
+            RunState::names(&RunState::LEASED),
+            ["scheduled", "provisioning", "running"]
+        );
     }
 }

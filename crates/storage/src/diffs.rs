@@ -1,4 +1,4 @@
-use cadenza_domain::{Fence, OrgId, RunId, Scope};
+use cadenza_domain::{Fence, OrgId, RunId, RunState, Scope};
 use sqlx::PgConnection;
 use time::OffsetDateTime;
 
@@ -25,7 +25,7 @@ pub async fn upsert(
         r#"insert into run_diffs (run_id, org_id, base_commit, patch)
            select $1, $2, $3, $4 where exists (
                select 1 from runs where id = $1 and lease_holder = $5 and lease_epoch = $6
-                 and state in ('provisioning', 'running'))
+                 and state = any($7))
            on conflict (run_id) do update
              set base_commit = excluded.base_commit, patch = excluded.patch, created_at = now()"#,
         run_id.as_uuid(),
@@ -33,7 +33,8 @@ pub async fn upsert(
         base_commit,
         patch,
         fence.worker.as_uuid(),
-        fence.epoch
+        fence.epoch,
+        &RunState::names(&RunState::DRIVEN) as &[&str]
     )
     .execute(conn)
     .await?;

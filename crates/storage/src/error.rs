@@ -1,3 +1,4 @@
+use cadenza_domain::ErrorKind;
 use thiserror::Error;
 
 pub type StorageResult<T> = Result<T, StorageError>;
@@ -23,9 +24,26 @@ pub enum StorageError {
     Crypto(#[source] cadenza_crypto::Error),
     #[error("migration failed")]
     Migration(#[source] sqlx::migrate::MigrateError),
+    /// A message for the outbox does not encode (a bug in its type).
+    #[error("an outbox message does not encode")]
+    Encode(#[source] serde_json::Error),
 }
 
 impl StorageError {
+    /// The kind of failure, for callers that decide on it (an HTTP status, a redelivery).
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            StorageError::NotFound(_) => ErrorKind::NotFound,
+            StorageError::Conflict(_) | StorageError::Fenced(_) => ErrorKind::Conflict,
+            err if err.is_transient() => ErrorKind::Unavailable,
+            StorageError::Database(_)
+            | StorageError::Corrupt(_)
+            | StorageError::Crypto(_)
+            | StorageError::Migration(_)
+            | StorageError::Encode(_) => ErrorKind::Internal,
+        }
+    }
+
     /// Whether retrying the same operation later may succeed (connection loss, timeouts,
     /// serialization failures), as opposed to a permanent rejection.
     pub fn is_transient(&self) -> bool {
@@ -63,6 +81,38 @@ impl From<sqlx::Error> for StorageError {
                 StorageError::Conflict(db.constraint().unwrap_or("unique").to_owned())
             }
             _ => StorageError::Database(err),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use cadenza_domain::ErrorKind;
+
+    use super::StorageError;
+
+    #[test]
+    fn each_storage_error_has_the_kind_its_callers_act_on() {
+        let cases = [
+            (StorageError::NotFound("run"), ErrorKind::NotFound),
+            (StorageError::Conflict("taken".into()), ErrorKind::Conflict),
+            (StorageError::Fenced("stale".into()), ErrorKind::Conflict),
+            (StorageError::Corrupt("bad".into()), ErrorKind::Internal),
+            (
+                StorageError::Database(sqlx::Error::PoolTimedOut),
+                ErrorKind::Unavailable,
+            ),
+            (
+                StorageError::Database(sqlx::Error::ColumnNotFound("x".into())),
+                ErrorKind::Internal,
+            ),
+            (
+                StorageError::from(sqlx::Error::RowNotFound),
+                ErrorKind::NotFound,
+            ),
+        ];
+        for (err, kind) in cases {
+            assert_eq!(err.kind(), kind, "{err:?}");
         }
     }
 }

@@ -79,7 +79,7 @@ pub async fn append(
                  and ($6::text is null or not exists (
                        select 1 from run_events where run_id = $1 and source_event_id = $6))
                  and ($9::uuid is null or (lease_holder = $9 and lease_epoch = $10
-                                           and state in ('provisioning', 'running')))
+                                           and state = any($11)))
                returning last_event_seq
            )
            insert into run_events (run_id, org_id, seq, kind, payload, raw, source_event_id,
@@ -95,7 +95,8 @@ pub async fn append(
         event.source_seq,
         event.occurred_at,
         event.fence.map(|fence| fence.worker.as_uuid()),
-        event.fence.map(|fence| fence.epoch)
+        event.fence.map(|fence| fence.epoch),
+        &RunState::names(&RunState::DRIVEN) as &[&str]
     )
     .fetch_optional(&mut *conn)
     .await;

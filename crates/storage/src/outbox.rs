@@ -1,9 +1,10 @@
 //! The transactional outbox. Messages are enqueued in the transaction that causes them and
 //! relayed to NATS afterwards; the row id doubles as the NATS de-duplication id.
 
+use cadenza_bus::Message;
 use sqlx::PgConnection;
 
-use crate::StorageResult;
+use crate::{StorageError, StorageResult};
 
 #[derive(Clone, Debug)]
 pub struct OutboxMessage {
@@ -13,6 +14,17 @@ pub struct OutboxMessage {
     pub payload: serde_json::Value,
 }
 
+/// Enqueues a typed message on its own subject, in the caller's transaction.
+pub async fn enqueue_message<M: Message>(
+    conn: &mut PgConnection,
+    message: &M,
+) -> StorageResult<i64> {
+    let payload = serde_json::to_value(message).map_err(StorageError::Encode)?;
+    enqueue(conn, &message.subject(), &payload).await
+}
+
+/// Enqueues a raw body on a subject relative to the bus prefix (for tests and tools; services
+/// enqueue typed messages with `enqueue_message`).
 pub async fn enqueue(
     conn: &mut PgConnection,
     subject: &str,

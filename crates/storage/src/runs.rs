@@ -1,8 +1,8 @@
 use std::time::Duration;
 
 use cadenza_domain::{
-    Fence, OnLostWorkspace, OrgId, ProjectId, Run, RunEvent, RunId, RunState, Scope,
-    TerminalReason, WorkerId, apply,
+    Fence, LeaseEffect, Milestone, OnLostWorkspace, OrgId, ProjectId, Run, RunEvent, RunId,
+    RunState, Scope, TerminalReason, WorkerId,
 };
 use sqlx::PgConnection;
 use time::OffsetDateTime;
@@ -239,42 +239,43 @@ pub async fn transition_correlated(
     lease: Option<Lease>,
     correlation_id: Option<Uuid>,
 ) -> StorageResult<Transitioned> {
-    let next = apply(expected, event).map_err(|err| StorageError::Conflict(err.to_string()))?;
+    let step = cadenza_domain::transition(expected, event)
+        .map_err(|err| StorageError::Conflict(err.to_string()))?;
+    let next = step.next;
     let reason = event.reason();
     let (lease_holder_guard, epoch_guard) = match actor {
         Actor::Any => (None, None),
         Actor::LeaseHolder(fence) => (Some(fence.worker.as_uuid()), Some(fence.epoch)),
     };
+    let grant = step.lease == LeaseEffect::Grant;
+    let ends_lease = matches!(step.lease, LeaseEffect::Clear | LeaseEffect::Release);
+    let forgets_holder = step.lease == LeaseEffect::Release;
     let lease_ttl_ms = lease.map(|lease| lease.ttl.as_millis() as f64);
-    let terminal_code = reason
-        .filter(|_| next.is_terminal())
-        .map(|reason| reason.code.as_str());
-    let terminal_message = reason
-        .filter(|_| next.is_terminal())
-        .map(|reason| reason.message.as_str());
+    let reached = |milestone| step.milestone == Some(milestone);
+    // The effects come from the state machine (`cadenza_domain::transition`) as plain values.
+    // A grant bumps the lease epoch, which fences every earlier holder (ADR 0007).
     let row = sqlx::query_as!(
         RunRow,
         r#"update runs set
              state = $3,
-             attempt = case when $3 = 'queued' and state = 'retrying' then attempt + 1 else attempt end,
-             lease_holder = case when $3 = 'scheduled' then $4
-                                 when $3 = 'queued' then null
+             attempt = attempt + $4::int4,
+             lease_holder = case when $5::bool then $6
+                                 when $7::bool then null
                                  else lease_holder end,
-             lease_epoch = case when $3 = 'scheduled' then lease_epoch + 1 else lease_epoch end,
+             lease_epoch = case when $5::bool then lease_epoch + 1 else lease_epoch end,
              lease_expires_at = case
-                 when $3 = 'scheduled' then now() + make_interval(secs => $5::float8 / 1000.0)
-                 when $3 in ('scheduled', 'provisioning', 'running') then lease_expires_at
-                 else null end,
-             terminal_code = $6,
-             terminal_reason = $7,
-             scheduled_at = case when $3 = 'scheduled' then now() else scheduled_at end,
-             provisioning_at = case when $3 = 'provisioning' then now() else provisioning_at end,
-             running_at = case when $3 = 'running' then now() else running_at end,
-             finished_at = case when $3 in ('succeeded', 'failed', 'cancelled') then now()
-                                else finished_at end,
+                 when $5::bool then now() + make_interval(secs => $8::float8 / 1000.0)
+                 when $9::bool then null
+                 else lease_expires_at end,
+             terminal_code = $10,
+             terminal_reason = $11,
+             scheduled_at = case when $12::bool then now() else scheduled_at end,
+             provisioning_at = case when $13::bool then now() else provisioning_at end,
+             running_at = case when $14::bool then now() else running_at end,
+             finished_at = case when $15::bool then now() else finished_at end,
              updated_at = now()
            where id = $1 and state = $2
-             and ($8::uuid is null or (lease_holder = $8 and lease_epoch = $9))
+             and ($16::uuid is null or (lease_holder = $16 and lease_epoch = $17))
            returning id, org_id, project_id, state, attempt, prompt, idempotency_key, lease_holder,
                      lease_expires_at, lease_epoch, terminal_code, terminal_reason, conversation_id,
                      final_message, last_event_seq, created_at, scheduled_at, provisioning_at,
@@ -282,10 +283,18 @@ pub async fn transition_correlated(
         run_id.as_uuid(),
         expected.as_str(),
         next.as_str(),
+        step.attempt.delta(),
+        grant,
         lease.map(|lease| lease.worker.as_uuid()),
+        forgets_holder,
         lease_ttl_ms,
-        terminal_code,
-        terminal_message,
+        ends_lease,
+        step.terminal.as_ref().map(|reason| reason.code.as_str()),
+        step.terminal.as_ref().map(|reason| reason.message.as_str()),
+        reached(Milestone::Scheduled),
+        reached(Milestone::Provisioning),
+        reached(Milestone::Running),
+        reached(Milestone::Finished),
         lease_holder_guard,
         epoch_guard
     )
@@ -346,12 +355,12 @@ pub async fn set_final_message(
 ) -> StorageResult<()> {
     let done = sqlx::query!(
         r#"update runs set final_message = $2, updated_at = now()
-           where id = $1 and lease_holder = $3 and lease_epoch = $4
-             and state in ('provisioning', 'running')"#,
+           where id = $1 and lease_holder = $3 and lease_epoch = $4 and state = any($5)"#,
         run_id.as_uuid(),
         message,
         fence.worker.as_uuid(),
-        fence.epoch
+        fence.epoch,
+        &RunState::names(&RunState::DRIVEN) as &[&str]
     )
     .execute(conn)
     .await?;
@@ -373,10 +382,11 @@ pub async fn holds(conn: &mut PgConnection, run_id: RunId, fence: Fence) -> Stor
     let row = sqlx::query_scalar!(
         r#"select exists (select 1 from runs
                where id = $1 and lease_holder = $2 and lease_epoch = $3
-                 and state in ('scheduled', 'provisioning', 'running')) as "held!""#,
+                 and state = any($4)) as "held!""#,
         run_id.as_uuid(),
         fence.worker.as_uuid(),
-        fence.epoch
+        fence.epoch,
+        &RunState::names(&RunState::LEASED) as &[&str]
     )
     .fetch_one(conn)
     .await?;
@@ -402,12 +412,13 @@ pub async fn renew(
         r#"update runs r set lease_expires_at = now() + make_interval(secs => $2::float8)
            from unnest($3::uuid[], $4::int8[]) as h(id, epoch)
            where r.id = h.id and r.lease_epoch = h.epoch and r.lease_holder = $1
-             and r.state in ('provisioning', 'running')
+             and r.state = any($5)
            returning r.id"#,
         worker.as_uuid(),
         ttl.as_secs_f64(),
         &ids,
-        &epochs
+        &epochs,
+        &RunState::names(&RunState::DRIVEN) as &[&str]
     )
     .fetch_all(conn)
     .await?;
@@ -445,7 +456,7 @@ pub async fn adopt(
         RunRow,
         r#"update runs r set lease_holder = $3, lease_epoch = lease_epoch + 1,
                   lease_expires_at = now() + make_interval(secs => $4::float8), updated_at = now()
-           where id = $1 and lease_epoch = $2 and state in ('provisioning', 'running')
+           where id = $1 and lease_epoch = $2 and state = any($6)
              and (lease_holder = $3 or lease_holder is null or lease_expires_at < now()
                   or exists (select 1 from workers w where w.id = r.lease_holder
                              and (w.stopped_at is not null or w.draining_at is not null
@@ -458,7 +469,8 @@ pub async fn adopt(
         epoch,
         worker.as_uuid(),
         ttl.as_secs_f64(),
-        liveness.as_secs_f64()
+        liveness.as_secs_f64(),
+        &RunState::names(&RunState::DRIVEN) as &[&str]
     )
     .fetch_optional(conn)
     .await?;
@@ -511,12 +523,13 @@ pub async fn lock_expired_leases(
     let rows = sqlx::query!(
         r#"select r.id, r.state, r.attempt, r.cancel_correlation_id, p.agent_on_lost_workspace
            from runs r join projects p on p.id = r.project_id
-           where r.state in ('scheduled', 'provisioning', 'running')
+           where r.state = any($3)
              and r.lease_expires_at < now() - case when r.state = 'running'
                  then make_interval(secs => $1::float8) else interval '0' end
            order by r.lease_expires_at limit $2 for update of r skip locked"#,
         running_grace.as_secs_f64(),
-        limit
+        limit,
+        &RunState::names(&RunState::LEASED) as &[&str]
     )
     .fetch_all(conn)
     .await?;
@@ -567,8 +580,9 @@ pub async fn held_by(conn: &mut PgConnection, worker: WorkerId) -> StorageResult
                   last_event_seq, created_at, scheduled_at, provisioning_at, running_at,
                   finished_at, updated_at
            from runs
-           where lease_holder = $1 and state in ('scheduled', 'provisioning', 'running')"#,
-        worker.as_uuid()
+           where lease_holder = $1 and state = any($2)"#,
+        worker.as_uuid(),
+        &RunState::names(&RunState::LEASED) as &[&str]
     )
     .fetch_all(conn)
     .await?;
@@ -650,8 +664,9 @@ pub async fn cancel_requests_for(
         r#"select id, cancel_correlation_id as "correlation_id!" from runs
            where lease_holder = $1 and cancel_requested_at is not null
              and cancel_correlation_id is not null
-             and state in ('scheduled', 'provisioning', 'running')"#,
-        worker.as_uuid()
+             and state = any($2)"#,
+        worker.as_uuid(),
+        &RunState::names(&RunState::LEASED) as &[&str]
     )
     .fetch_all(conn)
     .await?;

@@ -1,6 +1,6 @@
 use std::time::Duration;
 
-use cadenza_domain::{Worker, WorkerId};
+use cadenza_domain::{RunState, Worker, WorkerId};
 use sqlx::PgConnection;
 
 use crate::StorageResult;
@@ -75,7 +75,7 @@ pub async fn lock_worker_with_capacity(
         r#"select w.id from workers w
            cross join lateral (
                select count(*) as active from runs r
-               where r.lease_holder = w.id and r.state in ('scheduled', 'provisioning', 'running')
+               where r.lease_holder = w.id and r.state = any($3)
            ) load
            where w.stopped_at is null and w.draining_at is null
              and w.last_heartbeat_at > now() - make_interval(secs => $1::float8)
@@ -85,7 +85,8 @@ pub async fn lock_worker_with_capacity(
            limit 1
            for update of w skip locked"#,
         liveness.as_secs_f64(),
-        only.map(|worker| worker.as_uuid())
+        only.map(|worker| worker.as_uuid()),
+        &RunState::names(&RunState::LEASED) as &[&str]
     )
     .fetch_optional(conn)
     .await?;

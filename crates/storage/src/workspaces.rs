@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use cadenza_domain::{RunId, WorkerId};
+use cadenza_domain::{RunId, RunState, WorkerId};
 use sqlx::PgConnection;
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -259,8 +259,9 @@ pub async fn in_use(conn: &mut PgConnection, containers: &[String]) -> StorageRe
         r#"select distinct workspace_container as "container!" from runs
            where workspace_container = any($1)
              and (workspace_kept_until is not null
-                  or state in ('queued', 'scheduled', 'provisioning', 'running', 'retrying'))"#,
-        containers
+                  or state <> all($2))"#,
+        containers,
+        &RunState::names(&RunState::TERMINAL) as &[&str]
     )
     .fetch_all(conn)
     .await?;

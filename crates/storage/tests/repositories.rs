@@ -213,6 +213,145 @@ async fn transitions_are_compare_and_set_and_journaled() {
     assert_eq!(failed.entry.payload["reason"]["message"], "boom");
 }
 
+/// What storage wrote for one transition, checked against the effects the state machine gives.
+fn assert_effects_written(
+    before: &cadenza_domain::Run,
+    after: &cadenza_domain::Run,
+    step: &cadenza_domain::Transition,
+    lease: Option<Lease>,
+) {
+    use cadenza_domain::{LeaseEffect, Milestone};
+    let context = format!("{} -> {}", before.state, step.next);
+    assert_eq!(after.state, step.next, "{context}");
+    assert_eq!(
+        after.attempt,
+        before.attempt + step.attempt.delta(),
+        "{context}"
+    );
+    match step.lease {
+        LeaseEffect::Grant => {
+            assert_eq!(
+                after.lease_holder,
+                lease.map(|lease| lease.worker),
+                "{context}"
+            );
+            assert_eq!(
+                after.lease_epoch,
+                before.lease_epoch + 1,
+                "{context}: epoch"
+            );
+            assert!(
+                after.lease_expires_at > Some(OffsetDateTime::now_utc()),
+                "{context}"
+            );
+        }
+        LeaseEffect::Keep => {
+            assert_eq!(after.lease_holder, before.lease_holder, "{context}");
+            assert_eq!(after.lease_epoch, before.lease_epoch, "{context}");
+            assert_eq!(after.lease_expires_at, before.lease_expires_at, "{context}");
+        }
+        LeaseEffect::Clear => {
+            assert_eq!(
+                after.lease_holder, before.lease_holder,
+                "{context}: last holder"
+            );
+            assert_eq!(after.lease_epoch, before.lease_epoch, "{context}");
+            assert_eq!(after.lease_expires_at, None, "{context}");
+        }
+        LeaseEffect::Release => {
+            assert_eq!(after.lease_holder, None, "{context}");
+            assert_eq!(after.lease_epoch, before.lease_epoch, "{context}");
+            assert_eq!(after.lease_expires_at, None, "{context}");
+        }
+    }
+    assert_eq!(
+        after.lease_expires_at.is_some(),
+        after.state.is_leased(),
+        "{context}"
+    );
+    assert_eq!(after.terminal_reason, step.terminal, "{context}");
+    let stamps = |run: &cadenza_domain::Run| {
+        [
+            (Milestone::Scheduled, run.scheduled_at),
+            (Milestone::Provisioning, run.provisioning_at),
+            (Milestone::Running, run.running_at),
+            (Milestone::Finished, run.finished_at),
+        ]
+    };
+    for ((milestone, was), (_, is)) in stamps(before).into_iter().zip(stamps(after)) {
+        if step.milestone == Some(milestone) {
+            assert!(
+                is.is_some() && is > was,
+                "{context}: {milestone:?} not stamped"
+            );
+        } else {
+            assert_eq!(is, was, "{context}: {milestone:?} moved");
+        }
+    }
+}
+
+#[tokio::test]
+async fn every_transition_writes_the_effects_the_state_machine_gives() {
+    let db = TestDatabase::create().await.expect("db");
+    let (org, project) = org_with_project(&db, "effects").await;
+    let mut conn = db.pool.acquire().await.expect("conn");
+    let worker = workers::register(&mut conn, "w1", 10)
+        .await
+        .expect("worker");
+    let lease = Lease {
+        worker: worker.id,
+        ttl: Duration::from_secs(30),
+    };
+    let reason = |code| TerminalReason::new(code, "effects");
+    // A retry and a second attempt that succeeds, a run cancelled in the queue, one that fails
+    // while running and one cancelled while retrying: every effect and every milestone.
+    let paths = [
+        vec![
+            RunEvent::Leased,
+            RunEvent::ProvisioningStarted,
+            RunEvent::RetryScheduled(reason(TerminalCode::LeaseExpired)),
+            RunEvent::Requeued,
+            RunEvent::Leased,
+            RunEvent::ProvisioningStarted,
+            RunEvent::AgentStarted,
+            RunEvent::Succeeded(reason(TerminalCode::AgentFinished)),
+        ],
+        vec![RunEvent::Cancelled(reason(TerminalCode::Cancelled))],
+        vec![
+            RunEvent::Leased,
+            RunEvent::ProvisioningStarted,
+            RunEvent::AgentStarted,
+            RunEvent::Failed(reason(TerminalCode::AgentError)),
+        ],
+        vec![
+            RunEvent::Leased,
+            RunEvent::RetryScheduled(reason(TerminalCode::LeaseExpired)),
+            RunEvent::Cancelled(reason(TerminalCode::Cancelled)),
+        ],
+    ];
+    for path in paths {
+        let Submitted::Created(mut run) = submit(&db, org, project, None).await else {
+            panic!("new run expected");
+        };
+        for event in path {
+            let step = cadenza_domain::transition(run.state, &event).expect("a legal path");
+            let actor = match (run.state.is_leased(), run.lease_holder) {
+                (true, Some(holder)) => Actor::LeaseHolder(Fence {
+                    worker: holder,
+                    epoch: run.lease_epoch,
+                }),
+                _ => Actor::Any,
+            };
+            let done = runs::transition(&mut conn, run.id, run.state, &event, actor, Some(lease))
+                .await
+                .expect("transition");
+            assert_effects_written(&run, &done.run, &step, Some(lease));
+            run = done.run;
+        }
+        assert!(run.state.is_terminal());
+    }
+}
+
 #[tokio::test]
 async fn an_idempotency_key_is_unique_per_project() {
     let db = TestDatabase::create().await.expect("db");
@@ -699,6 +838,44 @@ async fn the_lease_and_retry_queries_can_use_their_indexes() {
     )
     .await;
     assert!(retrying.contains("runs_retrying"), "{retrying}");
+    // The queries bind the leased states as a parameter: the planner sees its value and still
+    // proves the partial indexes' predicates.
+    let leased = RunState::names(&RunState::LEASED);
+    let bound_plan = |sql: &'static str| {
+        let begin = db.pool.begin();
+        let leased = leased.clone();
+        async move {
+            let mut tx = begin.await.expect("tx");
+            sqlx::query("set local enable_seqscan = off")
+                .execute(&mut *tx)
+                .await
+                .expect("set");
+            let rows: Vec<String> = sqlx::query_scalar(sql)
+                .bind(leased)
+                .fetch_all(&mut *tx)
+                .await
+                .expect("explain");
+            rows.join("\n")
+        }
+    };
+    let active = bound_plan(
+        "explain select count(*) from runs r where r.lease_holder = gen_random_uuid() \
+         and r.state = any($1)",
+    )
+    .await;
+    assert!(active.contains("runs_active_by_holder"), "{active}");
+    let expired = bound_plan(
+        "explain select id from runs r where r.state = any($1) \
+         and r.lease_expires_at < now() order by r.lease_expires_at limit 10",
+    )
+    .await;
+    assert!(expired.contains("runs_leased"), "{expired}");
+    let cancels = bound_plan(
+        "explain select id from runs where lease_holder = gen_random_uuid() \
+         and cancel_requested_at is not null and state = any($1)",
+    )
+    .await;
+    assert!(cancels.contains("runs_cancel_requested"), "{cancels}");
 }
 
 #[tokio::test]
@@ -724,4 +901,98 @@ async fn a_connection_the_server_terminates_is_a_transient_error() {
             .expect_err("the connection is gone"),
     );
     assert!(err.is_transient(), "{err:?}");
+    assert_eq!(err.kind(), cadenza_domain::ErrorKind::Unavailable);
+}
+
+#[tokio::test]
+async fn a_typed_message_is_enqueued_on_the_subject_of_its_kind() {
+    use cadenza_bus::messages::{LeaseOffered, RunRequested};
+    use cadenza_storage::outbox;
+    let db = TestDatabase::create().await.expect("db");
+    let mut conn = db.pool.acquire().await.expect("conn");
+    let worker = cadenza_domain::WorkerId::new();
+    let offer = LeaseOffered::new(cadenza_domain::RunId::new(), OrgId::new(), worker, 2);
+    let request = RunRequested::new(cadenza_domain::RunId::new(), OrgId::new());
+    let offer_id = outbox::enqueue_message(&mut conn, &offer)
+        .await
+        .expect("enqueue the offer");
+    let request_id = outbox::enqueue_message(&mut conn, &request)
+        .await
+        .expect("enqueue the request");
+    let rows = outbox::lock_unpublished(&mut conn, 10).await.expect("rows");
+    let row = |id| rows.iter().find(|row| row.id == id).expect("enqueued");
+    assert_eq!(row(offer_id).subject, format!("runs.lease.{worker}"));
+    assert_eq!(row(offer_id).payload["v"], 1);
+    let read: LeaseOffered = serde_json::from_value(row(offer_id).payload.clone()).expect("decode");
+    assert_eq!(read, offer);
+    assert_eq!(row(request_id).subject, "runs.requested");
+    let read: RunRequested =
+        serde_json::from_value(row(request_id).payload.clone()).expect("decode");
+    assert_eq!(read, request);
+}
+
+#[tokio::test]
+async fn the_workspace_guards_follow_the_workspace_lifecycle() {
+    use cadenza_domain::{WorkspaceEvent, WorkspaceState};
+    use cadenza_storage::workspaces;
+    let db = TestDatabase::create().await.expect("db");
+    let (org, project) = org_with_project(&db, "workspaces").await;
+    let mut conn = db.pool.acquire().await.expect("conn");
+    let worker = workers::register(&mut conn, "w1", 2).await.expect("worker");
+    let later = OffsetDateTime::now_utc() + time::Duration::minutes(15);
+    // Each step: what storage did, and what the lifecycle says, from the same state.
+    #[derive(Clone, Copy, Debug)]
+    enum Step {
+        Claim,
+        Release,
+    }
+    let paths: [(Duration, &[Step]); 3] = [
+        (
+            Duration::from_secs(900),
+            &[Step::Claim, Step::Claim, Step::Release],
+        ),
+        (Duration::from_secs(900), &[Step::Release, Step::Claim]),
+        // Its time is up at once: nobody can claim it, its worker can still release it.
+        (Duration::ZERO, &[Step::Claim, Step::Release]),
+    ];
+    for (ttl, steps) in paths {
+        let Submitted::Created(run) = submit(&db, org, project, None).await else {
+            panic!("new run expected");
+        };
+        workspaces::keep(&mut conn, run.id, "container", worker.id, ttl)
+            .await
+            .expect("keep");
+        let until = if ttl.is_zero() {
+            OffsetDateTime::now_utc()
+        } else {
+            later
+        };
+        let mut state = WorkspaceState::Active
+            .next(WorkspaceEvent::Keep { until })
+            .expect("kept");
+        for step in steps {
+            let (stored, event) = match step {
+                Step::Claim => (
+                    workspaces::claim(&mut conn, run.id)
+                        .await
+                        .expect("claim")
+                        .is_some(),
+                    WorkspaceEvent::Claim {
+                        at: OffsetDateTime::now_utc(),
+                    },
+                ),
+                Step::Release => (
+                    workspaces::release(&mut conn, run.id)
+                        .await
+                        .expect("release"),
+                    WorkspaceEvent::Release,
+                ),
+            };
+            let modelled = state.next(event);
+            assert_eq!(stored, modelled.is_ok(), "{state:?} {step:?} (ttl {ttl:?})");
+            if let Ok(next) = modelled {
+                state = next;
+            }
+        }
+    }
 }

@@ -3,6 +3,7 @@
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use cadenza_domain::ErrorKind;
 use cadenza_storage::StorageError;
 use serde::Serialize;
 
@@ -119,13 +120,20 @@ impl ApiError {
     }
 }
 
+/// A storage error becomes the answer its kind calls for; internal details stay in the log.
 impl From<StorageError> for ApiError {
     fn from(err: StorageError) -> Self {
-        match err {
-            StorageError::NotFound(what) => ApiError::NotFound(format!("{what} not found")),
-            StorageError::Conflict(detail) => ApiError::Conflict(detail),
-            err if err.is_transient() => ApiError::Unavailable(Box::new(err)),
-            err => ApiError::Internal(Box::new(err)),
+        match err.kind() {
+            ErrorKind::NotFound => ApiError::NotFound(err.to_string()),
+            ErrorKind::Conflict => ApiError::Conflict(match err {
+                StorageError::Conflict(detail) => detail,
+                other => other.to_string(),
+            }),
+            ErrorKind::Invalid => ApiError::BadRequest(err.to_string()),
+            ErrorKind::Unauthenticated => ApiError::Unauthenticated,
+            ErrorKind::Forbidden => ApiError::Forbidden(err.to_string()),
+            ErrorKind::RateLimited | ErrorKind::Unavailable => ApiError::Unavailable(Box::new(err)),
+            ErrorKind::Internal => ApiError::Internal(Box::new(err)),
         }
     }
 }

@@ -13,16 +13,16 @@ use std::time::Duration;
 
 use anyhow::Context;
 use axum::Router;
-use cadenza_bus::messages::{LeaseOffered, RunRequested, VERSION};
-use cadenza_bus::{Bus, subjects};
+use cadenza_bus::messages::{LeaseOffered, RunRequested};
+use cadenza_bus::{Bus, Disposition, Durable, subjects};
 use cadenza_domain::{
-    JournalEvent, OnLostWorkspace, RunEvent, RunId, RunState, TerminalCode, TerminalReason,
+    JournalEvent, LeaseExpiry, RunEvent, RunId, RunState, TerminalCode, TerminalReason,
+    lease_expired_event,
 };
 use cadenza_outbox_relay::RelayNudge;
 use cadenza_service_runtime::{Check, ReadinessProbe, health_routes};
 use cadenza_storage::runs::{self, Actor, Lease};
 use cadenza_storage::{PgPool, StorageError, outbox, workers};
-use futures::StreamExt;
 use secrecy::ExposeSecret;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -124,76 +124,30 @@ impl Scheduler {
     }
 }
 
+/// Run requests from NATS: a nudge to lease that run now. Acked once the lease (or the finding
+/// that there is nothing to lease) is committed; retried shortly when Postgres fails.
 async fn consume_requests(core: Arc<Core>, shutdown: CancellationToken) {
-    loop {
-        if shutdown.is_cancelled() {
-            return;
-        }
-        match consume_requests_once(&core, &shutdown).await {
-            Ok(()) => return,
-            Err(err) => {
-                tracing::warn!(error = %err, "run-request consumer failed; reconnecting");
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+    let durable = Durable {
+        name: DURABLE_NAME,
+        filter: subjects::RUN_REQUESTED,
+        expire_after: None,
+    };
+    cadenza_bus::consume(&core.bus, durable, &shutdown, |request: RunRequested| {
+        let core = core.clone();
+        async move {
+            match schedule_run(&core, Some(request.run_id)).await {
+                Ok(outcome) => {
+                    tracing::debug!(run_id = %request.run_id, ?outcome, "run request handled");
+                    Disposition::Ack
+                }
+                Err(err) => {
+                    tracing::warn!(run_id = %request.run_id, error = %err, "scheduling failed; will retry");
+                    Disposition::Retry(Duration::from_secs(1))
                 }
             }
         }
-    }
-}
-
-async fn consume_requests_once(core: &Core, shutdown: &CancellationToken) -> anyhow::Result<()> {
-    let consumer = core
-        .bus
-        .durable_consumer(DURABLE_NAME, subjects::RUN_REQUESTED, None)
-        .await?;
-    let mut messages = consumer
-        .messages()
-        .await
-        .map_err(|err| anyhow::anyhow!("opening the message stream: {err}"))?;
-    loop {
-        let message = tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
-            next = messages.next() => match next {
-                Some(Ok(message)) => message,
-                Some(Err(err)) => return Err(anyhow::anyhow!("receiving: {err}")),
-                None => return Err(anyhow::anyhow!("message stream ended")),
-            },
-        };
-        let request: RunRequested = match cadenza_bus::decode(&message.subject, &message.payload) {
-            Ok(request) => request,
-            Err(err) => {
-                // A message nobody can read would be redelivered for ever; drop it loudly.
-                tracing::error!(error = %err, "undecodable run request; terminating it");
-                let _ = message.ack_with(async_nats::jetstream::AckKind::Term).await;
-                continue;
-            }
-        };
-        if request.v > VERSION {
-            let _ = message
-                .ack_with(async_nats::jetstream::AckKind::Nak(Some(
-                    Duration::from_secs(5),
-                )))
-                .await;
-            continue;
-        }
-        match schedule_run(core, Some(request.run_id)).await {
-            Ok(outcome) => {
-                tracing::debug!(run_id = %request.run_id, ?outcome, "run request handled");
-                if let Err(err) = message.ack().await {
-                    tracing::warn!(error = %err, "ack failed; the request will be redelivered");
-                }
-            }
-            Err(err) => {
-                tracing::warn!(run_id = %request.run_id, error = %err, "scheduling failed; will retry");
-                let _ = message
-                    .ack_with(async_nats::jetstream::AckKind::Nak(Some(
-                        Duration::from_secs(1),
-                    )))
-                    .await;
-            }
-        }
-    }
+    })
+    .await;
 }
 
 /// Leases one run: the given one if it is still queued, or else the oldest queued run.
@@ -230,16 +184,8 @@ async fn schedule_run(core: &Core, run_id: Option<RunId>) -> Result<Outcome, Sto
         }),
     )
     .await?;
-    let offer = LeaseOffered {
-        v: VERSION,
-        run_id,
-        org_id: done.run.org_id,
-        worker_id: worker,
-        attempt: done.run.attempt,
-    };
-    let payload = serde_json::to_value(&offer)
-        .map_err(|err| StorageError::Corrupt(format!("encoding a lease offer: {err}")))?;
-    outbox::enqueue(&mut tx, &subjects::lease_offered(worker), &payload).await?;
+    let offer = LeaseOffered::new(run_id, done.run.org_id, worker, done.run.attempt);
+    outbox::enqueue_message(&mut tx, &offer).await?;
     tx.commit().await?;
     core.relay.nudge();
     tracing::info!(run_id = %run_id, org_id = %done.run.org_id, worker_id = %worker, attempt = done.run.attempt, "run leased");
@@ -322,7 +268,14 @@ async fn reap_expired_leases(core: &Core) -> Result<(), StorageError> {
         runs::lock_expired_leases(&mut tx, core.config.reattach_grace, RECONCILE_BATCH).await?;
     let mut entries: Vec<JournalEvent> = Vec::new();
     for lease in expired {
-        let event = expiry_event(&lease, core.config.max_attempts, core.config.reattach_grace);
+        let event = lease_expired_event(&LeaseExpiry {
+            state: lease.state,
+            attempt: lease.attempt,
+            max_attempts: core.config.max_attempts,
+            cancel_requested: lease.cancel_requested,
+            on_lost_workspace: lease.on_lost_workspace,
+            reattach_grace: core.config.reattach_grace,
+        });
         let correlation = match &event {
             RunEvent::Cancelled(_) => lease.cancel_requested,
             _ => None,
@@ -345,50 +298,6 @@ async fn reap_expired_leases(core: &Core) -> Result<(), StorageError> {
         core.bus.publish_journal_event(entry).await;
     }
     Ok(())
-}
-
-/// What an expired lease becomes. A cancel on record wins. Before `running` the agent has not
-/// been given its task (it is started only after `running` is committed), so another attempt
-/// is always safe; a `running` run no worker adopted within the grace lost its workspace, and
-/// starts again from scratch while attempts remain. Then it fails.
-fn expiry_event(lease: &runs::ExpiredLease, max_attempts: i32, grace: Duration) -> RunEvent {
-    let state = lease.state;
-    if let Some(correlation) = lease.cancel_requested {
-        return RunEvent::Cancelled(TerminalReason::new(
-            TerminalCode::Cancelled,
-            format!(
-                "cancelled on request (correlation id {correlation}); its worker had stopped renewing the lease"
-            ),
-        ));
-    }
-    let lost = match state {
-        RunState::Running => format!(
-            "the worker running it stopped renewing its lease and no worker on its Docker Engine              adopted the workspace within {grace:?}"
-        ),
-        _ => format!("the worker stopped renewing its lease while the run was `{state}`"),
-    };
-    if state == RunState::Running && lease.on_lost_workspace == OnLostWorkspace::Fail {
-        return RunEvent::Failed(TerminalReason::new(
-            TerminalCode::LeaseExpired,
-            format!(
-                "{lost}; the project does not start such runs again (`agent.on_lost_workspace`: `fail`)"
-            ),
-        ));
-    }
-    if lease.attempt < max_attempts {
-        RunEvent::RetryScheduled(TerminalReason::new(
-            TerminalCode::LeaseExpired,
-            format!(
-                "{lost}; retrying from scratch (attempt {} of {max_attempts})",
-                lease.attempt + 1
-            ),
-        ))
-    } else {
-        RunEvent::Failed(TerminalReason::new(
-            TerminalCode::LeaseExpired,
-            format!("{lost}, on the last of {max_attempts} attempts"),
-        ))
-    }
 }
 
 /// Follow-up turns whose worker is gone can never run: they fail with a reason.
@@ -470,62 +379,6 @@ async fn transition_locked(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn expired(state: RunState, attempt: i32, cancel: Option<uuid::Uuid>) -> runs::ExpiredLease {
-        runs::ExpiredLease {
-            run_id: RunId::new(),
-            state,
-            attempt,
-            cancel_requested: cancel,
-            on_lost_workspace: OnLostWorkspace::Retry,
-        }
-    }
-
-    #[test]
-    fn an_expired_lease_is_retried_while_attempts_remain_and_a_recorded_cancel_wins() {
-        let grace = Duration::from_secs(60);
-        for state in [
-            RunState::Scheduled,
-            RunState::Provisioning,
-            RunState::Running,
-        ] {
-            let retried = expiry_event(&expired(state, 1, None), 3, grace);
-            assert!(
-                matches!(&retried, RunEvent::RetryScheduled(reason) if reason.message.contains("attempt 2 of 3")),
-                "{state}: {retried:?}"
-            );
-            let last = expiry_event(&expired(state, 3, None), 3, grace);
-            assert!(
-                matches!(&last, RunEvent::Failed(reason) if reason.code == TerminalCode::LeaseExpired),
-                "{state}: {last:?}"
-            );
-            let correlation = uuid::Uuid::new_v4();
-            let cancelled = expiry_event(&expired(state, 1, Some(correlation)), 3, grace);
-            assert!(
-                matches!(&cancelled, RunEvent::Cancelled(reason) if reason.message.contains(&correlation.to_string())),
-                "{state}: {cancelled:?}"
-            );
-        }
-        let running = expiry_event(&expired(RunState::Running, 1, None), 3, grace);
-        let RunEvent::RetryScheduled(reason) = running else {
-            panic!("retry expected");
-        };
-        assert!(reason.message.contains("adopted"), "{}", reason.message);
-        // A project that must not repeat an agent's work fails the run instead; a run whose
-        // agent never got its task is retried all the same.
-        let strict = |state| runs::ExpiredLease {
-            on_lost_workspace: OnLostWorkspace::Fail,
-            ..expired(state, 1, None)
-        };
-        assert!(matches!(
-            expiry_event(&strict(RunState::Running), 3, grace),
-            RunEvent::Failed(reason) if reason.message.contains("on_lost_workspace")
-        ));
-        assert!(matches!(
-            expiry_event(&strict(RunState::Provisioning), 3, grace),
-            RunEvent::RetryScheduled(_)
-        ));
-    }
 
     #[tokio::test(start_paused = true)]
     async fn nothing_is_reaped_until_postgres_was_reachable_for_a_full_lease() {

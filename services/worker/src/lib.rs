@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use axum::Router;
-use cadenza_bus::messages::{LeaseOffered, VERSION};
+use cadenza_bus::messages::LeaseOffered;
 use cadenza_bus::{Bus, subjects};
 use cadenza_domain::{
     Fence, OnLostWorkspace, Run, RunEvent, RunId, RunState, Scope, TerminalCode, TerminalReason,
@@ -26,7 +26,7 @@ use cadenza_domain::{
 use cadenza_service_runtime::{Check, ReadinessProbe, health_routes};
 use cadenza_storage::runs::{self, Actor};
 use cadenza_storage::{PgPool, StorageError, workers};
-use futures::{FutureExt, StreamExt};
+use futures::FutureExt;
 use secrecy::ExposeSecret;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -36,7 +36,6 @@ use tokio_util::sync::CancellationToken;
 use agent::{AgentConnector, HttpAgents};
 pub use config::WorkerConfig;
 use docker::DockerRuntime;
-use retry::Backoff;
 use run::control::{Progress, RunCommand, RunHandle};
 use runtime::ContainerRuntime;
 
@@ -590,8 +589,8 @@ async fn adopt(core: &Arc<Core>, run: &Run, container: &docker::ManagedContainer
 /// Records that a run held by this worker lost its workspace: retried from scratch while
 /// attempts remain (safe before `running`: the agent never got its task), else failed.
 async fn lose_workspace(core: &Core, run: &Run, why: &str) {
-    // Before `running` the agent never had its task: always safe to retry. After, the project
-    // says.
+    // Before `running` the agent never had its task: always safe to retry (the domain's rule
+    // ignores the policy then). After, the project says.
     let policy = if run.state == RunState::Running {
         let project = async {
             let mut conn = core.pool.acquire().await?;
@@ -604,31 +603,13 @@ async fn lose_workspace(core: &Core, run: &Run, why: &str) {
     } else {
         OnLostWorkspace::Retry
     };
-    let event = if policy == OnLostWorkspace::Fail {
-        RunEvent::Failed(TerminalReason::new(
-            TerminalCode::WorkspaceUnavailable,
-            format!(
-                "{why}; the project does not start such runs again (`agent.on_lost_workspace`: `fail`)"
-            ),
-        ))
-    } else if run.attempt < core.config.max_attempts {
-        RunEvent::RetryScheduled(TerminalReason::new(
-            TerminalCode::WorkspaceUnavailable,
-            format!(
-                "{why}; retrying from scratch (attempt {} of {})",
-                run.attempt + 1,
-                core.config.max_attempts
-            ),
-        ))
-    } else {
-        RunEvent::Failed(TerminalReason::new(
-            TerminalCode::WorkspaceUnavailable,
-            format!(
-                "{why}, on the last of {} attempts",
-                core.config.max_attempts
-            ),
-        ))
-    };
+    let event = cadenza_domain::lost_workspace_event(
+        run.state,
+        run.attempt,
+        core.config.max_attempts,
+        policy,
+        why,
+    );
     let result =
         run::commit_transition(&core.pool, &core.bus, run, core.fence(run), &event, None).await;
     match result {
@@ -748,75 +729,31 @@ fn consumer_name(core: &Core) -> String {
 
 /// Lease offers from NATS: a nudge to accept now. Postgres is the source of truth (the
 /// heartbeat offers every run leased to this worker too), so an offer is acked once handed on.
+/// An offer for another worker is rejected.
 async fn consume_leases(
     core: &Arc<Core>,
     offers: &tokio::sync::mpsc::Sender<RunId>,
     shutdown: &CancellationToken,
 ) {
     let filter = subjects::lease_offered(core.worker.id);
-    let mut pause = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
-    loop {
-        if shutdown.is_cancelled() {
-            return;
-        }
-        let result = async {
-            let consumer = core
-                .bus
-                .durable_consumer(&consumer_name(core), &filter, Some(CONSUMER_EXPIRY))
-                .await?;
-            let messages = consumer
-                .messages()
-                .await
-                .map_err(|err| anyhow::anyhow!("opening the lease stream: {err}"))?;
-            Ok::<_, anyhow::Error>(messages)
-        }
-        .await;
-        let mut messages = match result {
-            Ok(messages) => messages,
-            Err(err) => {
-                tracing::warn!(error = %err, "lease consumer unavailable; retrying");
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(pause.next()) => continue,
-                }
-            }
+    let name = consumer_name(core);
+    let durable = cadenza_bus::Durable {
+        name: &name,
+        filter: &filter,
+        expire_after: Some(CONSUMER_EXPIRY),
+    };
+    let worker = core.worker.id;
+    cadenza_bus::consume(&core.bus, durable, shutdown, |offer: LeaseOffered| {
+        let disposition = if offer.worker_id == worker {
+            let _ = offers.try_send(offer.run_id);
+            cadenza_bus::Disposition::Ack
+        } else {
+            tracing::warn!(run_id = %offer.run_id, worker_id = %offer.worker_id, "a lease offer for another worker; rejecting it");
+            cadenza_bus::Disposition::Reject
         };
-        loop {
-            let message = tokio::select! {
-                _ = shutdown.cancelled() => return,
-                next = messages.next() => match next {
-                    Some(Ok(message)) => message,
-                    Some(Err(err)) => {
-                        tracing::warn!(error = %err, "lease stream error; reopening");
-                        break;
-                    }
-                    None => break,
-                },
-            };
-            pause.reset();
-            let offer: Option<LeaseOffered> =
-                cadenza_bus::decode(&message.subject, &message.payload).ok();
-            match offer {
-                Some(offer) if offer.v <= VERSION && offer.worker_id == core.worker.id => {
-                    let _ = offers.try_send(offer.run_id);
-                    if let Err(err) = message.ack().await {
-                        tracing::debug!(error = %err, "ack failed; a redelivery is harmless");
-                    }
-                }
-                _ => {
-                    tracing::warn!(
-                        subject = message.subject.as_str(),
-                        "a lease offer this worker cannot take; terminating it"
-                    );
-                    let _ = message.ack_with(async_nats::jetstream::AckKind::Term).await;
-                }
-            }
-        }
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(pause.next()) => {}
-        }
-    }
+        std::future::ready(disposition)
+    })
+    .await;
 }
 
 /// Accepts offered runs one at a time, so two offers of one run never race.

@@ -5,18 +5,13 @@ use std::time::Duration;
 /// Exponential backoff between `start` and `max`, with no jitter (one caller per process).
 #[derive(Debug, Clone)]
 pub(crate) struct Backoff {
-    start: Duration,
     max: Duration,
     next: Duration,
 }
 
 impl Backoff {
     pub(crate) fn new(start: Duration, max: Duration) -> Self {
-        Self {
-            start,
-            max,
-            next: start,
-        }
+        Self { max, next: start }
     }
 
     /// The pause before the next try; each is twice the last, up to `max`.
@@ -24,11 +19,6 @@ impl Backoff {
         let pause = self.next;
         self.next = (self.next * 2).min(self.max);
         pause
-    }
-
-    /// After a success: the next failure waits `start` again.
-    pub(crate) fn reset(&mut self) {
-        self.next = self.start;
     }
 
     /// Pauses between writes of a run while Postgres is away.
@@ -47,11 +37,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn pauses_double_up_to_the_ceiling_and_reset_to_the_start() {
+    fn pauses_double_up_to_the_ceiling() {
         let mut pause = Backoff::new(Duration::from_millis(100), Duration::from_millis(350));
         let seen: Vec<u128> = (0..5).map(|_| pause.next().as_millis()).collect();
         assert_eq!(seen, [100, 200, 350, 350, 350]);
-        pause.reset();
-        assert_eq!(pause.next(), Duration::from_millis(100));
     }
 }

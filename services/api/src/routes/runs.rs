@@ -2,10 +2,10 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use cadenza_bus::messages::{LiveEvent, RunRequested, VERSION};
+use cadenza_bus::messages::{LiveEvent, RunRequested};
 use cadenza_bus::subjects;
 use cadenza_domain::validation::{validate_idempotency_key, validate_prompt};
-use cadenza_domain::{ProjectId, RunId, RunState, Scope};
+use cadenza_domain::{CancelDisposition, ProjectId, RunId, RunState, Scope};
 use cadenza_storage::runs::{self, NewRun, RunFilter, Submitted};
 use cadenza_storage::{StorageError, diffs, journal, outbox};
 use serde::Deserialize;
@@ -275,7 +275,8 @@ pub async fn cancel(
     // Decided on the run as it is under its row lock: a lease or a worker's step that commits
     // meanwhile is waited for, never raced (which would answer 409 with nothing recorded).
     let run = runs::lock(&mut tx, &Scope::Org(run.org_id), run.id).await?;
-    if run.state.is_terminal() {
+    let disposition = CancelDisposition::for_state(run.state);
+    if disposition == CancelDisposition::AlreadyEnded {
         return Err(ApiError::Conflict(format!(
             "run {} already ended (`{}`)",
             run.id, run.state
@@ -287,7 +288,7 @@ pub async fn cancel(
         format!("cancelled by {}", auth.principal.label()),
     );
     let mut entry = None;
-    if matches!(run.state, RunState::Queued | RunState::Retrying) {
+    if disposition == CancelDisposition::Immediate {
         let done = runs::transition_correlated(
             &mut tx,
             run.id,
@@ -501,13 +502,6 @@ async fn enqueue_run_requested(
     tx: &mut cadenza_storage::PgConnection,
     run: &cadenza_domain::Run,
 ) -> ApiResult<()> {
-    let message = RunRequested {
-        v: VERSION,
-        run_id: run.id,
-        org_id: run.org_id,
-    };
-    let payload =
-        serde_json::to_value(&message).map_err(|err| ApiError::Internal(Box::new(err)))?;
-    outbox::enqueue(tx, subjects::RUN_REQUESTED, &payload).await?;
+    outbox::enqueue_message(tx, &RunRequested::new(run.id, run.org_id)).await?;
     Ok(())
 }

@@ -28,7 +28,7 @@ use tracing::Instrument;
 use self::control::{Progress, RunControl};
 use self::journal::Keep;
 pub(crate) use self::journal::{RunJournal, commit_transition};
-use self::outcome::{end_event, fail, internal, keep_workspace};
+use self::outcome::{fail, internal, keep_workspace};
 use self::phase::Phase;
 use crate::Core;
 use crate::secrets::{self, RunSecrets};
@@ -200,7 +200,7 @@ pub(crate) async fn supervise(core: Arc<Core>, run: Run, mut control: RunControl
         // the engine sweep removes, never an end that is lost.
         let idle_ttl = core.config.workspace_idle_ttl;
         let keep = keep_workspace(outcome.is_ok(), idle_ttl, control.stopping());
-        let event = end_event(outcome);
+        let event = cadenza_domain::end_event(outcome);
         let recorded = journal
             .record_end(
                 state,

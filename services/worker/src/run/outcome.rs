@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use cadenza_agent_client::GitDelta;
-use cadenza_domain::{RunEvent, TerminalCode, TerminalReason};
+use cadenza_domain::{TerminalCode, TerminalReason};
 
 pub(crate) fn fail(code: TerminalCode, message: impl Into<String>) -> TerminalReason {
     TerminalReason::new(code, message)
@@ -12,23 +12,6 @@ pub(crate) fn fail(code: TerminalCode, message: impl Into<String>) -> TerminalRe
 
 pub(crate) fn internal(err: impl std::fmt::Display) -> TerminalReason {
     fail(TerminalCode::Internal, format!("worker error: {err}"))
-}
-
-/// The event that records how the agent's work ended: its final message, or why it cannot
-/// succeed.
-pub(crate) fn end_event(outcome: Result<String, TerminalReason>) -> RunEvent {
-    match outcome {
-        Ok(final_message) => RunEvent::Succeeded(TerminalReason::new(
-            TerminalCode::AgentFinished,
-            if final_message.is_empty() {
-                "the agent finished".to_owned()
-            } else {
-                format!("the agent finished: {final_message}")
-            },
-        )),
-        Err(reason) if reason.code == TerminalCode::Cancelled => RunEvent::Cancelled(reason),
-        Err(reason) => RunEvent::Failed(reason),
-    }
 }
 
 /// A workspace whose agent finished stays for follow-up turns, if the worker keeps workspaces
@@ -59,28 +42,6 @@ pub(crate) fn with_omissions_noted(delta: &GitDelta) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_end_event_follows_the_outcome() {
-        let RunEvent::Succeeded(reason) = end_event(Ok(String::new())) else {
-            panic!("success");
-        };
-        assert_eq!(reason.code, TerminalCode::AgentFinished);
-        assert_eq!(reason.message, "the agent finished");
-        let RunEvent::Succeeded(reason) = end_event(Ok("all green".into())) else {
-            panic!("success");
-        };
-        assert_eq!(reason.message, "the agent finished: all green");
-        assert!(matches!(
-            end_event(Err(fail(TerminalCode::Cancelled, "cancelled on request"))),
-            RunEvent::Cancelled(_)
-        ));
-        let RunEvent::Failed(reason) = end_event(Err(fail(TerminalCode::TimedOut, "too long")))
-        else {
-            panic!("failure");
-        };
-        assert_eq!(reason.code, TerminalCode::TimedOut);
-    }
 
     #[test]
     fn only_a_finished_unstopped_run_keeps_its_workspace_and_only_when_workspaces_are_kept() {
