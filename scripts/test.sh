@@ -19,6 +19,8 @@ export SQLX_OFFLINE=true
 scripts/sqlx-prepare.sh --check
 
 cargo fmt --all -- --check
+# The committed OpenAPI document is valid OpenAPI 3.1 (the suite checks it matches the code).
+scripts/check-openapi.sh
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 # The cross-service tests start the service binaries as separate processes.
 cargo build --workspace --bins --quiet

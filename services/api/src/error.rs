@@ -63,7 +63,7 @@ impl ApiError {
         ApiError::NotFound(format!("no {what} with id `{id}`"))
     }
 
-    fn parts(&self) -> (StatusCode, &'static str, &'static str) {
+    pub(crate) fn parts(&self) -> (StatusCode, &'static str, &'static str) {
         match self {
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request", "Bad request"),
             ApiError::Unauthenticated => (
@@ -117,6 +117,37 @@ impl ApiError {
                 "Internal error",
             ),
         }
+    }
+}
+
+impl ApiError {
+    /// One error of each kind, for the API's description of its problem types.
+    pub(crate) fn catalogue() -> Vec<ApiError> {
+        let source = || -> Box<dyn std::error::Error + Send + Sync> { "example".into() };
+        vec![
+            ApiError::BadRequest(String::new()),
+            ApiError::Unauthenticated,
+            ApiError::LoginFailed(String::new()),
+            ApiError::Forbidden(String::new()),
+            ApiError::LoginRefused(String::new()),
+            ApiError::NotFound(String::new()),
+            ApiError::Conflict(String::new()),
+            ApiError::PayloadTooLarge(String::new()),
+            ApiError::UnsupportedMediaType(String::new()),
+            ApiError::DomainNotVerified(String::new()),
+            ApiError::RateLimited {
+                scope: "example",
+                limit: 0,
+                retry_after_secs: 0,
+            },
+            ApiError::TooManyStreams {
+                limit: 0,
+                retry_after_secs: 0,
+            },
+            ApiError::Internal(source()),
+            ApiError::Unavailable(source()),
+            ApiError::Timeout(std::time::Duration::ZERO),
+        ]
     }
 }
 

@@ -13,6 +13,7 @@ pub mod error;
 pub mod extract;
 pub mod headers;
 pub mod limits;
+pub mod openapi;
 pub mod principal;
 pub mod routes;
 pub mod sessions;

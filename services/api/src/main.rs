@@ -35,6 +35,9 @@ enum Command {
         #[command(subcommand)]
         command: AdminCommand,
     },
+    /// Print the API's OpenAPI 3.1 document (what `GET /api/v1/openapi.json` serves; needs no
+    /// configuration). `docs/openapi.json` is this output.
+    Openapi,
     /// Key-encryption keys for secrets.
     Secrets {
         #[command(subcommand)]
@@ -68,6 +71,13 @@ enum AdminCommand {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Some(Command::Openapi) = &cli.command {
+        #[expect(clippy::print_stdout, reason = "the document is the command's output")]
+        {
+            print!("{}", cadenza_api::openapi::rendered());
+        }
+        return Ok(());
+    }
     if let Some(Command::Secrets {
         command: SecretsCommand::GenerateKek,
     }) = &cli.command
@@ -82,6 +92,8 @@ async fn main() -> anyhow::Result<()> {
     let config: ApiConfig = cadenza_service_runtime::load_config(figment_from_environment())?;
     cadenza_service_runtime::init_tracing("api", config.log_json);
     match cli.command.unwrap_or(Command::Serve) {
+        // Answered above, before any configuration is read.
+        Command::Openapi => Ok(()),
         Command::Serve => {
             let shutdown = cadenza_service_runtime::shutdown_on_signal();
             let listener = tokio::net::TcpListener::bind(config.api_listen)

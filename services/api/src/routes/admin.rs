@@ -15,7 +15,8 @@ use crate::extract::{ApiQuery, next_cursor, page_limit, parse_cursor};
 use crate::routes::wire::{OrgView, Page, UserView};
 use crate::state::AppState;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
     cursor: Option<String>,
     limit: Option<i64>,
@@ -77,7 +78,8 @@ pub async fn users(
     }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct RewrapQuery {
     batch_size: Option<i64>,
     /// Seconds the request may spend before answering with `complete: false`.
@@ -216,7 +218,7 @@ fn images_view(state: &AppState, org_rules: &[ImageRule]) -> Value {
     json!({"instance": texts(&state.images.rules), "org": texts(org_rules)})
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AgentImagesBody {
     rules: Vec<String>,

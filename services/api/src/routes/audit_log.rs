@@ -13,7 +13,8 @@ use crate::error::{ApiError, ApiResult};
 use crate::extract::{ApiQuery, next_cursor, page_limit, parse_cursor, parse_id};
 use crate::state::AppState;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct AuditQuery {
     actor: Option<String>,
     action: Option<String>,

@@ -38,7 +38,8 @@ fn pending_key(state: &AppState, login_state: &str) -> String {
         .redis_key(&format!("oidc:pending:{login_state}"))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct LoginQuery {
     /// Where to go after login: a path on this site (anything else is ignored).
     redirect: Option<String>,
@@ -111,7 +112,8 @@ pub async fn login(
     Ok(response)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct CallbackQuery {
     code: Option<String>,
     state: Option<String>,

@@ -35,7 +35,8 @@ use crate::streams::StreamLease;
 const POLL_WITHOUT_BUS: Duration = Duration::from_secs(2);
 const STREAM_BATCH: i64 = 500;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
     cursor: Option<String>,
     limit: Option<i64>,
@@ -80,7 +81,8 @@ pub async fn list(
     }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct StreamQuery {
     cursor: Option<String>,
     include_raw: Option<bool>,

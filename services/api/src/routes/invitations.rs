@@ -60,7 +60,7 @@ fn valid_email(email: &str) -> bool {
         && !email.contains(char::is_whitespace)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateInvitation {
     email: String,
@@ -171,7 +171,7 @@ pub async fn revoke(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AcceptInvitation {
     /// The invitation's secret (in the body, so it stays out of URLs, access logs and history).
@@ -294,7 +294,7 @@ pub async fn list_domains(
     Ok(Json(json!({"items": items, "next_cursor": null})))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PutDomain {
     role: String,

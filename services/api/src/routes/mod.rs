@@ -25,6 +25,7 @@ use axum::routing::{MethodFilter, MethodRouter, on};
 use cadenza_domain::Permission;
 
 pub use crate::auth::Access;
+use crate::openapi::{Doc, accepted, created, event_stream, no_content, ok, page, redirect, text};
 use crate::state::AppState;
 
 #[derive(Clone, Debug)]
@@ -37,6 +38,7 @@ pub struct RouteSpec {
 
 struct Route {
     spec: RouteSpec,
+    doc: Doc,
     handler: MethodRouter<AppState>,
 }
 
@@ -44,7 +46,14 @@ struct Route {
 struct Table(Vec<Route>);
 
 impl Table {
-    fn add<H, T>(mut self, method: Method, path: &'static str, access: Access, handler: H) -> Self
+    fn add<H, T>(
+        mut self,
+        method: Method,
+        path: &'static str,
+        access: Access,
+        handler: H,
+        doc: Doc,
+    ) -> Self
     where
         H: Handler<T, AppState>,
         T: 'static,
@@ -57,6 +66,7 @@ impl Table {
                 path,
                 access,
             },
+            doc,
             handler: on(filter, handler),
         });
         self
@@ -68,65 +78,128 @@ fn table() -> Table {
     use Access::{Authenticated, Instance, Org, Public};
     use Method as M;
     use Permission as P;
+    use crate::openapi::Untyped;
+    use secrets::{SecretList, SecretView};
+    use wire::{EventView, MemberView, OrgView, ProjectView, Receipt, RunView, TokenView, UserView};
     Table::default()
-        .add(M::GET,    "/auth/login",                                Public,                 auth::login)
-        .add(M::GET,    "/auth/callback",                             Public,                 auth::callback)
-        .add(M::POST,   "/auth/logout",                               Authenticated,          auth::logout)
-        .add(M::GET,    "/.well-known/jwks.json",                     Public,                 auth::jwks)
-        .add(M::GET,    "/me",                                        Authenticated,          me::get)
-        .add(M::GET,    "/orgs",                                      Authenticated,          orgs::list)
-        .add(M::POST,   "/orgs",                                      Authenticated,          orgs::create)
-        .add(M::GET,    "/orgs/{org_id}",                             Org(P::OrgRead),        orgs::get)
-        .add(M::PATCH,  "/orgs/{org_id}",                             Org(P::OrgManage),      orgs::update)
-        .add(M::DELETE, "/orgs/{org_id}",                             Org(P::OrgDelete),      orgs::delete)
-        .add(M::GET,    "/orgs/{org_id}/members",                     Org(P::OrgRead),        members::list)
-        .add(M::PATCH,  "/orgs/{org_id}/members/{user_id}",           Org(P::MembersManage),  members::update)
-        .add(M::DELETE, "/orgs/{org_id}/members/{user_id}",           Org(P::MembersManage),  members::remove)
-        .add(M::GET,    "/orgs/{org_id}/invitations",                 Org(P::MembersManage),  invitations::list)
-        .add(M::POST,   "/orgs/{org_id}/invitations",                 Org(P::MembersManage),  invitations::create)
-        .add(M::DELETE, "/orgs/{org_id}/invitations/{invitation_id}", Org(P::MembersManage),  invitations::revoke)
-        .add(M::POST,   "/invitations/accept",                        Authenticated,          invitations::accept)
-        .add(M::GET,    "/orgs/{org_id}/domains",                     Org(P::MembersManage),  invitations::list_domains)
-        .add(M::PUT,    "/orgs/{org_id}/domains/{domain}",            Org(P::MembersManage),  invitations::put_domain)
-        .add(M::DELETE, "/orgs/{org_id}/domains/{domain}",            Org(P::MembersManage),  invitations::delete_domain)
-        .add(M::POST,   "/orgs/{org_id}/domains/{domain}/verify",     Org(P::MembersManage),  invitations::verify_domain)
-        .add(M::GET,    "/orgs/{org_id}/projects",                    Org(P::ProjectsRead),   projects::list_in_org)
-        .add(M::POST,   "/orgs/{org_id}/projects",                    Org(P::ProjectsManage), projects::create)
-        .add(M::GET,    "/orgs/{org_id}/tokens",                      Org(P::TokensManage),   tokens::list_service)
-        .add(M::POST,   "/orgs/{org_id}/tokens",                      Org(P::TokensManage),   tokens::create_service)
-        .add(M::DELETE, "/orgs/{org_id}/tokens/{token_id}",           Org(P::TokensManage),   tokens::revoke_service)
-        .add(M::GET,    "/orgs/{org_id}/audit",                       Org(P::AuditRead),      audit_log::list)
-        .add(M::GET,    "/orgs/{org_id}/secrets",                     Org(P::SecretsManage),  secrets::list_org)
-        .add(M::GET,    "/orgs/{org_id}/secrets/{name}",              Org(P::SecretsManage),  secrets::get_org)
-        .add(M::PUT,    "/orgs/{org_id}/secrets/{name}",              Org(P::SecretsManage),  secrets::put_org)
-        .add(M::DELETE, "/orgs/{org_id}/secrets/{name}",              Org(P::SecretsManage),  secrets::delete_org)
-        .add(M::GET,    "/projects/{project_id}/secrets",             Org(P::SecretsManage),  secrets::list_project)
-        .add(M::GET,    "/projects/{project_id}/secrets/{name}",      Org(P::SecretsManage),  secrets::get_project)
-        .add(M::PUT,    "/projects/{project_id}/secrets/{name}",      Org(P::SecretsManage),  secrets::put_project)
-        .add(M::DELETE, "/projects/{project_id}/secrets/{name}",      Org(P::SecretsManage),  secrets::delete_project)
-        .add(M::GET,    "/projects",                                  Org(P::ProjectsRead),   projects::list)
-        .add(M::GET,    "/projects/{project_id}",                     Org(P::ProjectsRead),   projects::get)
-        .add(M::PATCH,  "/projects/{project_id}",                     Org(P::ProjectsManage), projects::update)
-        .add(M::DELETE, "/projects/{project_id}",                     Org(P::ProjectsManage), projects::delete)
-        .add(M::POST,   "/projects/{project_id}/runs",                Org(P::RunsCreate),     runs::create)
-        .add(M::GET,    "/runs",                                      Org(P::RunsRead),       runs::list)
-        .add(M::POST,   "/runs/{run_id}/cancel",                      Org(P::RunsCancel),     runs::cancel)
-        .add(M::POST,   "/runs/{run_id}/messages",                    Org(P::RunsCreate),     runs::message)
-        .add(M::GET,    "/runs/{run_id}",                             Org(P::RunsRead),       runs::get)
-        .add(M::GET,    "/runs/{run_id}/events",                      Org(P::RunsRead),       events::list)
-        .add(M::GET,    "/runs/{run_id}/events/stream",               Org(P::RunsRead),       events::stream)
-        .add(M::GET,    "/runs/{run_id}/diff",                        Org(P::RunsRead),       runs::diff)
-        .add(M::GET,    "/tokens",                                    Authenticated,          tokens::list_personal)
-        .add(M::POST,   "/tokens",                                    Authenticated,          tokens::create_personal)
-        .add(M::DELETE, "/tokens/{token_id}",                         Authenticated,          tokens::revoke_personal)
-        .add(M::GET,    "/admin/orgs",                                Instance,               admin::orgs)
-        .add(M::GET,    "/admin/health",                              Instance,               admin::health)
-        .add(M::GET,    "/admin/users",                               Instance,               admin::users)
-        .add(M::GET,    "/admin/secrets/keys",                        Instance,               admin::secret_keys)
-        .add(M::POST,   "/admin/secrets/rewrap",                      Instance,               admin::rewrap_secrets)
-        .add(M::POST,   "/admin/orgs/{org_id}/domains/{domain}/approve", Instance,            admin::approve_domain)
-        .add(M::GET,    "/admin/orgs/{org_id}/agent-images",          Instance,               admin::agent_images)
-        .add(M::PUT,    "/admin/orgs/{org_id}/agent-images",          Instance,               admin::put_agent_images)
+        .add(M::GET,    "/openapi.json",                              Public,                 crate::openapi::serve,
+             text("This document", "application/json"))
+        .add(M::GET,    "/auth/login",                                Public,                 auth::login,
+             redirect("Start the OIDC login (redirects to the identity provider)").query::<auth::LoginQuery>())
+        .add(M::GET,    "/auth/callback",                             Public,                 auth::callback,
+             redirect("Finish the OIDC login (sets the session cookie)").query::<auth::CallbackQuery>().errors(&[401, 403]))
+        .add(M::POST,   "/auth/logout",                               Authenticated,          auth::logout,
+             no_content("End the session"))
+        .add(M::GET,    "/.well-known/jwks.json",                     Public,                 auth::jwks,
+             ok::<Untyped>("The keys that sign this instance's session tokens (JWKS)"))
+        .add(M::GET,    "/me",                                        Authenticated,          me::get,
+             ok::<Untyped>("Who the caller is, its orgs and roles, and what its token may do"))
+        .add(M::GET,    "/orgs",                                      Authenticated,          orgs::list,
+             page::<OrgView>("List the caller's orgs").query::<orgs::ListQuery>())
+        .add(M::POST,   "/orgs",                                      Authenticated,          orgs::create,
+             created::<OrgView>("Create an org (the caller becomes its owner)").body::<orgs::CreateOrg>().errors(&[409]))
+        .add(M::GET,    "/orgs/{org_id}",                             Org(P::OrgRead),        orgs::get,
+             ok::<OrgView>("Get an org"))
+        .add(M::PATCH,  "/orgs/{org_id}",                             Org(P::OrgManage),      orgs::update,
+             ok::<OrgView>("Rename an org").body::<orgs::UpdateOrg>())
+        .add(M::DELETE, "/orgs/{org_id}",                             Org(P::OrgDelete),      orgs::delete,
+             no_content("Delete an org with everything in it"))
+        .add(M::GET,    "/orgs/{org_id}/members",                     Org(P::OrgRead),        members::list,
+             page::<MemberView>("List an org's members"))
+        .add(M::PATCH,  "/orgs/{org_id}/members/{user_id}",           Org(P::MembersManage),  members::update,
+             ok::<Untyped>("Change a member's role").body::<members::UpdateMember>().errors(&[409]))
+        .add(M::DELETE, "/orgs/{org_id}/members/{user_id}",           Org(P::MembersManage),  members::remove,
+             no_content("Remove a member").errors(&[409]))
+        .add(M::GET,    "/orgs/{org_id}/invitations",                 Org(P::MembersManage),  invitations::list,
+             ok::<Untyped>("List an org's open invitations"))
+        .add(M::POST,   "/orgs/{org_id}/invitations",                 Org(P::MembersManage),  invitations::create,
+             created::<Untyped>("Invite someone by e-mail (the answer holds the one-time token)").body::<invitations::CreateInvitation>().errors(&[409]))
+        .add(M::DELETE, "/orgs/{org_id}/invitations/{invitation_id}", Org(P::MembersManage),  invitations::revoke,
+             no_content("Revoke an invitation"))
+        .add(M::POST,   "/invitations/accept",                        Authenticated,          invitations::accept,
+             ok::<Untyped>("Accept an invitation with its token").body::<invitations::AcceptInvitation>().errors(&[403, 404, 409]))
+        .add(M::GET,    "/orgs/{org_id}/domains",                     Org(P::MembersManage),  invitations::list_domains,
+             ok::<Untyped>("List the org's e-mail domains that join it automatically"))
+        .add(M::PUT,    "/orgs/{org_id}/domains/{domain}",            Org(P::MembersManage),  invitations::put_domain,
+             ok::<Untyped>("Claim an e-mail domain for the org (pending until verified)").body::<invitations::PutDomain>().errors(&[409]))
+        .add(M::DELETE, "/orgs/{org_id}/domains/{domain}",            Org(P::MembersManage),  invitations::delete_domain,
+             no_content("Drop an e-mail domain"))
+        .add(M::POST,   "/orgs/{org_id}/domains/{domain}/verify",     Org(P::MembersManage),  invitations::verify_domain,
+             ok::<Untyped>("Verify a domain through its DNS TXT record").errors(&[422]))
+        .add(M::GET,    "/orgs/{org_id}/projects",                    Org(P::ProjectsRead),   projects::list_in_org,
+             page::<ProjectView>("List an org's projects").query::<projects::ListQuery>())
+        .add(M::POST,   "/orgs/{org_id}/projects",                    Org(P::ProjectsManage), projects::create,
+             created::<ProjectView>("Create a project").body::<projects::CreateProject>().errors(&[409]))
+        .add(M::GET,    "/orgs/{org_id}/tokens",                      Org(P::TokensManage),   tokens::list_service,
+             page::<TokenView>("List an org's service tokens"))
+        .add(M::POST,   "/orgs/{org_id}/tokens",                      Org(P::TokensManage),   tokens::create_service,
+             created::<TokenView>("Create a service token (the secret is shown once)").body::<tokens::CreateToken>())
+        .add(M::DELETE, "/orgs/{org_id}/tokens/{token_id}",           Org(P::TokensManage),   tokens::revoke_service,
+             no_content("Revoke a service token"))
+        .add(M::GET,    "/orgs/{org_id}/audit",                       Org(P::AuditRead),      audit_log::list,
+             ok::<Untyped>("Read the org's audit log, newest first").query::<audit_log::AuditQuery>())
+        .add(M::GET,    "/orgs/{org_id}/secrets",                     Org(P::SecretsManage),  secrets::list_org,
+             ok::<SecretList>("List the org's secrets (names and versions, never values)"))
+        .add(M::GET,    "/orgs/{org_id}/secrets/{name}",              Org(P::SecretsManage),  secrets::get_org,
+             ok::<SecretView>("Get an org secret's metadata"))
+        .add(M::PUT,    "/orgs/{org_id}/secrets/{name}",              Org(P::SecretsManage),  secrets::put_org,
+             ok::<SecretView>("Set an org secret (201 when new)").body::<secrets::SecretValue>().also(&[201]))
+        .add(M::DELETE, "/orgs/{org_id}/secrets/{name}",              Org(P::SecretsManage),  secrets::delete_org,
+             no_content("Delete an org secret"))
+        .add(M::GET,    "/projects/{project_id}/secrets",             Org(P::SecretsManage),  secrets::list_project,
+             ok::<SecretList>("List the project's secrets (names and versions, never values)"))
+        .add(M::GET,    "/projects/{project_id}/secrets/{name}",      Org(P::SecretsManage),  secrets::get_project,
+             ok::<SecretView>("Get a project secret's metadata"))
+        .add(M::PUT,    "/projects/{project_id}/secrets/{name}",      Org(P::SecretsManage),  secrets::put_project,
+             ok::<SecretView>("Set a project secret (201 when new)").body::<secrets::SecretValue>().also(&[201]))
+        .add(M::DELETE, "/projects/{project_id}/secrets/{name}",      Org(P::SecretsManage),  secrets::delete_project,
+             no_content("Delete a project secret"))
+        .add(M::GET,    "/projects",                                  Org(P::ProjectsRead),   projects::list,
+             page::<ProjectView>("List the projects the caller can see").query::<projects::ListQuery>())
+        .add(M::GET,    "/projects/{project_id}",                     Org(P::ProjectsRead),   projects::get,
+             ok::<ProjectView>("Get a project (`agent.env` values hidden without projects.manage)"))
+        .add(M::PATCH,  "/projects/{project_id}",                     Org(P::ProjectsManage), projects::update,
+             ok::<ProjectView>("Change a project's settings").body::<projects::UpdateProject>().errors(&[409]))
+        .add(M::DELETE, "/projects/{project_id}",                     Org(P::ProjectsManage), projects::delete,
+             no_content("Delete a project with its runs (running workspaces are stopped)"))
+        .add(M::POST,   "/projects/{project_id}/runs",                Org(P::RunsCreate),     runs::create,
+             created::<RunView>("Start a run (200 with the first run on a repeated idempotency key)").body::<runs::CreateRun>().also(&[200]).errors(&[409, 413]))
+        .add(M::GET,    "/runs",                                      Org(P::RunsRead),       runs::list,
+             page::<RunView>("List runs, newest first").query::<runs::ListQuery>())
+        .add(M::POST,   "/runs/{run_id}/cancel",                      Org(P::RunsCancel),     runs::cancel,
+             accepted::<Receipt>("Cancel a run (200 when it ended at once)").also(&[200]).errors(&[409]))
+        .add(M::POST,   "/runs/{run_id}/messages",                    Org(P::RunsCreate),     runs::message,
+             accepted::<Receipt>("Send the agent a message (a finished run continues as a follow-up run, 201)").body::<runs::SendMessage>().also(&[200, 201]).errors(&[409, 413]))
+        .add(M::GET,    "/runs/{run_id}",                             Org(P::RunsRead),       runs::get,
+             ok::<RunView>("Get a run"))
+        .add(M::GET,    "/runs/{run_id}/events",                      Org(P::RunsRead),       events::list,
+             page::<EventView>("Read a run's journal after a cursor").query::<events::ListQuery>())
+        .add(M::GET,    "/runs/{run_id}/events/stream",               Org(P::RunsRead),       events::stream,
+             event_stream::<EventView>("Follow a run's journal live (resumable with Last-Event-ID)").query::<events::StreamQuery>())
+        .add(M::GET,    "/runs/{run_id}/diff",                        Org(P::RunsRead),       runs::diff,
+             text("The patch the run produced (404 until it has one)", "text/x-patch"))
+        .add(M::GET,    "/tokens",                                    Authenticated,          tokens::list_personal,
+             page::<TokenView>("List the caller's personal tokens"))
+        .add(M::POST,   "/tokens",                                    Authenticated,          tokens::create_personal,
+             created::<TokenView>("Create a personal token (the secret is shown once)").body::<tokens::CreateToken>().errors(&[403]))
+        .add(M::DELETE, "/tokens/{token_id}",                         Authenticated,          tokens::revoke_personal,
+             no_content("Revoke a personal token").errors(&[404]))
+        .add(M::GET,    "/admin/orgs",                                Instance,               admin::orgs,
+             page::<OrgView>("List every org").query::<admin::ListQuery>())
+        .add(M::GET,    "/admin/health",                              Instance,               admin::health,
+             ok::<Untyped>("The instance's dependencies as the API sees them"))
+        .add(M::GET,    "/admin/users",                               Instance,               admin::users,
+             page::<UserView>("List every user").query::<admin::ListQuery>())
+        .add(M::GET,    "/admin/secrets/keys",                        Instance,               admin::secret_keys,
+             ok::<Untyped>("Which key-encryption keys the stored secrets use"))
+        .add(M::POST,   "/admin/secrets/rewrap",                      Instance,               admin::rewrap_secrets,
+             ok::<Untyped>("Re-wrap stored secrets under the active key").query::<admin::RewrapQuery>())
+        .add(M::POST,   "/admin/orgs/{org_id}/domains/{domain}/approve", Instance,            admin::approve_domain,
+             ok::<Untyped>("Approve an org's e-mail domain without DNS"))
+        .add(M::GET,    "/admin/orgs/{org_id}/agent-images",          Instance,               admin::agent_images,
+             ok::<Untyped>("The agent images allowed for an org beyond the instance's"))
+        .add(M::PUT,    "/admin/orgs/{org_id}/agent-images",          Instance,               admin::put_agent_images,
+             ok::<Untyped>("Set the agent images allowed for an org").body::<admin::AgentImagesBody>())
 }
 
 /// `handler` behind the access layer that enforces `access` (see `crate::auth`).
@@ -149,6 +222,15 @@ pub fn api_routes(state: AppState) -> Router<AppState> {
             guarded(&state, route.spec.access, route.handler),
         )
     })
+}
+
+/// Every route with its documentation, for the OpenAPI document.
+pub fn documented() -> Vec<(RouteSpec, Doc)> {
+    table()
+        .0
+        .into_iter()
+        .map(|route| (route.spec, route.doc))
+        .collect()
 }
 
 /// Every route the API serves under `/api/v1`, with its declared access.

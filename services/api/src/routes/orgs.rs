@@ -13,7 +13,8 @@ use crate::extract::{ApiJson, ApiQuery, next_cursor, page_limit, parse_cursor, p
 use crate::routes::wire::{OrgView, Page};
 use crate::state::AppState;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
     cursor: Option<String>,
     limit: Option<i64>,
@@ -51,7 +52,7 @@ pub async fn list(
     }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateOrg {
     slug: String,
@@ -162,7 +163,7 @@ pub async fn get(
     Ok(Json(OrgView::new(org, role)))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateOrg {
     name: Option<String>,

@@ -17,7 +17,8 @@ use crate::routes::orgs::validate_name;
 use crate::routes::wire::{Page, ProjectView};
 use crate::state::AppState;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
     cursor: Option<String>,
     limit: Option<i64>,
@@ -121,7 +122,7 @@ where
     Option::<T>::deserialize(deserializer).map(Some)
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AgentPatch {
     image: Option<String>,
@@ -137,10 +138,11 @@ pub struct AgentPatch {
     pids_limit: Option<i64>,
     env: Option<BTreeMap<String, String>>,
     secrets: Option<Vec<String>>,
+    #[schema(schema_with = crate::routes::wire::schemas::on_lost_workspace, required = false)]
     on_lost_workspace: Option<cadenza_domain::OnLostWorkspace>,
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RepositoryPatch {
     #[serde(default, deserialize_with = "nullable")]
@@ -266,7 +268,7 @@ impl RepositoryPatch {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateProject {
     slug: String,
@@ -368,7 +370,7 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(project.into())))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateProject {
     name: Option<String>,

@@ -17,7 +17,7 @@ use crate::extract::{ApiJson, ApiQuery, next_cursor, page_limit, parse_cursor, p
 use crate::routes::wire::{Page, Receipt, RunView};
 use crate::state::AppState;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateRun {
     prompt: String,
@@ -140,7 +140,8 @@ async fn publish_journal_head(state: &AppState, run_id: RunId, scope: &Scope) {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
     project_id: Option<String>,
     state: Option<String>,
@@ -333,7 +334,7 @@ pub async fn cancel(
     Ok((status, Json(receipt)).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SendMessage {
     text: String,

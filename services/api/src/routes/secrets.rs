@@ -21,7 +21,7 @@ use crate::state::AppState;
 /// Largest accepted value, in bytes.
 pub const MAX_VALUE_BYTES: usize = 64 * 1024;
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct SecretView {
     pub name: String,
     /// `org` or `project`.
@@ -58,7 +58,7 @@ impl From<SecretMeta> for SecretView {
     }
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct SecretList {
     pub items: Vec<SecretView>,
 }
@@ -76,6 +76,19 @@ fn checked_name(name: &str) -> ApiResult<&str> {
 
 /// Takes the value out of `{"value": "..."}`. Parsed by hand so that no error message (serde's
 /// quote the offending input) can ever contain the value.
+/// The body of a secret's `PUT`, as documented. The handlers read it from a plain JSON value,
+/// so that every refusal can say exactly what is wrong without echoing the value.
+#[derive(utoipa::ToSchema)]
+#[allow(
+    dead_code,
+    reason = "describes the body for the API document; parsed by `secret_value`"
+)]
+pub struct SecretValue {
+    /// The secret (at most 64 KiB; at least a few characters besides whitespace, so it can be
+    /// recognised and redacted).
+    value: String,
+}
+
 fn secret_value(body: Value) -> ApiResult<SecretString> {
     let bad = |detail: &str| Err(ApiError::BadRequest(detail.to_owned()));
     let Value::Object(mut fields) = body else {

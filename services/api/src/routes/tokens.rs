@@ -16,13 +16,15 @@ use crate::principal::Principal;
 use crate::routes::wire::{Page, TokenView};
 use crate::state::AppState;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateToken {
     name: String,
     /// Narrow the token to these permissions.
+    #[schema(schema_with = crate::routes::wire::schemas::permissions, required = false)]
     scopes: Option<Vec<String>>,
     /// Role of an org service token (default `member`).
+    #[schema(schema_with = crate::routes::wire::schemas::role, required = false)]
     role: Option<String>,
     #[serde(default, with = "time::serde::rfc3339::option")]
     expires_at: Option<OffsetDateTime>,

@@ -7,6 +7,7 @@ use cadenza_storage::tokens::{TokenOwner, TokenRecord};
 use cadenza_storage::users::User;
 use serde::Serialize;
 use time::OffsetDateTime;
+use utoipa::ToSchema;
 
 #[derive(Serialize)]
 pub struct Page<T> {
@@ -15,7 +16,7 @@ pub struct Page<T> {
     pub next_cursor: Option<String>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct ProjectView {
     pub id: String,
     pub org_id: String,
@@ -29,7 +30,7 @@ pub struct ProjectView {
     pub updated_at: OffsetDateTime,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct AgentView {
     pub image: String,
     pub cpus: f64,
@@ -42,10 +43,11 @@ pub struct AgentView {
     pub env: std::collections::BTreeMap<String, String>,
     pub secrets: Vec<String>,
     /// `retry` or `fail`: a run whose workspace is lost while its agent works.
+    #[schema(schema_with = schemas::on_lost_workspace)]
     pub on_lost_workspace: cadenza_domain::OnLostWorkspace,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct RepositoryView {
     pub url: Option<String>,
     pub branch: Option<String>,
@@ -97,17 +99,18 @@ impl From<Project> for ProjectView {
     }
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct ReasonView {
     pub code: String,
     pub message: String,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct RunView {
     pub id: String,
     pub org_id: String,
     pub project_id: String,
+    #[schema(schema_with = schemas::run_state)]
     pub state: &'static str,
     pub attempt: i32,
     pub prompt: String,
@@ -156,7 +159,7 @@ impl From<Run> for RunView {
     }
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct EventView {
     pub run_id: String,
     pub seq: i64,
@@ -188,12 +191,13 @@ impl EventView {
     }
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct OrgView {
     pub id: String,
     pub slug: String,
     pub name: String,
     /// The caller's role in this org (`null` for an instance admin who is not a member).
+    #[schema(schema_with = schemas::nullable_role)]
     pub role: Option<Role>,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
@@ -211,11 +215,12 @@ impl OrgView {
     }
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct MemberView {
     pub user_id: String,
     pub email: String,
     pub name: Option<String>,
+    #[schema(schema_with = schemas::role)]
     pub role: Role,
     #[serde(with = "time::serde::rfc3339")]
     pub joined_at: OffsetDateTime,
@@ -233,7 +238,7 @@ impl From<Member> for MemberView {
     }
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct UserView {
     pub id: String,
     pub email: String,
@@ -258,7 +263,7 @@ impl From<User> for UserView {
     }
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct TokenView {
     pub id: String,
     pub name: String,
@@ -266,7 +271,9 @@ pub struct TokenView {
     /// The first characters of the secret, to recognise the token.
     pub prefix: String,
     pub org_id: Option<String>,
+    #[schema(schema_with = schemas::nullable_role)]
     pub role: Option<Role>,
+    #[schema(schema_with = schemas::nullable_permissions)]
     pub scopes: Option<Vec<cadenza_domain::Permission>>,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
@@ -313,7 +320,7 @@ impl TokenView {
 
 /// The answer to an action on a run (cancel, message): what was accepted and the correlation id
 /// that the events it causes carry.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct Receipt {
     pub action: &'static str,
     pub run_id: String,
@@ -322,10 +329,55 @@ pub struct Receipt {
     pub follow_up_run_id: Option<String>,
     pub correlation_id: String,
     /// The run's state as of the answer.
+    #[schema(schema_with = schemas::run_state)]
     pub state: &'static str,
     /// For messages: whether the agent has it already.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub delivered: Option<bool>,
     #[serde(with = "time::serde::rfc3339")]
     pub accepted_at: OffsetDateTime,
+}
+
+/// Schemas of the domain's enums as they travel (their `snake_case` or dotted names).
+pub(crate) mod schemas {
+    use cadenza_domain::{Permission, Role, RunState};
+    use serde_json::{Value, json};
+    use utoipa::openapi::schema::Schema;
+
+    fn from_json(value: Value) -> Schema {
+        serde_json::from_value(value).expect("a hand-written JSON Schema always parses")
+    }
+
+    fn roles() -> Vec<&'static str> {
+        Role::ALL.iter().map(|role| role.as_str()).collect()
+    }
+
+    pub fn role() -> Schema {
+        from_json(json!({"type": "string", "enum": roles()}))
+    }
+
+    pub fn nullable_role() -> Schema {
+        let mut values: Vec<Value> = roles().into_iter().map(Value::from).collect();
+        values.push(Value::Null);
+        from_json(json!({"type": ["string", "null"], "enum": values}))
+    }
+
+    pub fn run_state() -> Schema {
+        let states: Vec<&str> = RunState::ALL.iter().map(|state| state.as_str()).collect();
+        from_json(json!({"type": "string", "enum": states}))
+    }
+
+    pub fn on_lost_workspace() -> Schema {
+        from_json(json!({"type": "string", "enum": ["retry", "fail"]}))
+    }
+
+    pub fn permissions() -> Schema {
+        let all: Vec<&str> = Permission::ALL.iter().map(|p| p.as_str()).collect();
+        from_json(json!({"type": "array", "items": {"type": "string", "enum": all}}))
+    }
+
+    pub fn nullable_permissions() -> Schema {
+        let all: Vec<&str> = Permission::ALL.iter().map(|p| p.as_str()).collect();
+        from_json(json!({"type": ["array", "null"], "items": {"type": "string", "enum": all}}))
+    }
 }
