@@ -158,9 +158,15 @@ mod tests {
         Cli::command().debug_assert();
     }
 
-    #[test]
-    fn a_secret_value_cannot_be_given_as_an_argument() {
-        let parsed = Cli::try_parse_from(["cadenza", "secrets", "set", "NAME", "--org", "o", "v"]);
-        assert!(parsed.is_err());
+    #[tokio::test]
+    async fn a_secret_value_given_as_an_argument_is_refused_without_being_repeated() {
+        let cli = Cli::try_parse_from([
+            "cadenza", "secrets", "set", "NAME", "--org", "o", "hunter22",
+        ])
+        .expect("parses, to be refused");
+        let err = run(cli, config::Env::default()).await.expect_err("refused");
+        assert_eq!(err.exit_code(), exit::USAGE);
+        assert!(!err.to_string().contains("hunter22"), "{err}");
+        assert!(err.to_string().contains("standard input"), "{err}");
     }
 }

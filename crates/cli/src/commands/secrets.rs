@@ -18,6 +18,10 @@ pub enum SecretsCommand {
         name: String,
         #[command(flatten)]
         scope: ScopeArgs,
+        /// Never used: a value typed here is refused without being repeated, since the command
+        /// line is visible to other users (`ps`) and kept in shell history.
+        #[arg(hide = true)]
+        value_on_command_line: Option<String>,
     },
     /// List secrets (metadata only: no value is ever shown).
     List {
@@ -59,9 +63,21 @@ async fn base_path(client: &Client, scope: &ScopeArgs) -> Result<String, CliErro
 }
 
 pub async fn run(context: &Context, command: SecretsCommand) -> Result<u8, CliError> {
+    if let SecretsCommand::Set {
+        value_on_command_line: Some(_),
+        ..
+    } = &command
+    {
+        return Err(CliError::Usage(
+            "a secret's value is not taken from the command line, where `ps` and shell history \
+             would keep it: pipe it to standard input (`cadenza secrets set NAME --org O < file`) \
+             or type it at the prompt"
+                .into(),
+        ));
+    }
     let client = context.client()?;
     match command {
-        SecretsCommand::Set { name, scope } => {
+        SecretsCommand::Set { name, scope, .. } => {
             let path = format!("{}/{}", base_path(&client, &scope).await?, segment(&name));
             let value = input::secret_value(&format!("value of {name}"), false)?;
             let body = json!({ "value": value.as_str() });
