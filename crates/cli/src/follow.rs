@@ -237,8 +237,19 @@ pub async fn follow(
         let why = match client.open_stream(run_id, resume.last_event_id()).await {
             Ok(response) => {
                 let before = resume;
-                let ended = read_stream(response, run_id, &mut resume, &settings, timeline).await?;
-                if resume != before {
+                let opened = tokio::time::Instant::now();
+                let ended = read_stream(
+                    response,
+                    client.server(),
+                    run_id,
+                    &mut resume,
+                    &settings,
+                    timeline,
+                )
+                .await?;
+                // Progress, or a connection that held for a while (a quiet run behind a server
+                // whose keep-alive is slower than ours), starts the attempts over.
+                if resume != before || opened.elapsed() >= settings.idle_timeout {
                     backoff.reset();
                 }
                 match ended {
@@ -301,6 +312,7 @@ async fn ended_with_nothing_left(client: &Client, run_id: &str, resume: Resume) 
 
 async fn read_stream(
     response: reqwest::Response,
+    server: &str,
     run_id: &str,
     resume: &mut Resume,
     settings: &FollowSettings,
@@ -344,7 +356,7 @@ async fn read_stream(
             }
             let entry: Value =
                 serde_json::from_str(&event.data).map_err(|err| CliError::Protocol {
-                    server: String::new(),
+                    server: server.to_owned(),
                     detail: format!("a stream event is not JSON: {err}"),
                 })?;
             let Some(seq) = entry["seq"].as_i64() else {
