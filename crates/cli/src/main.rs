@@ -1,0 +1,3 @@
+fn main() -> std::process::ExitCode {
+    cadenza_cli::main()
+}
