@@ -38,6 +38,11 @@ pub struct RateLimiter {
 }
 
 impl RateLimiter {
+    /// The limits this limiter enforces.
+    pub fn limits(&self) -> &RateLimits {
+        &self.limits
+    }
+
     pub fn new(redis: redis::aio::ConnectionManager, prefix: String, limits: RateLimits) -> Self {
         Self {
             redis,

@@ -78,6 +78,11 @@ impl Sessions {
             .map_err(|err| ApiError::Unavailable(Box::new(err)))
     }
 
+    /// Whether browser login through an OIDC provider is configured.
+    pub fn login_available(&self) -> bool {
+        self.oidc_config.is_some()
+    }
+
     /// The session cookie's name.
     pub fn session_cookie_name(&self) -> &'static str {
         if self.insecure_cookies {

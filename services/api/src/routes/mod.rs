@@ -7,6 +7,7 @@
 pub mod admin;
 pub mod audit_log;
 pub mod auth;
+pub mod capabilities;
 pub mod events;
 pub mod invitations;
 pub mod me;
@@ -92,6 +93,8 @@ fn table() -> Table {
              no_content("End the session"))
         .add(M::GET,    "/.well-known/jwks.json",                     Public,                 auth::jwks,
              ok::<Untyped>("The keys that sign this instance's session tokens (JWKS)"))
+        .add(M::GET,    "/capabilities",                              Authenticated,          capabilities::get,
+             ok::<capabilities::Capabilities>("What this instance offers the caller: versions, streams, actions, harnesses, limits, features"))
         .add(M::GET,    "/me",                                        Authenticated,          me::get,
              ok::<Untyped>("Who the caller is, its orgs and roles, and what its token may do"))
         .add(M::GET,    "/orgs",                                      Authenticated,          orgs::list,
