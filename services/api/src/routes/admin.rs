@@ -172,7 +172,7 @@ pub async fn approve_domain(
     admin: Authorized<perm::InstanceAdmin>,
     meta: RequestMeta,
     axum::extract::Path((org_id, domain)): axum::extract::Path<(String, String)>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<super::wire::DomainView>> {
     let org_id: OrgId = crate::extract::parse_id(&org_id, "org")?;
     let domain = super::invitations::normalize_domain(&domain)?;
     let no_rule = |err| match err {

@@ -3,14 +3,14 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use cadenza_domain::{OrgId, Scope};
-use cadenza_storage::audit::{self, AuditFilter, AuditRecord};
+use cadenza_storage::audit::{self, AuditFilter};
 use serde::Deserialize;
-use serde_json::{Value, json};
 use time::OffsetDateTime;
 
 use crate::auth::{Authorized, perm};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{ApiQuery, next_cursor, page_limit, parse_cursor, parse_id};
+use crate::routes::wire::{AuditEntryView, Page};
 use crate::state::AppState;
 
 #[derive(Deserialize, utoipa::IntoParams)]
@@ -28,22 +28,6 @@ pub struct AuditQuery {
     limit: Option<i64>,
     /// `jsonl` exports the matching entries as JSON lines.
     format: Option<String>,
-}
-
-fn view(record: AuditRecord) -> Value {
-    let entry = record.entry;
-    json!({
-        "id": record.id,
-        "org_id": entry.org_id.map(|org| org.to_string()),
-        "actor": {"type": entry.actor_type, "id": entry.actor_id, "label": entry.actor_label},
-        "action": entry.action,
-        "resource": {"type": entry.resource_type, "id": entry.resource_id},
-        "diff": entry.diff,
-        "request_id": entry.request_id,
-        "ip": entry.ip,
-        "user_agent": entry.user_agent,
-        "created_at": record.created_at.format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
-    })
 }
 
 /// `GET /orgs/{org}/audit`: newest first; `format=jsonl` streams every match as JSON lines.
@@ -97,7 +81,9 @@ pub async fn list(
     if export {
         let mut body = String::new();
         for record in records {
-            body.push_str(&view(record).to_string());
+            let line = serde_json::to_string(&AuditEntryView::from(record))
+                .map_err(|err| ApiError::Internal(Box::new(err)))?;
+            body.push_str(&line);
             body.push('\n');
         }
         let mut response = body.into_response();
@@ -108,6 +94,12 @@ pub async fn list(
         return Ok(response);
     }
     let next_cursor = next_cursor(&records, limit, |record| record.id);
-    let items: Vec<Value> = records.into_iter().map(view).collect();
-    Ok(Json(json!({"items": items, "next_cursor": next_cursor})).into_response())
+    Ok(Json(Page {
+        items: records
+            .into_iter()
+            .map(AuditEntryView::from)
+            .collect::<Vec<_>>(),
+        next_cursor,
+    })
+    .into_response())
 }

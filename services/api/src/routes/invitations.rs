@@ -6,18 +6,21 @@ use cadenza_storage::domain_rules::{DomainRule, VerificationMethod};
 use cadenza_storage::invitations::{self, AcceptError, Invitation};
 use cadenza_storage::{StorageError, domain_rules, users};
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::json;
 use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
 
 use crate::audit::{self, AuditedTx, Change, RequestMeta};
 use crate::auth::{Authenticated, Authorized, perm};
 use crate::domain_verification::{self, Proof};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{ApiJson, parse_id};
+use crate::routes::wire::{
+    AcceptBody, AcceptRequest, DnsRecordView, DomainVerificationView, DomainView, InvitationView,
+    Page, RoleGranted,
+};
 use crate::state::AppState;
 
-fn view(invitation: &Invitation) -> Value {
+fn view(invitation: &Invitation) -> InvitationView {
     let status = if invitation.accepted_at.is_some() {
         "accepted"
     } else if invitation.revoked_at.is_some() {
@@ -27,15 +30,17 @@ fn view(invitation: &Invitation) -> Value {
     } else {
         "pending"
     };
-    json!({
-        "id": invitation.id.to_string(),
-        "org_id": invitation.org_id.to_string(),
-        "email": invitation.email,
-        "role": invitation.role,
-        "status": status,
-        "created_at": invitation.created_at.format(&Rfc3339).unwrap_or_default(),
-        "expires_at": invitation.expires_at.format(&Rfc3339).unwrap_or_default(),
-    })
+    InvitationView {
+        id: invitation.id.to_string(),
+        org_id: invitation.org_id.to_string(),
+        email: invitation.email.clone(),
+        role: invitation.role,
+        status,
+        created_at: invitation.created_at,
+        expires_at: invitation.expires_at,
+        token: None,
+        accept: None,
+    }
 }
 
 fn owner_only(auth: &Authorized<perm::MembersManage>, org: OrgId, role: Role) -> ApiResult<()> {
@@ -77,7 +82,7 @@ pub async fn create(
     meta: RequestMeta,
     Path(org_id): Path<String>,
     ApiJson(body): ApiJson<CreateInvitation>,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+) -> ApiResult<(StatusCode, Json<InvitationView>)> {
     let org_id: OrgId = parse_id(&org_id, "org")?;
     auth.require(org_id)?;
     if !valid_email(&body.email) {
@@ -121,9 +126,14 @@ pub async fn create(
     .await?;
     tx.commit().await?;
     let mut answer = view(&invitation);
-    answer["token"] = json!(secret);
-    answer["accept"] =
-        json!({"method": "POST", "path": "/api/v1/invitations/accept", "body": {"token": secret}});
+    answer.accept = Some(AcceptRequest {
+        method: "POST",
+        path: "/api/v1/invitations/accept",
+        body: AcceptBody {
+            token: secret.clone(),
+        },
+    });
+    answer.token = Some(secret);
     Ok((StatusCode::CREATED, Json(answer)))
 }
 
@@ -131,16 +141,19 @@ pub async fn list(
     State(state): State<AppState>,
     auth: Authorized<perm::MembersManage>,
     Path(org_id): Path<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<Page<InvitationView>>> {
     let org_id: OrgId = parse_id(&org_id, "org")?;
     auth.require(org_id)?;
     let mut conn = state.pool.acquire().await?;
-    let items: Vec<Value> = invitations::list(&mut conn, org_id)
+    let items: Vec<_> = invitations::list(&mut conn, org_id)
         .await?
         .iter()
         .map(view)
         .collect();
-    Ok(Json(json!({"items": items, "next_cursor": null})))
+    Ok(Json(Page {
+        items,
+        next_cursor: None,
+    }))
 }
 
 pub async fn revoke(
@@ -186,7 +199,7 @@ pub async fn accept(
     Authenticated(principal): Authenticated,
     meta: RequestMeta,
     ApiJson(body): ApiJson<AcceptInvitation>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<RoleGranted>> {
     let user_id = principal.require_account()?;
     let mut tx = AuditedTx::begin(&state.pool, &principal, &meta).await?;
     let user = users::get(&mut tx, user_id).await?;
@@ -224,9 +237,11 @@ pub async fn accept(
     })
     .await?;
     tx.commit().await?;
-    Ok(Json(
-        json!({"org_id": invitation.org_id.to_string(), "role": invitation.role}),
-    ))
+    Ok(Json(RoleGranted {
+        org_id: invitation.org_id.to_string(),
+        user_id: None,
+        role: invitation.role,
+    }))
 }
 
 pub(crate) fn normalize_domain(raw: &str) -> ApiResult<String> {
@@ -249,26 +264,30 @@ pub(crate) fn normalize_domain(raw: &str) -> ApiResult<String> {
 
 /// A rule as the API shows it: its state, how and when it was verified, and the TXT record that
 /// proves control of the domain.
-pub(crate) fn domain_rule_view(rule: &DomainRule) -> Value {
-    let verification = rule.verification.as_ref().map(|verification| {
-        json!({
-            "method": verification.method.as_str(),
-            "verified_at": verification.at.format(&Rfc3339).unwrap_or_default(),
-            "verified_by": verification.by.map(|id| id.to_string()),
-        })
-    });
-    json!({
-        "domain": rule.domain,
-        "role": rule.role,
-        "state": if rule.is_verified() { "verified" } else { "pending" },
-        "verification": verification,
-        "dns_record": {
-            "name": domain_verification::record_name(&rule.domain),
-            "type": "TXT",
-            "value": domain_verification::record_value(&rule.verification_token),
+pub(crate) fn domain_rule_view(rule: &DomainRule) -> DomainView {
+    DomainView {
+        domain: rule.domain.clone(),
+        role: rule.role,
+        state: if rule.is_verified() {
+            "verified"
+        } else {
+            "pending"
         },
-        "created_at": rule.created_at.format(&Rfc3339).unwrap_or_default(),
-    })
+        verification: rule
+            .verification
+            .as_ref()
+            .map(|verification| DomainVerificationView {
+                method: verification.method.as_str(),
+                verified_at: verification.at,
+                verified_by: verification.by.map(|id| id.to_string()),
+            }),
+        dns_record: DnsRecordView {
+            name: domain_verification::record_name(&rule.domain),
+            kind: "TXT",
+            value: domain_verification::record_value(&rule.verification_token),
+        },
+        created_at: rule.created_at,
+    }
 }
 
 fn no_rule(domain: &str) -> impl FnOnce(StorageError) -> ApiError + '_ {
@@ -282,16 +301,19 @@ pub async fn list_domains(
     State(state): State<AppState>,
     auth: Authorized<perm::MembersManage>,
     Path(org_id): Path<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<Page<DomainView>>> {
     let org_id: OrgId = parse_id(&org_id, "org")?;
     auth.require(org_id)?;
     let mut conn = state.pool.acquire().await?;
-    let items: Vec<Value> = domain_rules::list(&mut conn, org_id)
+    let items: Vec<_> = domain_rules::list(&mut conn, org_id)
         .await?
         .iter()
         .map(domain_rule_view)
         .collect();
-    Ok(Json(json!({"items": items, "next_cursor": null})))
+    Ok(Json(Page {
+        items,
+        next_cursor: None,
+    }))
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -310,7 +332,7 @@ pub async fn put_domain(
     meta: RequestMeta,
     Path((org_id, domain)): Path<(String, String)>,
     ApiJson(body): ApiJson<PutDomain>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<DomainView>> {
     let org_id: OrgId = parse_id(&org_id, "org")?;
     auth.require(org_id)?;
     let domain = normalize_domain(&domain)?;
@@ -342,7 +364,7 @@ pub async fn verify_domain(
     auth: Authorized<perm::MembersManage>,
     meta: RequestMeta,
     Path((org_id, domain)): Path<(String, String)>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<DomainView>> {
     let org_id: OrgId = parse_id(&org_id, "org")?;
     auth.require(org_id)?;
     let domain = normalize_domain(&domain)?;

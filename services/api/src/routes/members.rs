@@ -66,7 +66,7 @@ pub async fn update(
     meta: RequestMeta,
     Path((org_id, user_id)): Path<(String, String)>,
     ApiJson(body): ApiJson<UpdateMember>,
-) -> ApiResult<Json<serde_json::Value>> {
+) -> ApiResult<Json<crate::routes::wire::RoleGranted>> {
     let org_id: OrgId = parse_id(&org_id, "org")?;
     auth.require(org_id)?;
     let user_id: UserId = parse_id(&user_id, "member")?;
@@ -99,9 +99,11 @@ pub async fn update(
     )
     .await?;
     tx.commit().await?;
-    Ok(Json(
-        json!({"org_id": org_id.to_string(), "user_id": user_id.to_string(), "role": role}),
-    ))
+    Ok(Json(crate::routes::wire::RoleGranted {
+        org_id: org_id.to_string(),
+        user_id: Some(user_id.to_string()),
+        role,
+    }))
 }
 
 pub async fn remove(

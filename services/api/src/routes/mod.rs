@@ -96,7 +96,7 @@ fn table() -> Table {
         .add(M::GET,    "/capabilities",                              Authenticated,          capabilities::get,
              ok::<capabilities::Capabilities>("What this instance offers the caller: versions, streams, actions, harnesses, limits, features"))
         .add(M::GET,    "/me",                                        Authenticated,          me::get,
-             ok::<Untyped>("Who the caller is, its orgs and roles, and what its token may do"))
+             ok::<wire::MeView>("Who the caller is, its orgs and roles, and what its token may do"))
         .add(M::GET,    "/orgs",                                      Authenticated,          orgs::list,
              page::<OrgView>("List the caller's orgs").query::<orgs::ListQuery>())
         .add(M::POST,   "/orgs",                                      Authenticated,          orgs::create,
@@ -110,25 +110,25 @@ fn table() -> Table {
         .add(M::GET,    "/orgs/{org_id}/members",                     Org(P::OrgRead),        members::list,
              page::<MemberView>("List an org's members"))
         .add(M::PATCH,  "/orgs/{org_id}/members/{user_id}",           Org(P::MembersManage),  members::update,
-             ok::<Untyped>("Change a member's role").body::<members::UpdateMember>().errors(&[409]))
+             ok::<wire::RoleGranted>("Change a member's role").body::<members::UpdateMember>().errors(&[409]))
         .add(M::DELETE, "/orgs/{org_id}/members/{user_id}",           Org(P::MembersManage),  members::remove,
              no_content("Remove a member").errors(&[409]))
         .add(M::GET,    "/orgs/{org_id}/invitations",                 Org(P::MembersManage),  invitations::list,
-             ok::<Untyped>("List an org's open invitations"))
+             page::<wire::InvitationView>("List an org's invitations"))
         .add(M::POST,   "/orgs/{org_id}/invitations",                 Org(P::MembersManage),  invitations::create,
-             created::<Untyped>("Invite someone by e-mail (the answer holds the one-time token)").body::<invitations::CreateInvitation>().errors(&[409]))
+             created::<wire::InvitationView>("Invite someone by e-mail (the answer holds the one-time token)").body::<invitations::CreateInvitation>().errors(&[409]))
         .add(M::DELETE, "/orgs/{org_id}/invitations/{invitation_id}", Org(P::MembersManage),  invitations::revoke,
              no_content("Revoke an invitation"))
         .add(M::POST,   "/invitations/accept",                        Authenticated,          invitations::accept,
-             ok::<Untyped>("Accept an invitation with its token").body::<invitations::AcceptInvitation>().errors(&[403, 404, 409]))
+             ok::<wire::RoleGranted>("Accept an invitation with its token").body::<invitations::AcceptInvitation>().errors(&[403, 404, 409]))
         .add(M::GET,    "/orgs/{org_id}/domains",                     Org(P::MembersManage),  invitations::list_domains,
-             ok::<Untyped>("List the org's e-mail domains that join it automatically"))
+             page::<wire::DomainView>("List the org's e-mail domains that join it automatically"))
         .add(M::PUT,    "/orgs/{org_id}/domains/{domain}",            Org(P::MembersManage),  invitations::put_domain,
-             ok::<Untyped>("Claim an e-mail domain for the org (pending until verified)").body::<invitations::PutDomain>().errors(&[409]))
+             ok::<wire::DomainView>("Claim an e-mail domain for the org (pending until verified)").body::<invitations::PutDomain>().errors(&[409]))
         .add(M::DELETE, "/orgs/{org_id}/domains/{domain}",            Org(P::MembersManage),  invitations::delete_domain,
              no_content("Drop an e-mail domain"))
         .add(M::POST,   "/orgs/{org_id}/domains/{domain}/verify",     Org(P::MembersManage),  invitations::verify_domain,
-             ok::<Untyped>("Verify a domain through its DNS TXT record").errors(&[422]))
+             ok::<wire::DomainView>("Verify a domain through its DNS TXT record").errors(&[422]))
         .add(M::GET,    "/orgs/{org_id}/projects",                    Org(P::ProjectsRead),   projects::list_in_org,
              page::<ProjectView>("List an org's projects").query::<projects::ListQuery>())
         .add(M::POST,   "/orgs/{org_id}/projects",                    Org(P::ProjectsManage), projects::create,
@@ -140,7 +140,7 @@ fn table() -> Table {
         .add(M::DELETE, "/orgs/{org_id}/tokens/{token_id}",           Org(P::TokensManage),   tokens::revoke_service,
              no_content("Revoke a service token"))
         .add(M::GET,    "/orgs/{org_id}/audit",                       Org(P::AuditRead),      audit_log::list,
-             ok::<Untyped>("Read the org's audit log, newest first").query::<audit_log::AuditQuery>())
+             page::<wire::AuditEntryView>("Read the org's audit log, newest first (`format=jsonl` exports JSON lines)").query::<audit_log::AuditQuery>())
         .add(M::GET,    "/orgs/{org_id}/secrets",                     Org(P::SecretsManage),  secrets::list_org,
              ok::<SecretList>("List the org's secrets (names and versions, never values)"))
         .add(M::GET,    "/orgs/{org_id}/secrets/{name}",              Org(P::SecretsManage),  secrets::get_org,
@@ -198,7 +198,7 @@ fn table() -> Table {
         .add(M::POST,   "/admin/secrets/rewrap",                      Instance,               admin::rewrap_secrets,
              ok::<Untyped>("Re-wrap stored secrets under the active key").query::<admin::RewrapQuery>())
         .add(M::POST,   "/admin/orgs/{org_id}/domains/{domain}/approve", Instance,            admin::approve_domain,
-             ok::<Untyped>("Approve an org's e-mail domain without DNS"))
+             ok::<wire::DomainView>("Approve an org's e-mail domain without DNS"))
         .add(M::GET,    "/admin/orgs/{org_id}/agent-images",          Instance,               admin::agent_images,
              ok::<Untyped>("The agent images allowed for an org beyond the instance's"))
         .add(M::PUT,    "/admin/orgs/{org_id}/agent-images",          Instance,               admin::put_agent_images,

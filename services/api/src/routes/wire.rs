@@ -381,3 +381,177 @@ pub(crate) mod schemas {
         from_json(json!({"type": ["array", "null"], "items": {"type": "string", "enum": all}}))
     }
 }
+
+/// `GET /me`: who the caller is.
+#[derive(Serialize, ToSchema)]
+pub struct MeView {
+    pub actor: ActorView,
+    pub instance_admin: bool,
+    /// The orgs the caller belongs to, with its role in each.
+    pub orgs: Vec<MembershipView>,
+    /// The token the request came with (`null` for a browser session).
+    pub token_id: Option<String>,
+    /// The permissions a narrowed token is limited to (`null`: not narrowed).
+    #[schema(schema_with = schemas::nullable_permissions)]
+    pub scopes: Option<Vec<cadenza_domain::Permission>>,
+}
+
+/// Who is acting: a person, or an org's service token.
+#[derive(Serialize, ToSchema)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ActorView {
+    User {
+        id: String,
+        email: String,
+        name: Option<String>,
+    },
+    ServiceToken {
+        id: String,
+        name: String,
+    },
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct MembershipView {
+    pub org_id: String,
+    pub slug: String,
+    pub name: String,
+    #[schema(schema_with = schemas::role)]
+    pub role: Role,
+}
+
+/// An invitation to an org.
+#[derive(Serialize, ToSchema)]
+pub struct InvitationView {
+    pub id: String,
+    pub org_id: String,
+    pub email: String,
+    #[schema(schema_with = schemas::role)]
+    pub role: Role,
+    /// `pending`, `accepted`, `revoked` or `expired`.
+    pub status: &'static str,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub expires_at: OffsetDateTime,
+    /// Only in the answer to the create request: the one-time token, shown once.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    /// Only in the answer to the create request: the request that accepts it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub accept: Option<AcceptRequest>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct AcceptRequest {
+    pub method: &'static str,
+    pub path: &'static str,
+    pub body: AcceptBody,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct AcceptBody {
+    pub token: String,
+}
+
+/// The membership an accepted invitation, or a role change, gave.
+#[derive(Serialize, ToSchema)]
+pub struct RoleGranted {
+    pub org_id: String,
+    /// The member (absent in the answer to accepting an invitation: it is the caller).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<String>,
+    #[schema(schema_with = schemas::role)]
+    pub role: Role,
+}
+
+/// An e-mail domain whose verified users join an org.
+#[derive(Serialize, ToSchema)]
+pub struct DomainView {
+    pub domain: String,
+    #[schema(schema_with = schemas::role)]
+    pub role: Role,
+    /// `pending` or `verified`.
+    pub state: &'static str,
+    pub verification: Option<DomainVerificationView>,
+    /// The TXT record that proves control of the domain.
+    pub dns_record: DnsRecordView,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct DomainVerificationView {
+    /// `dns` or `admin`.
+    pub method: &'static str,
+    #[serde(with = "time::serde::rfc3339")]
+    pub verified_at: OffsetDateTime,
+    pub verified_by: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct DnsRecordView {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub value: String,
+}
+
+/// One entry of an org's audit log.
+#[derive(Serialize, ToSchema)]
+pub struct AuditEntryView {
+    pub id: i64,
+    pub org_id: Option<String>,
+    pub actor: AuditActorView,
+    /// e.g. `run.create`, `member.update`.
+    pub action: String,
+    pub resource: AuditResourceView,
+    /// Changed fields as `{"field": {"before": .., "after": ..}}`; never secret values.
+    pub diff: serde_json::Value,
+    pub request_id: Option<String>,
+    pub ip: Option<String>,
+    pub user_agent: Option<String>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct AuditActorView {
+    /// `user`, `token`, `anonymous` or `system`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub id: Option<String>,
+    pub label: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct AuditResourceView {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub id: Option<String>,
+}
+
+impl From<cadenza_storage::audit::AuditRecord> for AuditEntryView {
+    fn from(record: cadenza_storage::audit::AuditRecord) -> Self {
+        let entry = record.entry;
+        Self {
+            id: record.id,
+            org_id: entry.org_id.map(|org| org.to_string()),
+            actor: AuditActorView {
+                kind: entry.actor_type,
+                id: entry.actor_id.map(|id| id.to_string()),
+                label: entry.actor_label,
+            },
+            action: entry.action,
+            resource: AuditResourceView {
+                kind: entry.resource_type,
+                id: entry.resource_id,
+            },
+            diff: entry.diff,
+            request_id: entry.request_id,
+            ip: entry.ip,
+            user_agent: entry.user_agent,
+            created_at: record.created_at,
+        }
+    }
+}
