@@ -6,6 +6,7 @@ pub mod ids;
 pub mod images;
 pub mod journal;
 pub mod lifecycle;
+pub mod patch;
 pub mod run;
 pub mod validation;
 pub mod workspace;

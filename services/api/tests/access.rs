@@ -267,6 +267,13 @@ fn example_body(spec: &RouteSpec) -> Option<Value> {
 }
 
 fn fill(path: &str, fixture: &OrgFixture) -> String {
+    // Routes that need a query parameter get one that names something the fixture has (the
+    // fixture's diff changes the file `x`).
+    let query = match path {
+        "/runs/{run_id}/files/patch" => "?path=x",
+        _ => "",
+    };
+    let path = format!("{path}{query}");
     path.replace("{org_id}", &fixture.org.to_string())
         .replace("{project_id}", &fixture.project)
         .replace("{run_id}", &fixture.run.to_string())

@@ -181,6 +181,10 @@ fn table() -> Table {
              event_stream::<EventView>("Follow a run's journal live (resumable with Last-Event-ID)").query::<events::StreamQuery>())
         .add(M::GET,    "/runs/{run_id}/diff",                        Org(P::RunsRead),       runs::diff,
              text("The patch the run produced (404 until it has one)", "text/x-patch"))
+        .add(M::GET,    "/runs/{run_id}/files",                       Org(P::RunsRead),       runs::files,
+             ok::<wire::RunFilesView>("The files the run's patch changes, with line counts (404 until it has one)"))
+        .add(M::GET,    "/runs/{run_id}/files/patch",                 Org(P::RunsRead),       runs::file_patch,
+             text("One file's part of the run's patch", "text/x-patch").query::<runs::FileQuery>())
         .add(M::GET,    "/tokens",                                    Authenticated,          tokens::list_personal,
              page::<TokenView>("List the caller's personal tokens"))
         .add(M::POST,   "/tokens",                                    Authenticated,          tokens::create_personal,

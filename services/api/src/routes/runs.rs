@@ -14,7 +14,7 @@ use crate::audit::{AuditedTx, Change, RequestMeta};
 use crate::auth::{Authorized, RequiredPermission, perm};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{ApiJson, ApiQuery, next_cursor, page_limit, parse_cursor, parse_id};
-use crate::routes::wire::{Page, Receipt, RunView};
+use crate::routes::wire::{FileView, Page, Receipt, RunFilesView, RunView};
 use crate::state::AppState;
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -237,15 +237,7 @@ pub async fn diff(
     Path(run_id): Path<String>,
 ) -> ApiResult<Response> {
     let run = load_run(&state, &auth, &run_id).await?;
-    let mut conn = state.pool.acquire().await?;
-    let diff = diffs::get(&mut conn, &Scope::Org(run.org_id), run.id)
-        .await?
-        .ok_or_else(|| {
-            ApiError::NotFound(format!(
-                "run {} has no diff yet (state `{}`)",
-                run.id, run.state
-            ))
-        })?;
+    let diff = stored_diff(&state, &run).await?;
     let mut response = diff.patch.into_response();
     let headers = response.headers_mut();
     headers.insert(
@@ -258,6 +250,89 @@ pub async fn diff(
     {
         headers.insert("x-base-commit", base);
     }
+    Ok(response)
+}
+
+/// The run's stored diff, or 404 naming the state it is in.
+async fn stored_diff(
+    state: &AppState,
+    run: &cadenza_domain::Run,
+) -> ApiResult<cadenza_storage::diffs::RunDiff> {
+    let mut conn = state.pool.acquire().await?;
+    diffs::get(&mut conn, &Scope::Org(run.org_id), run.id)
+        .await?
+        .ok_or_else(|| {
+            ApiError::NotFound(format!(
+                "run {} has no diff yet (state `{}`)",
+                run.id, run.state
+            ))
+        })
+}
+
+/// `GET /runs/{id}/files`: the files the run's patch changes, with their line counts.
+pub async fn files(
+    State(state): State<AppState>,
+    auth: Authorized<perm::RunsRead>,
+    Path(run_id): Path<String>,
+) -> ApiResult<Json<RunFilesView>> {
+    let run = load_run(&state, &auth, &run_id).await?;
+    let diff = stored_diff(&state, &run).await?;
+    let files = cadenza_domain::patch::files(&diff.patch);
+    let omitted = diff
+        .patch
+        .split("\ndiff --git ")
+        .next()
+        .filter(|head| !head.starts_with("diff --git ") && !head.trim().is_empty())
+        .map(|head| head.trim_end().to_owned());
+    Ok(Json(RunFilesView {
+        run_id: run.id.to_string(),
+        base_commit: diff.base_commit.clone(),
+        files: files
+            .into_iter()
+            .map(|file| FileView {
+                path: file.path,
+                old_path: file.old_path,
+                status: file.status.as_str(),
+                additions: file.additions,
+                deletions: file.deletions,
+                binary: file.binary,
+            })
+            .collect(),
+        omitted,
+    }))
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct FileQuery {
+    /// The file's path (after the change; before it, for a deleted file), as `files` lists it.
+    path: String,
+}
+
+/// `GET /runs/{id}/files/patch?path=`: one file's part of the run's patch.
+pub async fn file_patch(
+    State(state): State<AppState>,
+    auth: Authorized<perm::RunsRead>,
+    Path(run_id): Path<String>,
+    ApiQuery(query): ApiQuery<FileQuery>,
+) -> ApiResult<Response> {
+    let run = load_run(&state, &auth, &run_id).await?;
+    let diff = stored_diff(&state, &run).await?;
+    let file = cadenza_domain::patch::files(&diff.patch)
+        .into_iter()
+        .find(|file| file.path == query.path)
+        .ok_or_else(|| {
+            ApiError::NotFound(format!(
+                "the diff of run {} does not change `{}`",
+                run.id,
+                query.path.chars().take(256).collect::<String>()
+            ))
+        })?;
+    let mut response = file.text.to_owned().into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/x-patch; charset=utf-8"),
+    );
     Ok(response)
 }
 

@@ -555,3 +555,27 @@ impl From<cadenza_storage::audit::AuditRecord> for AuditEntryView {
         }
     }
 }
+
+/// The files a run's patch changes.
+#[derive(Serialize, ToSchema)]
+pub struct RunFilesView {
+    pub run_id: String,
+    /// The commit the patch is against (`null` for a workspace without a repository).
+    pub base_commit: Option<String>,
+    pub files: Vec<FileView>,
+    /// What Cadenza left out of the patch and why (too large, binary past the limit), when it
+    /// left anything out.
+    pub omitted: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct FileView {
+    pub path: String,
+    /// The path before a rename.
+    pub old_path: Option<String>,
+    /// `added`, `modified`, `deleted` or `renamed`.
+    pub status: &'static str,
+    pub additions: usize,
+    pub deletions: usize,
+    pub binary: bool,
+}
