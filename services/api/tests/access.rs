@@ -258,6 +258,7 @@ fn example_body(spec: &RouteSpec) -> Option<Value> {
         ("POST", "/invitations/accept") => json!({"token": "cdzi_unknown"}),
         ("POST", "/auth/logout") => return None,
         ("POST", "/runs/{run_id}/cancel") => return None,
+        ("POST", "/runs/{run_id}/retry") => return None,
         ("POST", "/runs/{run_id}/messages") => json!({"text": "also add a test"}),
         ("DELETE", _) => return None,
         ("GET", _) => return None,
@@ -461,6 +462,10 @@ async fn every_route_answers_every_kind_of_caller_as_declared() {
             )
             .await;
             let ok = match expected(spec, caller) {
+                // The fixture's run is queued, which a retry refuses after access is granted.
+                "allowed" if spec.path == "/runs/{run_id}/retry" => {
+                    status == StatusCode::CONFLICT && body.to_string().contains("only an ended run")
+                }
                 "allowed" => status.is_success(),
                 "401" => status == StatusCode::UNAUTHORIZED,
                 "403" => status == StatusCode::FORBIDDEN,
@@ -506,6 +511,22 @@ async fn every_mutating_route_writes_exactly_one_audit_entry_with_its_actor() {
         )
         .await
         .expect("owner");
+        if spec.path == "/runs/{run_id}/retry" {
+            // Only an ended run is retried.
+            cadenza_storage::runs::transition(
+                &mut conn,
+                a.run,
+                cadenza_domain::RunState::Queued,
+                &cadenza_domain::RunEvent::Cancelled(cadenza_domain::TerminalReason::new(
+                    cadenza_domain::TerminalCode::Cancelled,
+                    "ended for the test",
+                )),
+                cadenza_storage::runs::Actor::Any,
+                None,
+            )
+            .await
+            .expect("ended");
+        }
         let before: i64 = sqlx::query_scalar("select count(*) from audit_log")
             .fetch_one(&mut *conn)
             .await

@@ -76,7 +76,7 @@ async fn capabilities_describe_this_instance_to_a_signed_in_caller_only() {
         .iter()
         .filter_map(|action| action["name"].as_str())
         .collect();
-    assert_eq!(actions, ["cancel", "messages"]);
+    assert_eq!(actions, ["cancel", "messages", "retry"]);
     assert_eq!(caps["streams"][0]["transport"], "sse");
     assert_eq!(
         caps["features"]["oidc_login"], false,

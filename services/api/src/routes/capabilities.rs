@@ -171,7 +171,7 @@ mod tests {
     fn the_run_actions_are_the_tables_post_routes_on_a_run() {
         let actions = run_actions();
         let names: Vec<&str> = actions.iter().map(|action| action.name.as_str()).collect();
-        assert_eq!(names, ["cancel", "messages"]);
+        assert_eq!(names, ["cancel", "messages", "retry"]);
         assert_eq!(actions[0].permission, "runs.cancel");
         assert_eq!(actions[1].permission, "runs.create");
     }

@@ -173,6 +173,8 @@ fn table() -> Table {
              accepted::<Receipt>("Cancel a run (200 when it ended at once)").also(&[200]).errors(&[409]))
         .add(M::POST,   "/runs/{run_id}/messages",                    Org(P::RunsCreate),     runs::message,
              accepted::<Receipt>("Send the agent a message (a finished run continues as a follow-up run, 201)").body::<runs::SendMessage>().also(&[200, 201]).errors(&[409, 413]))
+        .add(M::POST,   "/runs/{run_id}/retry",                       Org(P::RunsCreate),     runs::retry,
+             created::<Receipt>("Run an ended run's prompt again as a new run (200 with the first retry on a repeated Idempotency-Key)").also(&[200]).errors(&[409]))
         .add(M::GET,    "/runs/{run_id}",                             Org(P::RunsRead),       runs::get,
              ok::<RunView>("Get a run"))
         .add(M::GET,    "/runs/{run_id}/events",                      Org(P::RunsRead),       events::list,

@@ -35,16 +35,8 @@ pub async fn create(
     ApiJson(body): ApiJson<CreateRun>,
 ) -> ApiResult<Response> {
     let project = crate::routes::projects::load(&state, &auth, &project_id).await?;
-    let project_id = project.id;
     validate_prompt(&body.prompt).map_err(|err| ApiError::BadRequest(err.to_string()))?;
-    let header_key = headers
-        .get("idempotency-key")
-        .map(|value| {
-            value.to_str().map(str::to_owned).map_err(|_| {
-                ApiError::BadRequest("the `Idempotency-Key` header is not valid text".into())
-            })
-        })
-        .transpose()?;
+    let header_key = idempotency_header(&headers)?;
     let idempotency_key = match (body.idempotency_key, header_key) {
         (Some(body_key), Some(header_key)) if body_key != header_key => {
             return Err(ApiError::BadRequest(
@@ -53,55 +45,16 @@ pub async fn create(
         }
         (body_key, header_key) => body_key.or(header_key),
     };
-    if let Some(key) = &idempotency_key {
-        validate_idempotency_key(key).map_err(|err| ApiError::BadRequest(err.to_string()))?;
-    }
-
-    let mut tx = AuditedTx::begin(&state.pool, &auth.principal, &meta).await?;
-    let submitted = runs::submit(
-        &mut tx,
-        NewRun {
-            org_id: project.org_id,
-            project_id,
-            prompt: &body.prompt,
-            idempotency_key: idempotency_key.as_deref(),
-        },
+    let (run, created) = submit_run(
+        &state,
+        &auth,
+        &meta,
+        &project,
+        &body.prompt,
+        idempotency_key.as_deref(),
+        None,
     )
     .await?;
-    let (run, created) = match submitted {
-        Submitted::Created(run) => {
-            enqueue_run_requested(&mut tx, &run).await?;
-            tx.record(Change {
-                org: Some(run.org_id),
-                action: "run.create",
-                resource_type: "run",
-                resource_id: Some(run.id.to_string()),
-                diff: serde_json::json!({
-                    "project_id": {"before": null, "after": run.project_id.to_string()},
-                    "idempotency_key": {"before": null, "after": run.idempotency_key},
-                }),
-            })
-            .await?;
-            (run, true)
-        }
-        Submitted::Existing(run) => {
-            if run.prompt != body.prompt {
-                return Err(ApiError::Conflict(format!(
-                    "idempotency key `{}` was already used for run {} with a different prompt",
-                    idempotency_key.unwrap_or_default(),
-                    run.id
-                )));
-            }
-            (run, false)
-        }
-    };
-    tx.commit().await?;
-
-    if created {
-        state.relay.nudge();
-        tracing::info!(run_id = %run.id, org_id = %run.org_id, project_id = %run.project_id, "run queued");
-        publish_journal_head(&state, run.id, &Scope::Org(run.org_id)).await;
-    }
     let status = if created {
         StatusCode::CREATED
     } else {
@@ -116,6 +69,141 @@ pub async fn create(
         response
             .headers_mut()
             .insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    Ok(response)
+}
+
+/// The `Idempotency-Key` header, when the request has one.
+fn idempotency_header(headers: &HeaderMap) -> ApiResult<Option<String>> {
+    headers
+        .get("idempotency-key")
+        .map(|value| {
+            value.to_str().map(str::to_owned).map_err(|_| {
+                ApiError::BadRequest("the `Idempotency-Key` header is not valid text".into())
+            })
+        })
+        .transpose()
+}
+
+/// Stores a queued run in `project` (audited, its `runs.requested` message in the outbox) and
+/// wakes the relay. With an idempotency key a repeat returns the first run (`false`), refused
+/// when its prompt differs. `retry_of` names the run this one retries.
+async fn submit_run(
+    state: &AppState,
+    auth: &Authorized<perm::RunsCreate>,
+    meta: &RequestMeta,
+    project: &cadenza_domain::Project,
+    prompt: &str,
+    idempotency_key: Option<&str>,
+    retry_of: Option<RunId>,
+) -> ApiResult<(cadenza_domain::Run, bool)> {
+    if let Some(key) = idempotency_key {
+        validate_idempotency_key(key).map_err(|err| ApiError::BadRequest(err.to_string()))?;
+    }
+    let mut tx = AuditedTx::begin(&state.pool, &auth.principal, meta).await?;
+    let submitted = runs::submit(
+        &mut tx,
+        NewRun {
+            org_id: project.org_id,
+            project_id: project.id,
+            prompt,
+            idempotency_key,
+        },
+    )
+    .await?;
+    let (run, created) = match submitted {
+        Submitted::Created(run) => {
+            enqueue_run_requested(&mut tx, &run).await?;
+            let mut diff = serde_json::json!({
+                "project_id": {"before": null, "after": run.project_id.to_string()},
+                "idempotency_key": {"before": null, "after": run.idempotency_key},
+            });
+            if let Some(original) = retry_of {
+                diff["retry_of"] =
+                    serde_json::json!({"before": null, "after": original.to_string()});
+            }
+            tx.record(Change {
+                org: Some(run.org_id),
+                action: if retry_of.is_some() {
+                    "run.retry"
+                } else {
+                    "run.create"
+                },
+                resource_type: "run",
+                resource_id: Some(run.id.to_string()),
+                diff,
+            })
+            .await?;
+            (run, true)
+        }
+        Submitted::Existing(run) => {
+            if run.prompt != prompt {
+                return Err(ApiError::Conflict(format!(
+                    "idempotency key `{}` was already used for run {} with a different prompt",
+                    idempotency_key.unwrap_or_default(),
+                    run.id
+                )));
+            }
+            (run, false)
+        }
+    };
+    tx.commit().await?;
+    if created {
+        state.relay.nudge();
+        tracing::info!(run_id = %run.id, org_id = %run.org_id, project_id = %run.project_id, retry_of = ?retry_of, "run queued");
+        publish_journal_head(state, run.id, &Scope::Org(run.org_id)).await;
+    }
+    Ok((run, created))
+}
+
+/// `POST /runs/{id}/retry`: a new run of an ended run's prompt in the same project, with the
+/// project's settings as they are now (201; with an `Idempotency-Key` a repeat answers the
+/// first retry, 200). A run that has not ended is refused (409): cancel it first.
+pub async fn retry(
+    State(state): State<AppState>,
+    auth: Authorized<perm::RunsCreate>,
+    meta: RequestMeta,
+    Path(run_id): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let original = load_run(&state, &auth, &run_id).await?;
+    if !original.state.is_terminal() {
+        return Err(ApiError::Conflict(format!(
+            "run {} is `{}`; only an ended run can be retried (cancel it first)",
+            original.id, original.state
+        )));
+    }
+    let project =
+        crate::routes::projects::load(&state, &auth, &original.project_id.to_string()).await?;
+    let key = idempotency_header(&headers)?;
+    let (run, created) = submit_run(
+        &state,
+        &auth,
+        &meta,
+        &project,
+        &original.prompt,
+        key.as_deref(),
+        Some(original.id),
+    )
+    .await?;
+    let receipt = Receipt {
+        action: "retry",
+        run_id: original.id.to_string(),
+        follow_up_run_id: None,
+        retry_run_id: Some(run.id.to_string()),
+        correlation_id: uuid::Uuid::new_v4().to_string(),
+        state: run.state.as_str(),
+        delivered: None,
+        accepted_at: run.created_at,
+    };
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    let mut response = (status, Json(receipt)).into_response();
+    if let Ok(value) = HeaderValue::from_str(&format!("/api/v1/runs/{}", run.id)) {
+        response.headers_mut().insert(header::LOCATION, value);
     }
     Ok(response)
 }
@@ -397,6 +485,7 @@ pub async fn cancel(
         action: "cancel",
         run_id: run.id.to_string(),
         follow_up_run_id: None,
+        retry_run_id: None,
         correlation_id: correlation_id.to_string(),
         state: if entry.is_some() {
             "cancelled"
@@ -474,6 +563,7 @@ pub async fn message(
         action: "message",
         run_id: run.id.to_string(),
         follow_up_run_id: None,
+        retry_run_id: None,
         correlation_id: message.correlation_id.to_string(),
         state: run.state.as_str(),
         delivered: Some(message.delivered_at.is_some()),
@@ -512,6 +602,7 @@ async fn follow_up(
         action: "message",
         run_id: parent.id.to_string(),
         follow_up_run_id: Some(follow_up.to_string()),
+        retry_run_id: None,
         correlation_id: message.correlation_id.to_string(),
         state: parent.state.as_str(),
         delivered: Some(true),

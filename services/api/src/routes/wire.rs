@@ -327,6 +327,9 @@ pub struct Receipt {
     /// The new run a message to a finished run started, if it did.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub follow_up_run_id: Option<String>,
+    /// The new run a retry started.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_run_id: Option<String>,
     pub correlation_id: String,
     /// The run's state as of the answer.
     #[schema(schema_with = schemas::run_state)]
