@@ -9,6 +9,7 @@ pub mod audit_log;
 pub mod auth;
 pub mod capabilities;
 pub mod events;
+pub mod export;
 pub mod invitations;
 pub mod me;
 pub mod members;
@@ -187,6 +188,8 @@ fn table() -> Table {
              ok::<wire::RunFilesView>("The files the run's patch changes, with line counts (404 until it has one)"))
         .add(M::GET,    "/runs/{run_id}/files/patch",                 Org(P::RunsRead),       runs::file_patch,
              text("One file's part of the run's patch", "text/x-patch").query::<runs::FileQuery>())
+        .add(M::GET,    "/runs/{run_id}/export",                      Org(P::RunsRead),       export::export,
+             text("The run as a .tar.gz: manifest.json, run.json, journal.jsonl (every entry, with the agent's own events) and patch.diff", "application/gzip").errors(&[413]))
         .add(M::GET,    "/tokens",                                    Authenticated,          tokens::list_personal,
              page::<TokenView>("List the caller's personal tokens"))
         .add(M::POST,   "/tokens",                                    Authenticated,          tokens::create_personal,
