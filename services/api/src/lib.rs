@@ -244,10 +244,9 @@ fn wrap(state: AppState, http: &HttpPolicy, api: Router<AppState>) -> Router {
         let state = probe_state.clone();
         Box::pin(async move { readiness(&state).await })
     });
-    let api = api.layer(axum::middleware::from_fn_with_state(
-        state.clone(),
-        auth::refresh_sessions,
-    ));
+    let api = api.layer(axum::middleware::from_fn(headers::etags)).layer(
+        axum::middleware::from_fn_with_state(state.clone(), auth::refresh_sessions),
+    );
     Router::new()
         .nest("/api/v1", api)
         .fallback(|| async { error::ApiError::NotFound("no such route".into()) })

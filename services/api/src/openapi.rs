@@ -287,7 +287,7 @@ fn operation(spec: &RouteSpec, doc: &Doc, schemas: &mut BTreeMap<String, Value>)
         parameters.extend(query().iter().map(to_json));
     }
     let mut responses = serde_json::Map::new();
-    let success = match doc.success {
+    let mut success: (u16, Value) = match doc.success {
         Success::Json(status, schematic) => {
             schematic.collect(schemas);
             (
@@ -344,6 +344,18 @@ fn operation(spec: &RouteSpec, doc: &Doc, schemas: &mut BTreeMap<String, Value>)
             }),
         ),
     };
+    let json_read = spec.method == axum::http::Method::GET
+        && matches!(doc.success, Success::Json(..) | Success::Page(_));
+    if json_read {
+        success.1["headers"] = json!({"ETag": {
+            "description": "A strong tag of this answer; send it back as `If-None-Match` to get `304` while it is unchanged.",
+            "schema": {"type": "string"},
+        }});
+        responses.insert(
+            "304".into(),
+            json!({"description": "Not modified: the `If-None-Match` tag is current; no body."}),
+        );
+    }
     for status in doc.also {
         responses.insert(status.to_string(), success.1.clone());
     }
