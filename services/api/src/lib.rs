@@ -12,6 +12,7 @@ pub mod domain_verification;
 pub mod error;
 pub mod extract;
 pub mod headers;
+pub mod idempotency;
 pub mod limits;
 pub mod openapi;
 pub mod principal;

@@ -85,6 +85,9 @@ pub struct Doc {
     also: &'static [u16],
     /// Statuses this route answers beyond those its access implies (e.g. 409, 413, 422).
     errors: &'static [u16],
+    /// The route gives `Idempotency-Key` a meaning of its own (a run's key, a message's key)
+    /// instead of the generic replay.
+    own_key: bool,
 }
 
 /// A route answering `200` with a `T`.
@@ -136,6 +139,7 @@ impl Doc {
             success,
             also: &[],
             errors: &[],
+            own_key: false,
         }
     }
 
@@ -155,6 +159,16 @@ impl Doc {
     pub fn also(mut self, statuses: &'static [u16]) -> Self {
         self.also = statuses;
         self
+    }
+
+    /// The route handles `Idempotency-Key` itself.
+    pub fn keyed_by_itself(mut self) -> Self {
+        self.own_key = true;
+        self
+    }
+
+    pub fn keys_itself(&self) -> bool {
+        self.own_key
     }
 
     /// Statuses beyond those the route's access implies.
@@ -286,6 +300,20 @@ fn operation(spec: &RouteSpec, doc: &Doc, schemas: &mut BTreeMap<String, Value>)
     if let Some(query) = doc.query {
         parameters.extend(query().iter().map(to_json));
     }
+    if spec.method != axum::http::Method::GET {
+        let description = if doc.own_key {
+            "Makes the request safe to repeat; see the route's description for what a repeat answers."
+        } else {
+            "Makes the request safe to repeat: for a day, the same request with the same key gets the first answer again (`Idempotent-Replayed: true`) and changes nothing; the key with a different request, or while the first runs, answers 409."
+        };
+        parameters.push(json!({
+            "name": "Idempotency-Key",
+            "in": "header",
+            "required": false,
+            "description": description,
+            "schema": {"type": "string", "maxLength": 255},
+        }));
+    }
     let mut responses = serde_json::Map::new();
     let mut success: (u16, Value) = match doc.success {
         Success::Json(status, schematic) => {
@@ -362,6 +390,9 @@ fn operation(spec: &RouteSpec, doc: &Doc, schemas: &mut BTreeMap<String, Value>)
     responses.insert(success.0.to_string(), success.1);
     let mut errors: Vec<u16> = implied_errors(spec.access).to_vec();
     errors.extend_from_slice(doc.errors);
+    if spec.method != axum::http::Method::GET && spec.access != Access::Public {
+        errors.push(409);
+    }
     errors.sort_unstable();
     errors.dedup();
     for status in errors {

@@ -167,15 +167,15 @@ fn table() -> Table {
         .add(M::DELETE, "/projects/{project_id}",                     Org(P::ProjectsManage), projects::delete,
              no_content("Delete a project with its runs (running workspaces are stopped)"))
         .add(M::POST,   "/projects/{project_id}/runs",                Org(P::RunsCreate),     runs::create,
-             created::<RunView>("Start a run (200 with the first run on a repeated idempotency key)").body::<runs::CreateRun>().also(&[200]).errors(&[409, 413]))
+             created::<RunView>("Start a run (200 with the first run on a repeated idempotency key)").body::<runs::CreateRun>().also(&[200]).errors(&[409, 413]).keyed_by_itself())
         .add(M::GET,    "/runs",                                      Org(P::RunsRead),       runs::list,
              page::<RunView>("List runs, newest first").query::<runs::ListQuery>())
         .add(M::POST,   "/runs/{run_id}/cancel",                      Org(P::RunsCancel),     runs::cancel,
              accepted::<Receipt>("Cancel a run (200 when it ended at once)").also(&[200]).errors(&[409]))
         .add(M::POST,   "/runs/{run_id}/messages",                    Org(P::RunsCreate),     runs::message,
-             accepted::<Receipt>("Send the agent a message (a finished run continues as a follow-up run, 201)").body::<runs::SendMessage>().also(&[200, 201]).errors(&[409, 413]))
+             accepted::<Receipt>("Send the agent a message (a finished run continues as a follow-up run, 201)").body::<runs::SendMessage>().also(&[200, 201]).errors(&[409, 413]).keyed_by_itself())
         .add(M::POST,   "/runs/{run_id}/retry",                       Org(P::RunsCreate),     runs::retry,
-             created::<Receipt>("Run an ended run's prompt again as a new run (200 with the first retry on a repeated Idempotency-Key)").also(&[200]).errors(&[409]))
+             created::<Receipt>("Run an ended run's prompt again as a new run (200 with the first retry on a repeated Idempotency-Key)").also(&[200]).errors(&[409]).keyed_by_itself())
         .add(M::GET,    "/runs/{run_id}",                             Org(P::RunsRead),       runs::get,
              ok::<RunView>("Get a run"))
         .add(M::GET,    "/runs/{run_id}/events",                      Org(P::RunsRead),       events::list,
@@ -229,10 +229,17 @@ pub fn guarded(
 /// The routes under `/api/v1`, each behind its access layer.
 pub fn api_routes(state: AppState) -> Router<AppState> {
     table().0.into_iter().fold(Router::new(), |router, route| {
-        router.route(
-            route.spec.path,
-            guarded(&state, route.spec.access, route.handler),
-        )
+        // A mutating route takes an `Idempotency-Key` (checked after access, so a refused caller
+        // never touches the store), unless it gives the key a meaning of its own.
+        let handler = if route.spec.method != Method::GET && !route.doc.keys_itself() {
+            route.handler.layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                crate::idempotency::idempotency,
+            ))
+        } else {
+            route.handler
+        };
+        router.route(route.spec.path, guarded(&state, route.spec.access, handler))
     })
 }
 
