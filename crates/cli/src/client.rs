@@ -146,6 +146,16 @@ impl Client {
         Ok((text, base_commit))
     }
 
+    /// A binary answer (an export archive).
+    pub async fn get_bytes(&self, path: &str) -> Result<Vec<u8>, CliError> {
+        let response = self.send(self.request(Method::GET, path)).await?;
+        let body = response
+            .bytes()
+            .await
+            .map_err(|err| network_error(&self.server, &err))?;
+        Ok(body.to_vec())
+    }
+
     /// Every item of a paginated list, following `next_cursor` (at most [`MAX_PAGES`] pages).
     pub async fn list_all(&self, path: &str) -> Result<Vec<Value>, CliError> {
         let mut items = Vec::new();

@@ -357,6 +357,43 @@ async fn a_succeeding_run_started_with_follow_prints_its_timeline_once_and_exits
     let shown: Value = serde_json::from_str(&shown.stdout).expect("run JSON");
     assert_eq!(shown["state"], "succeeded");
     assert_eq!(shown["final_message"], "done");
+
+    // The files the patch changes, and the run saved as an archive.
+    let files = cadenza.run(&["runs", "files", &run_id]).await;
+    assert_eq!(files.code(), 0, "{}", files.describe());
+    assert!(
+        files
+            .stdout
+            .lines()
+            .any(|line| line.starts_with("added") && line.ends_with("hello.txt")),
+        "{}",
+        files.stdout
+    );
+    let dir = tempfile::tempdir().expect("dir");
+    let archive = dir.path().join("run.tar.gz");
+    let exported = cadenza
+        .run(&[
+            "runs",
+            "export",
+            &run_id,
+            "--to",
+            archive.to_str().expect("path"),
+        ])
+        .await;
+    assert_eq!(exported.code(), 0, "{}", exported.describe());
+    let bytes = std::fs::read(&archive).expect("the archive was written");
+    assert_eq!(&bytes[..2], [0x1f, 0x8b], "gzip");
+
+    // Retried: a new run of the same prompt, followed to its end.
+    let retried = cadenza
+        .run(&["-o", "json", "runs", "retry", &run_id, "--follow"])
+        .await;
+    assert_eq!(retried.code(), 0, "{}", retried.describe());
+    let again = json_lines(&retried.stdout);
+    let new_run = again[0]["run_id"].as_str().expect("run id").to_owned();
+    assert_ne!(new_run, run_id, "a new run");
+    assert_whole_journal_once(&api, &new_run, &again).await;
+    assert_eq!(again.last().expect("entries")["payload"]["to"], "succeeded");
 }
 
 #[tokio::test]

@@ -1,4 +1,5 @@
-//! `cadenza runs …`: start (and follow), list, show, logs, diff, cancel, message.
+//! `cadenza runs …`: start (and follow), list, show, logs, diff, files, export, cancel, retry,
+//! message.
 
 use clap::{Args, Subcommand};
 use serde_json::{Value, json};
@@ -32,6 +33,12 @@ pub enum RunsCommand {
     Diff { id: String },
     /// Cancel a run.
     Cancel { id: String },
+    /// Run an ended run's prompt again as a new run; `--follow` prints the new run's timeline.
+    Retry(RetryArgs),
+    /// List the files a run's patch changes, with line counts.
+    Files { id: String },
+    /// Save a run (metadata, whole journal, patch) as a .tar.gz.
+    Export(ExportArgs),
     /// Send a message to a run's agent (to a succeeded run whose workspace is kept: a
     /// follow-up turn).
     Message(MessageArgs),
@@ -78,6 +85,22 @@ pub struct LogsArgs {
 }
 
 #[derive(Args)]
+pub struct RetryArgs {
+    pub id: String,
+    /// Print the new run's timeline until it ends; exit with its outcome.
+    #[arg(long, short = 'f')]
+    pub follow: bool,
+}
+
+#[derive(Args)]
+pub struct ExportArgs {
+    pub id: String,
+    /// Where to write the archive (default `run-<id>.tar.gz` in the current directory).
+    #[arg(long)]
+    pub to: Option<std::path::PathBuf>,
+}
+
+#[derive(Args)]
 pub struct MessageArgs {
     pub id: String,
     /// The message; `-` reads it from standard input.
@@ -114,7 +137,78 @@ pub async fn run(context: &Context, command: RunsCommand) -> Result<u8, CliError
             }))
         }
         RunsCommand::Message(args) => message(context, &client, args).await,
+        RunsCommand::Retry(args) => retry(context, &client, args).await,
+        RunsCommand::Files { id } => files(context, &client, &id).await,
+        RunsCommand::Export(args) => export(context, &client, args).await,
     }
+}
+
+async fn retry(context: &Context, client: &Client, args: RetryArgs) -> Result<u8, CliError> {
+    let receipt = client
+        .post(&format!("/runs/{}/retry", segment(&args.id)), None)
+        .await?;
+    let new_run = receipt["retry_run_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    if args.follow {
+        return logs(
+            context,
+            client,
+            LogsArgs {
+                id: new_run,
+                follow: true,
+            },
+        )
+        .await;
+    }
+    Ok(context.print(&receipt, |_| {
+        format!(
+            "run {} retried as run {new_run} (`cadenza runs logs {new_run} --follow`)\n",
+            args.id
+        )
+    }))
+}
+
+async fn files(context: &Context, client: &Client, id: &str) -> Result<u8, CliError> {
+    let listed = client.get(&format!("/runs/{}/files", segment(id))).await?;
+    Ok(context.print(&listed, |listed| {
+        let mut table = Table::new(&["STATUS", "+", "-", "PATH"]);
+        for file in listed["files"].as_array().into_iter().flatten() {
+            let path = match file["old_path"].as_str() {
+                Some(old) => format!("{old} -> {}", cell(&file["path"])),
+                None => cell(&file["path"]),
+            };
+            let (added, removed) = if file["binary"] == Value::Bool(true) {
+                ("bin".to_owned(), "bin".to_owned())
+            } else {
+                (cell(&file["additions"]), cell(&file["deletions"]))
+            };
+            table.row(vec![cell(&file["status"]), added, removed, path]);
+        }
+        let mut text = table.render();
+        if let Some(note) = listed["omitted"].as_str() {
+            text.push_str(note);
+            text.push('\n');
+        }
+        text
+    }))
+}
+
+async fn export(context: &Context, client: &Client, args: ExportArgs) -> Result<u8, CliError> {
+    let archive = client
+        .get_bytes(&format!("/runs/{}/export", segment(&args.id)))
+        .await?;
+    let to = args
+        .to
+        .unwrap_or_else(|| std::path::PathBuf::from(format!("run-{}.tar.gz", args.id)));
+    std::fs::write(&to, &archive)
+        .map_err(|err| CliError::io(format!("writing {}", to.display()), err))?;
+    let summary =
+        json!({"run_id": args.id, "path": to.display().to_string(), "bytes": archive.len()});
+    Ok(context.print(&summary, |_| {
+        format!("wrote {} ({} bytes)\n", to.display(), archive.len())
+    }))
 }
 
 /// Text given as an argument, or all of standard input for `-`.
