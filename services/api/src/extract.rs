@@ -1,7 +1,7 @@
 //! Request extractors whose rejections are problem+json with a message that names the problem,
 //! instead of axum's plain-text defaults.
 
-use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
@@ -18,21 +18,59 @@ where
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match axum::Json::<T>::from_request(req, state).await {
-            Ok(axum::Json(value)) => Ok(ApiJson(value)),
-            Err(JsonRejection::MissingJsonContentType(_)) => Err(ApiError::UnsupportedMediaType(
+        let json = req
+            .headers()
+            .get(axum::http::header::CONTENT_TYPE)
+            .and_then(|value| value.to_str().ok())
+            .map(|value| {
+                value
+                    .split(';')
+                    .next()
+                    .unwrap_or_default()
+                    .trim()
+                    .to_ascii_lowercase()
+            })
+            .is_some_and(|media| {
+                media == "application/json"
+                    || (media.starts_with("application/") && media.ends_with("+json"))
+            });
+        if !json {
+            return Err(ApiError::UnsupportedMediaType(
                 "expected a request body with `Content-Type: application/json`".into(),
-            )),
-            Err(JsonRejection::JsonDataError(err)) => Err(ApiError::BadRequest(format!(
-                "the request body is not a valid request: {}",
-                source_text(&err)
-            ))),
-            Err(JsonRejection::JsonSyntaxError(err)) => Err(ApiError::BadRequest(format!(
-                "the request body is not valid JSON: {}",
-                source_text(&err)
-            ))),
-            Err(other) => Err(body_rejection(other.status(), other.body_text())),
+            ));
         }
+        let bytes = axum::body::Bytes::from_request(req, state)
+            .await
+            .map_err(|rejection| body_rejection(rejection.status(), rejection.body_text()))?;
+        let value = serde_json::from_slice::<T>(&bytes).map_err(|err| match err.classify() {
+            serde_json::error::Category::Data => {
+                ApiError::BadRequest(format!("the request body is not a valid request: {err}"))
+            }
+            _ => ApiError::BadRequest(format!("the request body is not valid JSON: {err}")),
+        })?;
+        // Postgres stores no NUL character in text or JSON: refuse it here, by name, rather
+        // than fail the write.
+        if bytes.windows(6).any(|window| window == b"\\u0000")
+            && serde_json::from_slice::<serde_json::Value>(&bytes)
+                .is_ok_and(|value| has_nul(&value))
+        {
+            return Err(ApiError::BadRequest(
+                "text in the request body may not contain the NUL character (\\u0000)".into(),
+            ));
+        }
+        Ok(ApiJson(value))
+    }
+}
+
+/// Whether any string (or object key) in `value` holds a NUL character.
+fn has_nul(value: &serde_json::Value) -> bool {
+    match value {
+        serde_json::Value::String(text) => text.contains('\0'),
+        serde_json::Value::Array(items) => items.iter().any(has_nul),
+        serde_json::Value::Object(fields) => fields
+            .iter()
+            .any(|(key, field)| key.contains('\0') || has_nul(field)),
+        _ => false,
     }
 }
 

@@ -358,8 +358,21 @@ fn operation(spec: &RouteSpec, doc: &Doc, schemas: &mut BTreeMap<String, Value>)
                 json!({
                     "description": "Server-sent events: `id` is the entry's `seq` (send it back as `Last-Event-ID` to resume), `data` is one entry as JSON.",
                     "content": {"text/event-stream": {
-                        "schema": {"type": "string"},
-                        "x-item-schema": schematic.reference(),
+                        "schema": {
+                            "description": "One server-sent event.",
+                            "type": "object",
+                            "required": ["data"],
+                            "properties": {
+                                "id": {"type": "string"},
+                                "event": {"type": "string"},
+                                "data": {
+                                    "type": "string",
+                                    "contentMediaType": "application/json",
+                                    "contentSchema": schematic.reference(),
+                                },
+                                "retry": {"type": "integer"},
+                            },
+                        },
                     }},
                 }),
             )

@@ -163,3 +163,53 @@ async fn a_repeated_request_replays_its_first_answer_and_changes_nothing_more() 
     assert_eq!(status, StatusCode::BAD_REQUEST);
     drop(conn);
 }
+
+#[tokio::test]
+async fn a_nul_character_in_a_body_is_refused_by_name_not_failed_in_the_database() {
+    let app = app(json!({})).await;
+    let mut conn = app.db.pool.acquire().await.expect("conn");
+    let (org, project, _) = org_with_queued_run(&mut conn, "nul").await.expect("org");
+    let (_, token) = user_with_token(
+        &mut conn,
+        &format!("{}@example.com", unique_name("owner-")),
+        &[(org.id, Role::Owner)],
+        false,
+        None,
+    )
+    .await
+    .expect("owner");
+    drop(conn);
+    for (method, uri, body) in [
+        (
+            "POST",
+            format!("/api/v1/projects/{}/runs", project.id),
+            json!({"prompt": "run \u{0}this"}),
+        ),
+        (
+            "PATCH",
+            format!("/api/v1/orgs/{}", org.id),
+            json!({"name": "a\u{0}b"}),
+        ),
+    ] {
+        let (status, _, problem) = send(&app, method, &uri, &token, "nul-1", body).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{method} {uri}: {problem}");
+        assert!(
+            problem["detail"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("NUL"),
+            "{problem}"
+        );
+    }
+    // An escaped backslash followed by `u0000` is ordinary text.
+    let (status, _, run) = send(
+        &app,
+        "POST",
+        &format!("/api/v1/projects/{}/runs", project.id),
+        &token,
+        "nul-2",
+        json!({"prompt": "print \\u0000 literally"}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{run}");
+}

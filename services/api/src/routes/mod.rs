@@ -87,7 +87,7 @@ fn table() -> Table {
         .add(M::GET,    "/openapi.json",                              Public,                 crate::openapi::serve,
              text("This document", "application/json"))
         .add(M::GET,    "/auth/login",                                Public,                 auth::login,
-             redirect("Start the OIDC login (redirects to the identity provider)").query::<auth::LoginQuery>())
+             redirect("Start the OIDC login (redirects to the identity provider; 404 when no provider is configured)").query::<auth::LoginQuery>().errors(&[404]))
         .add(M::GET,    "/auth/callback",                             Public,                 auth::callback,
              redirect("Finish the OIDC login (sets the session cookie)").query::<auth::CallbackQuery>().errors(&[401, 403]))
         .add(M::POST,   "/auth/logout",                               Authenticated,          auth::logout,
