@@ -168,3 +168,36 @@ pub struct Worker {
     pub started_at: OffsetDateTime,
     pub last_heartbeat_at: OffsetDateTime,
 }
+
+/// One entry of an org's event journal: a run created or changing state, a member or project
+/// added, changed or removed, the org renamed. `seq` is dense per org, starting at 1. Written by
+/// Postgres itself alongside each change; this is also the shape of its live notification.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+pub struct OrgEvent {
+    pub org_id: OrgId,
+    pub seq: i64,
+    /// `run.created`, `run.state_changed`, `member.added`, `member.role_changed`,
+    /// `member.removed`, `project.created`, `project.updated`, `project.deleted`, `org.updated`.
+    pub kind: String,
+    /// What the entry is about: `run`, `user`, `project` or `org`.
+    pub subject_kind: String,
+    pub subject_id: Uuid,
+    pub project_id: Option<ProjectId>,
+    pub data: serde_json::Value,
+    /// The request that caused the change, when one did.
+    pub correlation_id: Option<Uuid>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub occurred_at: OffsetDateTime,
+}
+
+impl OrgEvent {
+    /// What a reader needs in the org to see this entry: runs need `runs.read`, projects
+    /// `projects.read`, members and the org itself `org.read`.
+    pub fn required_permission(&self) -> crate::Permission {
+        match self.subject_kind.as_str() {
+            "run" => crate::Permission::RunsRead,
+            "project" => crate::Permission::ProjectsRead,
+            _ => crate::Permission::OrgRead,
+        }
+    }
+}

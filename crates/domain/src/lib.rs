@@ -12,7 +12,7 @@ pub mod validation;
 pub mod workspace;
 
 pub use entities::{
-    AgentSettings, JournalEvent, OnLostWorkspace, Org, Project, Repository, Run, Worker,
+    AgentSettings, JournalEvent, OnLostWorkspace, Org, OrgEvent, Project, Repository, Run, Worker,
 };
 pub use error_kind::ErrorKind;
 pub use ids::{InvitationId, OrgId, ProjectId, RunId, TokenId, UserId, WorkerId};

@@ -11,6 +11,7 @@ pub mod error;
 pub mod invitations;
 pub mod journal;
 pub mod memberships;
+pub mod org_events;
 pub mod orgs;
 pub mod outbox;
 pub mod projects;

@@ -514,14 +514,17 @@ pub struct ExpiredLease {
 
 /// Leased runs whose holder stopped renewing the lease, locked for the reaper. A `running` run
 /// is left alone for `running_grace` more: its agent may still work in a container a worker on
-/// the same engine is about to adopt.
+/// the same engine is about to adopt. They come in org order: changing their states appends to
+/// each org's event journal, whose head rows must be locked in one order by every transaction
+/// that touches several orgs, or two reapers could deadlock.
 pub async fn lock_expired_leases(
     conn: &mut PgConnection,
     running_grace: Duration,
     limit: i64,
 ) -> StorageResult<Vec<ExpiredLease>> {
     let rows = sqlx::query!(
-        r#"select r.id, r.state, r.attempt, r.cancel_correlation_id, p.agent_on_lost_workspace
+        r#"select r.id, r.org_id, r.state, r.attempt, r.cancel_correlation_id,
+                  p.agent_on_lost_workspace
            from runs r join projects p on p.id = r.project_id
            where r.state = any($3)
              and r.lease_expires_at < now() - case when r.state = 'running'
@@ -533,6 +536,8 @@ pub async fn lock_expired_leases(
     )
     .fetch_all(conn)
     .await?;
+    let mut rows = rows;
+    rows.sort_by_key(|row| (row.org_id, row.id));
     rows.into_iter()
         .map(|row| {
             let corrupt = |err: String| StorageError::Corrupt(format!("run {}: {err}", row.id));
@@ -552,7 +557,8 @@ pub async fn lock_expired_leases(
         .collect()
 }
 
-/// Runs waiting out a retry backoff that are due to go back to the queue.
+/// Runs waiting out a retry backoff that are due to go back to the queue, in org order (see
+/// `lock_expired_leases`).
 pub async fn lock_due_retries(
     conn: &mut PgConnection,
     backoff: Duration,
@@ -562,7 +568,7 @@ pub async fn lock_due_retries(
         r#"select id from runs
            where state = 'retrying'
              and updated_at < now() - make_interval(secs => $1::float8 * power(2, least(attempt - 1, 6)))
-           limit $2 for update skip locked"#,
+           order by org_id, id limit $2 for update skip locked"#,
         backoff.as_secs_f64(),
         limit
     )
@@ -685,4 +691,77 @@ pub async fn cancel_request(conn: &mut PgConnection, run_id: RunId) -> StorageRe
     .fetch_optional(conn)
     .await?;
     Ok(row.and_then(|row| row.cancel_correlation_id))
+}
+
+/// The org's runs that have not ended, oldest first, at most `limit`.
+pub async fn active_in_org(
+    conn: &mut PgConnection,
+    org: OrgId,
+    limit: i64,
+) -> StorageResult<Vec<Run>> {
+    let rows = sqlx::query_as!(
+        RunRow,
+        r#"select id, org_id, project_id, state, attempt, prompt, idempotency_key, lease_holder,
+                  lease_expires_at, lease_epoch, terminal_code, terminal_reason, conversation_id,
+                  final_message, last_event_seq, created_at, scheduled_at, provisioning_at,
+                  running_at, finished_at, updated_at
+           from runs
+           where org_id = $1 and state not in ('succeeded', 'failed', 'cancelled')
+           order by created_at, id limit $2"#,
+        org.as_uuid(),
+        limit
+    )
+    .fetch_all(conn)
+    .await?;
+    rows.into_iter().map(Run::try_from).collect()
+}
+
+/// How many of the org's runs are in each state (states with none are left out).
+pub async fn count_by_state(
+    conn: &mut PgConnection,
+    org: OrgId,
+) -> StorageResult<Vec<(RunState, i64)>> {
+    let rows = sqlx::query!(
+        r#"select state, count(*) as "count!" from runs where org_id = $1 group by state
+           order by state"#,
+        org.as_uuid()
+    )
+    .fetch_all(conn)
+    .await?;
+    rows.into_iter()
+        .map(|row| {
+            let state =
+                row.state
+                    .parse()
+                    .map_err(|err: cadenza_domain::run::UnknownRunState| {
+                        StorageError::Corrupt(err.to_string())
+                    })?;
+            Ok((state, row.count))
+        })
+        .collect()
+}
+
+/// For each of the org's queued runs (oldest first, at most `limit`): how many queued runs of
+/// any org the scheduler takes before it.
+pub async fn queue_positions(
+    conn: &mut PgConnection,
+    org: OrgId,
+    limit: i64,
+) -> StorageResult<Vec<(RunId, i64)>> {
+    let rows = sqlx::query!(
+        r#"select r.id,
+                  (select count(*) from runs q
+                   where q.state = 'queued' and (q.created_at, q.id) < (r.created_at, r.id))
+                  as "ahead!"
+           from runs r where r.org_id = $1 and r.state = 'queued'
+           order by r.created_at, r.id limit $2"#,
+        org.as_uuid(),
+        limit
+    )
+    .fetch_all(conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|row| (RunId::from(row.id), row.ahead))
+        .collect())
 }

@@ -92,3 +92,47 @@ pub async fn lock_worker_with_capacity(
     .await?;
     Ok(row.map(|row| WorkerId::from(row.id)))
 }
+
+/// One live worker (heartbeat within `liveness`, not stopped) and how many of its slots are
+/// taken.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WorkerLoad {
+    pub id: WorkerId,
+    pub name: String,
+    pub capacity: i32,
+    pub busy: i64,
+    pub draining: bool,
+    pub last_heartbeat_at: time::OffsetDateTime,
+}
+
+/// Every live worker with its load, by name.
+pub async fn live_with_load(
+    conn: &mut PgConnection,
+    liveness: Duration,
+) -> StorageResult<Vec<WorkerLoad>> {
+    let rows = sqlx::query!(
+        r#"select w.id, w.name, w.capacity, w.draining_at is not null as "draining!",
+                  w.last_heartbeat_at,
+                  (select count(*) from runs r
+                   where r.lease_holder = w.id and r.state = any($2)) as "busy!"
+           from workers w
+           where w.stopped_at is null
+             and w.last_heartbeat_at > now() - make_interval(secs => $1::float8)
+           order by w.name"#,
+        liveness.as_secs_f64(),
+        &RunState::names(&RunState::LEASED) as &[&str]
+    )
+    .fetch_all(conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|row| WorkerLoad {
+            id: WorkerId::from(row.id),
+            name: row.name,
+            capacity: row.capacity,
+            busy: row.busy,
+            draining: row.draining,
+            last_heartbeat_at: row.last_heartbeat_at,
+        })
+        .collect())
+}

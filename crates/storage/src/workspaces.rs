@@ -179,7 +179,8 @@ pub async fn last_agent_event(
 }
 
 /// Queued follow-up turns whose worker is gone (stopped, or silent for `liveness`): they can
-/// never run. Locked for the caller's transaction.
+/// never run. Locked for the caller's transaction, in org order (see
+/// `runs::lock_expired_leases`).
 pub async fn lock_orphaned_follow_ups(
     conn: &mut PgConnection,
     liveness: Duration,
@@ -189,7 +190,7 @@ pub async fn lock_orphaned_follow_ups(
            where r.state = 'queued' and r.parent_run_id is not null
              and (w.id is null or w.stopped_at is not null
                   or w.last_heartbeat_at <= now() - make_interval(secs => $1::float8))
-           limit 100
+           order by r.org_id, r.id limit 100
            for update of r skip locked"#,
         liveness.as_secs_f64()
     )

@@ -104,6 +104,10 @@ pub struct ApiConfig {
     /// How often an idle event stream sends a keep-alive comment.
     #[serde(default = "default_stream_keepalive", with = "humantime_serde")]
     pub stream_keepalive: std::time::Duration,
+    /// Live org entries an org stream may fall behind by before it is told so and catches up
+    /// from Postgres instead (its bounded queue).
+    #[serde(default = "default_org_stream_queue")]
+    pub org_stream_queue: usize,
     /// The agent images projects may use (comma-separated rules: `registry/`, `registry/path/`
     /// or `registry/repository`; `*` allows any). Instance administrators can allow more per org.
     /// Must match the workers' setting, which checks again before each run.
@@ -224,6 +228,10 @@ fn default_max_body_bytes() -> usize {
 /// The official agent-server image and its local build.
 pub fn default_agent_images() -> String {
     "ghcr.io/openhands/agent-server, cadenza/openhands-agent-server".to_owned()
+}
+
+fn default_org_stream_queue() -> usize {
+    1024
 }
 
 fn default_max_streams() -> u64 {

@@ -21,6 +21,10 @@ pub enum ApiError {
     NotFound(String),
     #[error("{0}")]
     Conflict(String),
+    /// What was asked for existed once and is gone for good (e.g. a cursor older than the
+    /// journal's retention).
+    #[error("{0}")]
+    Gone(String),
     #[error("{0}")]
     UnsupportedMediaType(String),
     /// The proof of control of an email domain was not found (the detail says what to publish).
@@ -96,6 +100,7 @@ impl ApiError {
                 "Too many open streams",
             ),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict", "Conflict"),
+            ApiError::Gone(_) => (StatusCode::GONE, "gone", "Gone"),
             ApiError::DomainNotVerified(_) => (
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "domain_not_verified",
@@ -132,6 +137,7 @@ impl ApiError {
             ApiError::LoginRefused(String::new()),
             ApiError::NotFound(String::new()),
             ApiError::Conflict(String::new()),
+            ApiError::Gone(String::new()),
             ApiError::PayloadTooLarge(String::new()),
             ApiError::UnsupportedMediaType(String::new()),
             ApiError::DomainNotVerified(String::new()),

@@ -15,6 +15,7 @@ pub mod headers;
 pub mod idempotency;
 pub mod limits;
 pub mod openapi;
+pub mod org_feed;
 pub mod principal;
 pub mod routes;
 pub mod sessions;
@@ -131,6 +132,8 @@ pub async fn build(config: &ApiConfig, shutdown: CancellationToken) -> anyhow::R
     );
     let (relay, relay_handle) =
         cadenza_outbox_relay::spawn(pool.clone(), bus.clone(), shutdown.clone());
+    let org_feed = Arc::new(org_feed::OrgFeed::new(config.org_stream_queue));
+    org_feed.spawn_listener(pool.clone(), shutdown.clone());
     Ok(Api {
         state: AppState {
             pool,
@@ -146,6 +149,7 @@ pub async fn build(config: &ApiConfig, shutdown: CancellationToken) -> anyhow::R
             }),
             rate_limiter,
             streams: Arc::new(streams),
+            org_feed,
             sessions: Arc::new(sessions),
             origins: Arc::new(origins),
             keyring: Arc::new(keyring),

@@ -22,8 +22,10 @@ pub struct AppState {
     pub limits: Arc<Limits>,
     pub rate_limiter: RateLimiter,
     pub sessions: Arc<Sessions>,
-    /// Caps and timing of the run event streams.
+    /// Caps and timing of the event streams.
     pub streams: Arc<StreamHub>,
+    /// Live entries of the org event journals, for the org streams of this process.
+    pub org_feed: Arc<crate::org_feed::OrgFeed>,
     /// What counts as this site for cookie-authenticated requests that change something.
     pub origins: Arc<SiteOrigin>,
     /// Seals secret values; the API never opens them.

@@ -3,22 +3,16 @@
 
 use std::time::Duration;
 
-use axum::body::Body;
-use axum::http::{Request, StatusCode};
+use axum::http::StatusCode;
 use cadenza_domain::{EventKind, OrgId, Role, RunId, UserId};
 use cadenza_storage::journal::{self, NewJournalEvent};
 use cadenza_storage::memberships;
 use cadenza_testkit::fixtures::{org_with_queued_run, user_with_token};
 use cadenza_testkit::infra::unique_name;
-use http_body_util::BodyExt;
 use serde_json::{Value, json};
-use tower::ServiceExt;
 
 mod common;
-use common::{App, app};
-
-/// Every wait in these tests is bounded by this.
-const BUDGET: Duration = Duration::from_secs(20);
+use common::{App, BUDGET, Frame, Reader, app};
 
 /// An org with one run that has not ended, and a member (with a personal token) who may read it.
 struct Fixture {
@@ -50,96 +44,14 @@ async fn fixture(app: &App) -> Fixture {
     }
 }
 
-/// One SSE block: a comment (keep-alive) or an event.
-#[derive(Debug)]
-enum Frame {
-    Comment,
-    Event {
-        id: Option<String>,
-        event: String,
-        data: Value,
-    },
-}
-
-/// Reads SSE blocks off an in-process response body.
-struct Reader {
-    body: Body,
-    buffer: String,
-}
-
-impl Reader {
-    /// The next block, `None` when the server ended the stream.
-    async fn next(&mut self) -> Option<Frame> {
-        loop {
-            if let Some(end) = self.buffer.find("\n\n") {
-                let block: String = self.buffer.drain(..end + 2).collect();
-                let mut id = None;
-                let mut event = None;
-                let mut data = String::new();
-                for line in block.lines() {
-                    if let Some(value) = line.strip_prefix("id:") {
-                        id = Some(value.trim().to_owned());
-                    } else if let Some(value) = line.strip_prefix("event:") {
-                        event = Some(value.trim().to_owned());
-                    } else if let Some(value) = line.strip_prefix("data:") {
-                        data.push_str(value.trim_start());
-                    }
-                }
-                return Some(match event {
-                    None if data.is_empty() => Frame::Comment,
-                    event => Frame::Event {
-                        id,
-                        event: event.unwrap_or_else(|| "message".to_owned()),
-                        data: serde_json::from_str(&data).expect("event data is JSON"),
-                    },
-                });
-            }
-            let frame = tokio::time::timeout(BUDGET, self.body.frame())
-                .await
-                .expect("the stream says something within the budget")?
-                .expect("the body reads");
-            if let Ok(chunk) = frame.into_data() {
-                self.buffer
-                    .push_str(std::str::from_utf8(&chunk).expect("utf-8"));
-            }
-        }
-    }
-
-    /// The next event, skipping keep-alive comments.
-    async fn next_event(&mut self) -> Option<(Option<String>, String, Value)> {
-        loop {
-            match self.next().await? {
-                Frame::Comment => continue,
-                Frame::Event { id, event, data } => return Some((id, event, data)),
-            }
-        }
-    }
-}
-
 async fn open(app: &App, run: RunId, token: &str) -> Result<Reader, (StatusCode, Value)> {
-    let request = Request::get(format!("/api/v1/runs/{run}/events/stream"))
-        .header("authorization", format!("Bearer {token}"))
-        .header("accept", "text/event-stream")
-        .body(Body::empty())
-        .expect("request");
-    let response = app.router.clone().oneshot(request).await.expect("answer");
-    let status = response.status();
-    if status != StatusCode::OK {
-        let bytes = response
-            .into_body()
-            .collect()
-            .await
-            .expect("body")
-            .to_bytes();
-        return Err((
-            status,
-            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-        ));
-    }
-    Ok(Reader {
-        body: response.into_body(),
-        buffer: String::new(),
-    })
+    common::open_stream(
+        app,
+        &format!("/api/v1/runs/{run}/events/stream"),
+        token,
+        None,
+    )
+    .await
 }
 
 /// Opens a stream and reads the run's first entry (`queued`), so what follows is new.

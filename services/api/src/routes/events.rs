@@ -43,7 +43,7 @@ pub struct ListQuery {
     include_raw: Option<bool>,
 }
 
-fn parse_cursor(raw: Option<&str>) -> ApiResult<i64> {
+pub(crate) fn parse_cursor(raw: Option<&str>) -> ApiResult<i64> {
     match raw {
         None | Some("") => Ok(0),
         Some(raw) => match raw.trim().parse::<i64>() {
@@ -99,17 +99,7 @@ pub async fn stream(
     ApiQuery(query): ApiQuery<StreamQuery>,
 ) -> ApiResult<Response> {
     let run = load_run(&state, &auth, &run_id).await?;
-    let last_event_id = headers
-        .get("last-event-id")
-        .map(|value| {
-            value
-                .to_str()
-                .map_err(|_| ApiError::BadRequest("invalid `Last-Event-ID` header".into()))
-        })
-        .transpose()?;
-    // The header wins: a browser's EventSource resends it on reconnect while the URL keeps the
-    // original cursor.
-    let cursor = parse_cursor(last_event_id.or(query.cursor.as_deref()))?;
+    let cursor = resume_cursor(&headers, query.cursor.as_deref())?;
     let include_raw = query.include_raw.unwrap_or(false);
     let lease = state
         .streams
@@ -139,9 +129,23 @@ pub async fn stream(
         .into_response())
 }
 
+/// Where a stream starts: after `Last-Event-ID` if sent, else after `?cursor=`. The header wins:
+/// a browser's EventSource resends it on reconnect while the URL keeps the original cursor.
+pub(crate) fn resume_cursor(headers: &HeaderMap, query_cursor: Option<&str>) -> ApiResult<i64> {
+    let last_event_id = headers
+        .get("last-event-id")
+        .map(|value| {
+            value
+                .to_str()
+                .map_err(|_| ApiError::BadRequest("invalid `Last-Event-ID` header".into()))
+        })
+        .transpose()?;
+    parse_cursor(last_event_id.or(query_cursor))
+}
+
 /// The request headers that say who the caller is, kept to re-check access while the stream is
 /// open (nothing else of the request is held).
-fn credentials(headers: &HeaderMap) -> HeaderMap {
+pub(crate) fn credentials(headers: &HeaderMap) -> HeaderMap {
     let mut kept = HeaderMap::new();
     for name in [AUTHORIZATION, COOKIE] {
         for value in headers.get_all(&name) {
@@ -157,9 +161,9 @@ enum StreamItem {
     Closed(CloseReason),
 }
 
-/// Why a stream ended before the run's terminal entry.
+/// Why a stream ended early (for a run stream: before the run's terminal entry).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum CloseReason {
+pub(crate) enum CloseReason {
     /// The token was revoked or expired, the session ended, or the account is gone.
     Unauthenticated,
     /// The caller may no longer read this run (removed from the org, demoted, scope narrowed).
@@ -185,7 +189,7 @@ impl CloseReason {
             CloseReason::Unauthenticated => {
                 "the credential this stream was opened with is no longer valid; sign in again"
             }
-            CloseReason::AccessRevoked => "the caller may no longer read this run",
+            CloseReason::AccessRevoked => "the caller may no longer read these events",
             CloseReason::ServerShutdown => {
                 "the server is restarting; reconnect with Last-Event-ID to continue"
             }
@@ -198,6 +202,43 @@ impl CloseReason {
     /// Whether reconnecting can help (the client should retry with `Last-Event-ID`).
     fn retryable(self) -> bool {
         matches!(self, CloseReason::ServerShutdown | CloseReason::Unavailable)
+    }
+
+    /// The stream's last event. It has no `id:`, so a reconnect resumes after the last entry.
+    pub(crate) fn into_sse(self) -> Event {
+        Event::default().event("stream_closed").data(
+            serde_json::json!({
+                "reason": self.code(),
+                "detail": self.detail(),
+                "retryable": self.retryable(),
+            })
+            .to_string(),
+        )
+    }
+}
+
+/// Authenticates a stream's caller again and checks it still holds `permission` in `org`: the
+/// fresh principal, `None` when a dependency did not answer (the stream stays open and the next
+/// re-check tries again: losing Redis or Postgres for a moment must not cut every reader off),
+/// or why the stream must end.
+pub(crate) async fn recheck_access(
+    state: &AppState,
+    credentials: &HeaderMap,
+    org: OrgId,
+    permission: Permission,
+) -> Result<Option<crate::principal::Principal>, CloseReason> {
+    let verdict = match authenticate(state, &Method::GET, credentials).await {
+        Ok(principal) => principal.require(org, permission).map(|()| principal),
+        Err(err) => Err(err),
+    };
+    match verdict {
+        Ok(principal) => Ok(Some(principal)),
+        Err(ApiError::Unauthenticated) => Err(CloseReason::Unauthenticated),
+        Err(ApiError::NotFound(_) | ApiError::Forbidden(_)) => Err(CloseReason::AccessRevoked),
+        Err(err) => {
+            tracing::warn!(org_id = %org, error = %err, "could not re-check a stream's access; trying again later");
+            Ok(None)
+        }
     }
 }
 
@@ -213,15 +254,7 @@ impl StreamItem {
                     .event(view.kind.clone())
                     .data(data)
             }
-            // No `id:`, so a reconnect resumes after the last journal entry.
-            StreamItem::Closed(reason) => Event::default().event("stream_closed").data(
-                serde_json::json!({
-                    "reason": reason.code(),
-                    "detail": reason.detail(),
-                    "retryable": reason.retryable(),
-                })
-                .to_string(),
-            ),
+            StreamItem::Closed(reason) => reason.into_sse(),
         }
     }
 }
@@ -364,25 +397,24 @@ impl StreamReader {
         }
     }
 
-    /// Authenticates the caller again and checks it may still read the run; `Some` says why the
-    /// stream must end. A dependency that does not answer keeps the stream open (the next
-    /// re-check tries again): losing Redis or Postgres for a moment must not cut every reader off.
+    /// Authenticates the caller again and checks it may still read the run (renewing the
+    /// stream's lease); `Some` says why the stream must end.
     async fn recheck(&self) -> Option<CloseReason> {
-        let verdict = match authenticate(&self.state, &Method::GET, &self.credentials).await {
-            Ok(principal) => principal.require(self.org, Permission::RunsRead),
-            Err(err) => Err(err),
-        };
-        match verdict {
-            Ok(()) => {
-                self.lease.renew().await;
+        match recheck_access(
+            &self.state,
+            &self.credentials,
+            self.org,
+            Permission::RunsRead,
+        )
+        .await
+        {
+            Ok(fresh) => {
+                if fresh.is_some() {
+                    self.lease.renew().await;
+                }
                 None
             }
-            Err(ApiError::Unauthenticated) => Some(CloseReason::Unauthenticated),
-            Err(ApiError::NotFound(_) | ApiError::Forbidden(_)) => Some(CloseReason::AccessRevoked),
-            Err(err) => {
-                tracing::warn!(run_id = %self.run_id, error = %err, "could not re-check a stream's access; trying again later");
-                None
-            }
+            Err(reason) => Some(reason),
         }
     }
 

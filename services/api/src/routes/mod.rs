@@ -13,10 +13,12 @@ pub mod export;
 pub mod invitations;
 pub mod me;
 pub mod members;
+pub mod org_events;
 pub mod orgs;
 pub mod projects;
 pub mod runs;
 pub mod secrets;
+pub mod snapshot;
 pub mod tokens;
 pub mod wire;
 
@@ -140,6 +142,12 @@ fn table() -> Table {
              created::<TokenView>("Create a service token (the secret is shown once)").body::<tokens::CreateToken>())
         .add(M::DELETE, "/orgs/{org_id}/tokens/{token_id}",           Org(P::TokensManage),   tokens::revoke_service,
              no_content("Revoke a service token"))
+        .add(M::GET,    "/orgs/{org_id}/snapshot",                    Org(P::OrgRead),        snapshot::get,
+             ok::<snapshot::SnapshotView>("The org's dashboard in one consistent read, with the event cursor to follow from"))
+        .add(M::GET,    "/orgs/{org_id}/events",                      Org(P::OrgRead),        org_events::list,
+             page::<wire::OrgEventView>("Read the org's events after a cursor, oldest first").query::<org_events::ListQuery>().errors(&[410]))
+        .add(M::GET,    "/orgs/{org_id}/events/stream",               Org(P::OrgRead),        org_events::stream,
+             event_stream::<wire::OrgEventView>("Follow the org's events live (resumable with Last-Event-ID)").query::<org_events::StreamQuery>().errors(&[410]))
         .add(M::GET,    "/orgs/{org_id}/audit",                       Org(P::AuditRead),      audit_log::list,
              page::<wire::AuditEntryView>("Read the org's audit log, newest first (`format=jsonl` exports JSON lines)").query::<audit_log::AuditQuery>())
         .add(M::GET,    "/orgs/{org_id}/secrets",                     Org(P::SecretsManage),  secrets::list_org,

@@ -88,6 +88,12 @@ fn idempotency_header(headers: &HeaderMap) -> ApiResult<Option<String>> {
 /// Stores a queued run in `project` (audited, its `runs.requested` message in the outbox) and
 /// wakes the relay. With an idempotency key a repeat returns the first run (`false`), refused
 /// when its prompt differs. `retry_of` names the run this one retries.
+/// The run a new run retries, and the correlation id of the retry's receipt.
+struct RetryOf {
+    run: RunId,
+    correlation_id: uuid::Uuid,
+}
+
 async fn submit_run(
     state: &AppState,
     auth: &Authorized<perm::RunsCreate>,
@@ -95,12 +101,17 @@ async fn submit_run(
     project: &cadenza_domain::Project,
     prompt: &str,
     idempotency_key: Option<&str>,
-    retry_of: Option<RunId>,
+    retry: Option<RetryOf>,
 ) -> ApiResult<(cadenza_domain::Run, bool)> {
+    let retry_of = retry.as_ref().map(|retry| retry.run);
     if let Some(key) = idempotency_key {
         validate_idempotency_key(key).map_err(|err| ApiError::BadRequest(err.to_string()))?;
     }
     let mut tx = AuditedTx::begin(&state.pool, &auth.principal, meta).await?;
+    if let Some(retry) = &retry {
+        // The new run's `run.created` org event answers the retry's receipt.
+        cadenza_storage::org_events::set_correlation(&mut tx, retry.correlation_id).await?;
+    }
     let submitted = runs::submit(
         &mut tx,
         NewRun {
@@ -176,6 +187,7 @@ pub async fn retry(
     let project =
         crate::routes::projects::load(&state, &auth, &original.project_id.to_string()).await?;
     let key = idempotency_header(&headers)?;
+    let correlation_id = uuid::Uuid::now_v7();
     let (run, created) = submit_run(
         &state,
         &auth,
@@ -183,7 +195,10 @@ pub async fn retry(
         &project,
         &original.prompt,
         key.as_deref(),
-        Some(original.id),
+        Some(RetryOf {
+            run: original.id,
+            correlation_id,
+        }),
     )
     .await?;
     let receipt = Receipt {
@@ -191,7 +206,7 @@ pub async fn retry(
         run_id: original.id.to_string(),
         follow_up_run_id: None,
         retry_run_id: Some(run.id.to_string()),
-        correlation_id: uuid::Uuid::new_v4().to_string(),
+        correlation_id: correlation_id.to_string(),
         state: run.state.as_str(),
         delivered: None,
         accepted_at: run.created_at,

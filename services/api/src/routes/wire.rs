@@ -191,6 +191,62 @@ impl EventView {
     }
 }
 
+/// One entry of an org's event journal, as every org stream and list carries it (envelope
+/// version 1). `seq` is dense per org: a reader that has seen N has seen everything before N
+/// that it may see.
+#[derive(Serialize, ToSchema)]
+pub struct OrgEventView {
+    /// The envelope's version; a change that is not additive gets a new one.
+    pub version: u32,
+    pub org_id: String,
+    pub seq: i64,
+    /// `run.created`, `run.state_changed`, `member.added`, `member.role_changed`,
+    /// `member.removed`, `project.created`, `project.updated`, `project.deleted`, `org.updated`.
+    #[schema(examples("run.state_changed"))]
+    pub kind: String,
+    /// What it is about.
+    pub subject: OrgEventSubject,
+    /// The project, for run and project entries.
+    pub project_id: Option<String>,
+    /// By kind. `run.created`: `run_id`, `state`, `attempt`, `parent_run_id`.
+    /// `run.state_changed`: `run_id`, `from`, `to`, `attempt`, `terminal`, `terminal_code`,
+    /// `terminal_reason`. `member.*`: `user_id`, `role` (or `from`, `to`). `project.*`:
+    /// `project_id`, `slug`, `name`. `org.updated`: `slug`, `name`.
+    #[schema(value_type = Object)]
+    pub data: serde_json::Value,
+    /// The correlation id of the action receipt whose request caused this change, when one did
+    /// (a cancel, a retry).
+    pub correlation_id: Option<String>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub occurred_at: OffsetDateTime,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct OrgEventSubject {
+    /// `run`, `user`, `project` or `org`.
+    pub kind: String,
+    pub id: String,
+}
+
+impl From<&cadenza_domain::OrgEvent> for OrgEventView {
+    fn from(event: &cadenza_domain::OrgEvent) -> Self {
+        Self {
+            version: 1,
+            org_id: event.org_id.to_string(),
+            seq: event.seq,
+            kind: event.kind.clone(),
+            subject: OrgEventSubject {
+                kind: event.subject_kind.clone(),
+                id: event.subject_id.to_string(),
+            },
+            project_id: event.project_id.map(|project| project.to_string()),
+            data: event.data.clone(),
+            correlation_id: event.correlation_id.map(|id| id.to_string()),
+            occurred_at: event.occurred_at,
+        }
+    }
+}
+
 #[derive(Serialize, ToSchema)]
 pub struct OrgView {
     pub id: String,
